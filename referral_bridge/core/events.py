@@ -1,0 +1,327 @@
+"""The wire contract's inbound and outbound messages as frozen pydantic models (contract §2-§6)."""
+
+from __future__ import annotations
+
+from datetime import date
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+
+NonEmpty = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+Ref = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_./:-]*$")]
+
+
+class Strict(BaseModel):
+    """A contract object: immutable, and unknown fields are schema violations (contract §2)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Lenient(BaseModel):
+    """An envelope: immutable, and unknown extra attributes are ignored (contract §2)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+class EventType(StrEnum):
+    CRIME_RECORDED = "crime.recorded"
+    INCIDENT_RECORDED = "incident.recorded"
+    CONSENT_UPDATED = "consent.updated"
+
+
+class CrimeStatus(StrEnum):
+    RECORDED = "recorded"
+    CANCELLED = "cancelled"
+    TRANSFERRED = "transferred"
+
+
+class ConsentState(StrEnum):
+    GIVEN = "given"
+    DECLINED = "declined"
+    NOT_ASKED = "not_asked"
+    WITHDRAWN = "withdrawn"
+
+
+class ConsentChange(StrEnum):
+    """What a later `consent.updated` may say (never `not_asked`)."""
+
+    GIVEN = "given"
+    DECLINED = "declined"
+    WITHDRAWN = "withdrawn"
+
+
+class VictimKind(StrEnum):
+    PERSON = "person"
+    ORGANISATION = "organisation"
+
+
+class Relationship(StrEnum):
+    BEREAVED_RELATIVE = "bereaved_relative"
+    PARENT_OR_GUARDIAN = "parent_or_guardian"
+
+
+class ContactMethod(StrEnum):
+    PHONE = "phone"
+    EMAIL = "email"
+    POST = "post"
+    NONE = "none"
+
+
+class Offence(Strict):
+    ho_class: NonEmpty
+    label: NonEmpty
+    category: NonEmpty
+
+
+class Flags(BaseModel):
+    """Home Office crime flags; flags beyond the four named ones are kept as booleans."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+    __pydantic_extra__: dict[str, bool] = Field(init=False)
+
+    domestic_abuse: bool = False
+    hate: bool = False
+    terrorism: bool = False
+    trafficking: bool = False
+
+    def as_dict(self) -> dict[str, bool]:
+        return {**(self.__pydantic_extra__ or {}), **self.model_dump(exclude=set(self.__pydantic_extra__ or {}))}
+
+
+class Officer(Strict):
+    collar: NonEmpty
+    name: NonEmpty
+    unit: NonEmpty
+    email: NonEmpty
+
+
+class Name(Strict):
+    title: str | None = None
+    given: str | None = None
+    family: NonEmpty
+    contact_person: str | None = None
+
+
+class Address(Strict):
+    lines: tuple[NonEmpty, ...] = Field(min_length=1, max_length=8)
+    postcode: str | None = None
+
+
+class Contact(Strict):
+    phone: str | None = None
+    email: str | None = None
+    address: Address | None = None
+    preferred: ContactMethod
+    safe_to_contact: bool
+    safe_contact_notes: str | None = None
+
+
+class Needs(Strict):
+    vulnerable: bool = False
+    intimidated: bool = False
+    persistently_targeted: bool = False
+    language: str | None = None
+    accessibility: str | None = None
+
+
+class VictimConsent(Strict):
+    referral: ConsentState
+    recorded_at: AwareDatetime | None = None
+    recorded_by: str | None = None
+
+
+class Victim(Strict):
+    victim_id: Ref
+    kind: VictimKind
+    name: Name
+    date_of_birth: date | None = None
+    deceased: bool = False
+    relationship: Relationship | None = None
+    contact: Contact
+    needs: Needs
+    consent: VictimConsent
+
+
+class CrimeRecorded(Strict):
+    crime_ref: Ref
+    version: int = Field(ge=1)
+    reported_at: AwareDatetime
+    recorded_at: AwareDatetime
+    status: CrimeStatus
+    offence: Offence
+    flags: Flags = Flags()
+    officer: Officer
+    victims: tuple[Victim, ...] = Field(max_length=200)
+    linked_incident_refs: tuple[Ref, ...] = ()
+
+
+class IncidentRecorded(Strict):
+    incident_ref: Ref
+    version: int = Field(ge=1)
+    opened_at: AwareDatetime
+    category: NonEmpty
+    crime_disclosed: bool
+    linked_crime_ref: Ref | None = None
+    officer: Officer
+    victims: tuple[Victim, ...] = Field(max_length=200)
+
+
+class ConsentUpdated(Strict):
+    case_ref: Ref
+    victim_id: Ref
+    referral: ConsentChange
+    recorded_at: AwareDatetime
+    recorded_by: NonEmpty
+    lawful_basis: str | None = None
+
+
+EventData = CrimeRecorded | IncidentRecorded | ConsentUpdated
+
+DATA_MODELS: dict[EventType, type[Strict]] = {
+    EventType.CRIME_RECORDED: CrimeRecorded,
+    EventType.INCIDENT_RECORDED: IncidentRecorded,
+    EventType.CONSENT_UPDATED: ConsentUpdated,
+}
+
+#: The `schemaversion` of `data` this bridge understands, per inbound type.
+SUPPORTED_SCHEMA_VERSIONS: dict[EventType, frozenset[int]] = {t: frozenset({1}) for t in EventType}
+
+
+class CloudEvent(Lenient):
+    """A CloudEvents 1.0 structured-mode envelope; `data` is checked separately by type."""
+
+    specversion: Literal["1.0"]
+    id: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    source: Annotated[str, StringConstraints(min_length=1, max_length=500)]
+    type: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    time: AwareDatetime | None = None
+    schemaversion: int | None = None
+    datacontenttype: str | None = None
+    data: Any = None
+
+
+class InboundEvent(Lenient):
+    """A validated inbound event: envelope plus typed data."""
+
+    id: str
+    source: str
+    type: EventType
+    time: AwareDatetime | None
+    schemaversion: int
+    data: EventData
+
+
+# --- Outbound (contract §4, §5) ---------------------------------------------------------------
+
+
+class ReferralOfficer(Strict):
+    collar: str
+    name: str
+    unit: str
+    email: str
+
+
+class ReferralVictim(Strict):
+    victim_id: str
+    kind: VictimKind
+    name: Name
+    date_of_birth: date | None
+    relationship: Relationship | None
+    contact: Contact
+    needs: Needs
+
+
+class ReferralConsent(Strict):
+    referral: ConsentState
+    basis: str
+    recorded_at: AwareDatetime | None
+    recorded_by: str | None
+
+
+class CaseKind(StrEnum):
+    CRIME = "crime"
+    INCIDENT = "incident"
+
+
+class ReferralPayload(Strict):
+    """The signed content of `victim.referral.created`: only what the provider needs."""
+
+    referral_id: str
+    case_ref: str
+    case_kind: CaseKind
+    reported_at: AwareDatetime
+    offence_label: str
+    offence_category: str
+    flags: dict[str, bool]
+    provider: str
+    service: str
+    victim: ReferralVictim
+    consent: ReferralConsent
+    officer: ReferralOfficer
+    deadline: AwareDatetime
+    issued_at: AwareDatetime
+
+
+class WithdrawalPayload(Strict):
+    """The signed content of `victim.referral.withdrawn`."""
+
+    referral_id: str
+    case_ref: str
+    victim_id: str
+    withdrawn_at: AwareDatetime
+    issued_at: AwareDatetime
+
+
+class TaskOfficer(Strict):
+    collar: str
+    unit: str
+
+
+class LeafletTask(Strict):
+    """`officer.task.leaflet` data: no names or contact details of the victim."""
+
+    task_id: str
+    case_ref: str
+    case_kind: CaseKind
+    victim_id: str
+    officer: TaskOfficer
+    reason: str
+    due_by: AwareDatetime
+    provider: str
+
+
+class OutboundEvent(Strict):
+    """A CloudEvent the bridge publishes."""
+
+    specversion: Literal["1.0"] = "1.0"
+    id: str
+    source: str
+    type: str
+    time: AwareDatetime
+    schemaversion: int = 1
+    datacontenttype: str
+    data: Any
+
+
+class DeadLetterReason(StrEnum):
+    INVALID_JSON = "invalid_json"
+    INVALID_ENCODING = "invalid_encoding"
+    TOO_LARGE = "too_large"
+    NOT_CLOUDEVENT = "not_cloudevent"
+    UNKNOWN_TYPE = "unknown_type"
+    UNSUPPORTED_VERSION = "unsupported_version"
+    SCHEMA_VIOLATION = "schema_violation"
+    PROCESSING_ERROR = "processing_error"
+
+
+class DeadLetterHeaders(BaseModel):
+    """Headers on a dead letter (contract §6); `x-rb-detail` never holds personal data."""
+
+    model_config = ConfigDict(frozen=True, populate_by_name=True)
+
+    reason: DeadLetterReason = Field(alias="x-rb-reason")
+    detail: str = Field(alias="x-rb-detail", max_length=2000)
+    failed_at: AwareDatetime = Field(alias="x-rb-failed-at")
+    attempts: int = Field(alias="x-rb-attempts", ge=1)
+    original_routing_key: str = Field(alias="x-rb-original-routing-key")
