@@ -9,7 +9,9 @@ from typing import Annotated, Any, Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
 NonEmpty = Annotated[str, StringConstraints(min_length=1, max_length=200)]
-Ref = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_./:-]*$")]
+Ref = Annotated[
+    str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_./:-]*$")
+]
 
 
 class Strict(BaseModel):
@@ -86,7 +88,10 @@ class Flags(BaseModel):
     trafficking: bool = False
 
     def as_dict(self) -> dict[str, bool]:
-        return {**(self.__pydantic_extra__ or {}), **self.model_dump(exclude=set(self.__pydantic_extra__ or {}))}
+        return {
+            **(self.__pydantic_extra__ or {}),
+            **self.model_dump(exclude=set(self.__pydantic_extra__ or {})),
+        }
 
 
 class Officer(Strict):

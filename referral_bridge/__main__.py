@@ -1,0 +1,7 @@
+"""`python -m referral_bridge` is the same as the `referral-bridge` command."""
+
+import sys
+
+from referral_bridge.cli import main
+
+sys.exit(main())

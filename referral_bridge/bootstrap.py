@@ -1,0 +1,164 @@
+"""The composition root: the one place that turns settings into real adapters."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from referral_bridge.core.calendar import WorkingDayCalendar
+from referral_bridge.core.policy import Policy, PolicyError, load_policy_text
+from referral_bridge.errors import ConfigError
+from referral_bridge.ledger import Ledger
+from referral_bridge.sealing import (
+    KeySet,
+    PrivateKey,
+    SealingError,
+    load_key_set,
+    load_private_key,
+    seal,
+)
+from referral_bridge.service import ReferralService, Routes
+from referral_bridge.settings import Settings
+from referral_bridge.transport.embedded import BrokerSpec, broker_spec
+from referral_bridge.transport.publisher import Publisher
+from referral_bridge.transport.topology import Topology
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class ProviderSealer:
+    """Seals payloads with the bridge's signing key to each provider's current public key."""
+
+    def __init__(self, signing_key: PrivateKey, provider_keys: Mapping[str, KeySet]) -> None:
+        self._signing_key = signing_key
+        self._provider_keys = dict(provider_keys)
+
+    def seal(self, provider: str, payload: Mapping[str, Any]) -> str:
+        return seal(payload, signing_key=self._signing_key, recipient=self._provider_keys[provider])
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    signing_key: PrivateKey
+    provider_keys: Mapping[str, KeySet]
+
+
+def load_policy(path: Path) -> Policy:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: policy file cannot be read: {exc.strerror}"]) from None
+    try:
+        return load_policy_text(text, source=str(path))
+    except PolicyError as exc:
+        raise ConfigError(list(exc.problems)) from None
+
+
+def load_keys(settings: Settings) -> Keys:
+    """Load every key, collecting all problems so an operator can fix them in one go."""
+    problems: list[str] = []
+    signing_key: PrivateKey | None = None
+    try:
+        signing_key = load_private_key(settings.keys.signing_key)
+    except SealingError as exc:
+        problems.append(f"keys.signing_key: {exc}")
+    provider_keys: dict[str, KeySet] = {}
+    for provider_id, provider in settings.providers.items():
+        try:
+            provider_keys[provider_id] = load_key_set(provider.public_keys)
+        except SealingError as exc:
+            problems.append(f"providers.{provider_id}.public_keys: {exc}")
+    if problems or signing_key is None:
+        raise ConfigError(problems)
+    return Keys(signing_key=signing_key, provider_keys=provider_keys)
+
+
+def check_policy_providers(policy: Policy, settings: Settings) -> None:
+    missing = sorted(policy.providers() - set(settings.providers))
+    if missing:
+        raise ConfigError(
+            [
+                f"{settings.bridge.policy_file}: the policy routes to provider {p!r}, which has no "
+                f"[providers.{p}] section in {settings.config_path}"
+                for p in missing
+            ]
+        )
+
+
+def topology_of(settings: Settings) -> Topology:
+    names = settings.broker.topology
+    return Topology(
+        inbound_exchange=names.inbound_exchange,
+        work_queue=names.work_queue,
+        referrals_exchange=names.referrals_exchange,
+        tasks_exchange=names.tasks_exchange,
+        dead_letter_queue=names.dead_letter_queue,
+    )
+
+
+def broker_of(settings: Settings) -> BrokerSpec:
+    return broker_spec(settings.broker.url or None, settings.data_dir)
+
+
+@dataclass(frozen=True, slots=True)
+class Bridge:
+    """Everything `run` needs, built and validated."""
+
+    settings: Settings
+    policy: Policy
+    keys: Keys
+    ledger: Ledger
+    broker: BrokerSpec
+    topology: Topology
+    publisher: Publisher
+    service: ReferralService
+
+    def close(self) -> None:
+        self.publisher.close()
+        self.ledger.dispose()
+
+
+def validate(settings: Settings) -> tuple[Policy, Keys]:
+    """Start-up checks that need no network: policy, providers, keys."""
+    policy = load_policy(settings.bridge.policy_file)
+    check_policy_providers(policy, settings)
+    return policy, load_keys(settings)
+
+
+def build(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -> Bridge:
+    """Build the bridge; raises ConfigError, LedgerUnavailableError or LedgerSchemaError."""
+    policy, keys = validate(settings)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    ledger = Ledger.open(settings.ledger_url)
+    broker = broker_of(settings)
+    topology = topology_of(settings)
+    publisher = Publisher(broker, topology)
+    service = ReferralService(
+        ledger=ledger,
+        policy=policy,
+        calendar=WorkingDayCalendar(),
+        sealer=ProviderSealer(keys.signing_key, keys.provider_keys),
+        publisher=publisher,
+        routes=Routes(
+            referrals_exchange=topology.referrals_exchange, tasks_exchange=topology.tasks_exchange
+        ),
+        source=settings.bridge.source,
+        clock=clock,
+        max_message_bytes=settings.bridge.max_message_bytes,
+        max_processing_attempts=settings.bridge.max_processing_attempts,
+    )
+    return Bridge(
+        settings=settings,
+        policy=policy,
+        keys=keys,
+        ledger=ledger,
+        broker=broker,
+        topology=topology,
+        publisher=publisher,
+        service=service,
+    )

@@ -1,0 +1,277 @@
+"""Command line: run, demo, simulate, keys, open, rules explain, schemas, check-config.
+
+Exit codes are part of the interface (a test pins them); systemd and scripts act on them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import TextIO
+
+import structlog
+
+from referral_bridge.errors import (
+    BridgeError,
+    ConfigError,
+    LedgerSchemaError,
+    LedgerUnavailableError,
+)
+from referral_bridge.logging import configure_logging
+from referral_bridge.sealing import InvalidKeyIdError, KeyFileError, SealingError
+from referral_bridge.transport.errors import TransportConfigError, TransportError
+
+RET_OK = 0
+#: Something failed that is not one of the cases below (a bug: see the log).
+RET_FAILURE = 1
+RET_USAGE = 2
+#: The configuration, policy or a key file is invalid or unsafe: fix it and start again.
+RET_CONFIG = 3
+#: The broker or the ledger cannot be reached: systemd restarts the bridge after a pause.
+RET_CONNECT = 4
+#: A sealed referral could not be opened: bad signature, unknown key or tampering.
+RET_VERIFY = 5
+#: Schema files differ from the models (`schemas check`).
+RET_DRIFT = 6
+
+log = structlog.get_logger("referral_bridge.cli")
+
+
+def _settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]  # narrowed below
+    from referral_bridge.settings import load_settings
+
+    return load_settings(Path(args.config) if args.config else None)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from referral_bridge import bootstrap, worker
+
+    bridge = bootstrap.build(_settings(args))
+    stop = threading.Event()
+    worker.install_stop_signals(stop)
+    try:
+        worker.run(bridge, stop)
+    finally:
+        bridge.close()
+    return RET_OK
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from referral_bridge import bootstrap
+
+    settings = _settings(args)
+    policy, keys = bootstrap.validate(settings)
+    print(f"configuration ok: {settings.config_path}")
+    print(f"  policy: {settings.bridge.policy_file} ({len(policy.rules)} rules)")
+    print(f"  signing key: kid {keys.signing_key.kid}")
+    for provider, key_set in keys.provider_keys.items():
+        print(f"  provider {provider}: encrypts to kid {key_set.current.kid}")
+    print(f"  broker: {'embedded (trying only)' if settings.embedded_broker else 'amqp'}")
+    return RET_OK
+
+
+def cmd_keys_generate(args: argparse.Namespace) -> int:
+    from referral_bridge.sealing import generate_key_pair
+
+    files = generate_key_pair(args.kid, Path(args.out))
+    print(f"private key: {files.private_path} (mode 0600: keep it secret)")
+    print(f"public key:  {files.public_path}")
+    return RET_OK
+
+
+def cmd_open(args: argparse.Namespace) -> int:
+    from referral_bridge.sealing import load_key_set, open_event
+
+    raw = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+    envelope, payload = open_event(
+        raw,
+        decryption_keys=load_key_set(Path(args.key)),
+        verification_keys=load_key_set(Path(args.verify_with)),
+    )
+    document = {"envelope": envelope, "payload": payload} if envelope is not None else payload
+    json.dump(document, sys.stdout, indent=2, ensure_ascii=False)
+    print()
+    return RET_OK
+
+
+def cmd_rules_explain(args: argparse.Namespace) -> int:
+    from referral_bridge.explain import explain_event
+
+    policy_path = Path(args.policy) if args.policy else None
+    if policy_path is None:
+        policy_path = (
+            _settings(args).bridge.policy_file
+            if (args.config or _has_env_config())
+            else _default_policy()
+        )
+    now = datetime.fromisoformat(args.now) if args.now else None
+    raw = sys.stdin.buffer.read() if args.event == "-" else Path(args.event).read_bytes()
+    return explain_event(raw, policy_path=policy_path, now=now, out=sys.stdout)
+
+
+def _has_env_config() -> bool:
+    import os
+
+    from referral_bridge.settings import CONFIG_ENV
+
+    return CONFIG_ENV in os.environ
+
+
+def _default_policy() -> Path:
+    return Path(__file__).resolve().parent.parent / "config" / "policy.toml"
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from referral_bridge.simulate import feed
+
+    return feed(
+        config=Path(args.config) if args.config else None,
+        count=args.count,
+        seed=args.seed,
+        bad=args.bad,
+        samples=args.samples,
+    )
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from referral_bridge.demo import run_demo
+
+    return run_demo(
+        data_dir=Path(args.data_dir),
+        cases=args.cases,
+        seed=args.seed,
+        marker=args.marker,
+        out=sys.stdout,
+    )
+
+
+def cmd_schemas(args: argparse.Namespace) -> int:
+    from referral_bridge.schemas import check_schemas, write_schemas
+
+    directory = Path(args.directory)
+    if args.action == "write":
+        for path in write_schemas(directory):
+            print(path)
+        return RET_OK
+    drifted = check_schemas(directory)
+    for name in drifted:
+        print(f"out of date: {directory / name} (run `make schemas`)", file=sys.stderr)
+    return RET_DRIFT if drifted else RET_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="referral-bridge", description=__doc__)
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    parser.add_argument(
+        "--log-json",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="JSON log lines (default: when stderr is not a terminal)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--config", help="configuration file (default: $REFERRAL_BRIDGE_CONFIG)")
+        return p
+
+    with_config(commands.add_parser("run", help="run the worker")).set_defaults(func=cmd_run)
+    with_config(
+        commands.add_parser("check-config", help="validate configuration, policy and keys")
+    ).set_defaults(func=cmd_check_config)
+
+    keys = commands.add_parser("keys", help="key files").add_subparsers(
+        dest="keys_command", required=True
+    )
+    generate = keys.add_parser("generate", help="write a P-256 key pair (private file mode 0600)")
+    generate.add_argument("--kid", required=True, help="key id, e.g. bridge-2026-11")
+    generate.add_argument(
+        "--out", required=True, help="folder to write KID.private.jwk and KID.public.jwk"
+    )
+    generate.set_defaults(func=cmd_keys_generate)
+
+    opener = commands.add_parser("open", help="provider side: verify, decrypt and print a referral")
+    opener.add_argument("file", help="a referral CloudEvent or JWE compact string; - for stdin")
+    opener.add_argument("--key", required=True, help="provider's private key (JWK or JWKS)")
+    opener.add_argument(
+        "--verify-with", required=True, help="the bridge's public signing key (JWK or JWKS)"
+    )
+    opener.set_defaults(func=cmd_open)
+
+    rules = commands.add_parser("rules", help="the consent policy").add_subparsers(
+        dest="rules_command", required=True
+    )
+    explain = with_config(
+        rules.add_parser("explain", help="show each victim's decision for an event")
+    )
+    explain.add_argument("event", help="event JSON file; - for stdin")
+    explain.add_argument(
+        "--policy", help="policy file (default: the configured one, else config/policy.toml)"
+    )
+    explain.add_argument("--now", help="decide as at this RFC 3339 time (default: now)")
+    explain.set_defaults(func=cmd_rules_explain)
+
+    simulate = with_config(
+        commands.add_parser("simulate", help="publish synthetic events (fake people only)")
+    )
+    simulate.add_argument("--count", type=int, default=300, help="number of synthetic cases")
+    simulate.add_argument("--seed", type=int, default=2026)
+    simulate.add_argument(
+        "--bad", type=int, default=0, help="also publish this many invalid messages"
+    )
+    simulate.add_argument(
+        "--samples", type=Path, help="also publish the sample events in this folder"
+    )
+    simulate.set_defaults(func=cmd_simulate)
+
+    demo = commands.add_parser(
+        "demo", help="run the bridge on the embedded broker with synthetic events"
+    )
+    demo.add_argument("--data-dir", default="var/demo")
+    demo.add_argument("--cases", type=int, default=300)
+    demo.add_argument("--seed", type=int, default=2026)
+    demo.add_argument(
+        "--marker", help=argparse.SUPPRESS
+    )  # tests: put this marker in every personal field
+    demo.set_defaults(func=cmd_demo)
+
+    schemas = commands.add_parser("schemas", help="JSON Schema files generated from the models")
+    schemas.add_argument("action", choices=("write", "check"))
+    schemas.add_argument("directory", nargs="?", default="schemas")
+    schemas.set_defaults(func=cmd_schemas)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, *, stderr: TextIO | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(json=args.log_json, level=args.log_level)
+    err = stderr or sys.stderr
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"referral-bridge: {exc}", file=err)
+        return RET_CONFIG
+    except (LedgerUnavailableError, LedgerSchemaError) as exc:
+        print(f"referral-bridge: {exc}", file=err)
+        return RET_CONNECT if isinstance(exc, LedgerUnavailableError) else RET_CONFIG
+    except (KeyFileError, InvalidKeyIdError) as exc:
+        print(f"referral-bridge: {exc}", file=err)
+        return RET_CONFIG
+    except SealingError as exc:
+        print(f"referral-bridge: cannot open: {exc}", file=err)
+        return RET_VERIFY
+    except TransportConfigError as exc:
+        print(f"referral-bridge: {exc}", file=err)
+        return RET_CONFIG
+    except TransportError as exc:
+        print(f"referral-bridge: {exc}", file=err)
+        return RET_CONNECT
+    except (BridgeError, OSError) as exc:
+        print(f"referral-bridge: {exc}", file=err)
+        return RET_FAILURE
+    except KeyboardInterrupt:
+        return RET_FAILURE

@@ -1,0 +1,236 @@
+"""The consent and routing policy: configuration a data protection officer reads and changes.
+
+The shipped default is `config/policy.toml` (rules.md). It is validated once, at start-up, and
+every problem is reported with the file and key it is in, so it can be fixed without a debugger.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
+
+from referral_bridge.core.events import CaseKind, Relationship, VictimKind
+
+RuleId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")]
+#: A stable snake_case code: rule names, services, categories and flags.
+Code = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+#: A provider id is also an AMQP routing key, so no wildcards (`*`, `#`) or spaces.
+ProviderId = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9.-]{0,63}$")]
+HoClass = Annotated[str, StringConstraints(pattern=r"^[0-9A-Za-z/]{1,16}$")]
+Need = Literal["vulnerable", "intimidated", "persistently_targeted"]
+WorkingDays = Annotated[int, Field(ge=1, le=30)]
+
+
+class PolicyError(Exception):
+    """Raised when the policy file is not valid: fix each listed key and start again.
+
+    `problems` holds one line per problem, "SOURCE: key.path: what is wrong". Rule blocks are
+    counted from 1 in the order they appear, so `rules[3]` is the third `[[rules]]` block.
+    """
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = tuple(problems)
+        super().__init__(
+            "the consent policy is not valid; fix these and start again:\n  "
+            + "\n  ".join(self.problems)
+        )
+
+
+class Regime(StrEnum):
+    """How consent turns into an outcome (rules.md, "Regimes")."""
+
+    EXPLICIT = "explicit"
+    OPT_OUT = "opt_out"
+    INCIDENT = "incident"
+    NONE = "none"
+
+
+class _Config(BaseModel):
+    # Unknown keys are errors: a misspelt key silently ignored would change who is referred.
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Conditions(_Config):
+    """What a rule looks at. No conditions at all makes the rule a catch-all."""
+
+    victim_kind: VictimKind | None = None
+    deceased: bool | None = None
+    categories: tuple[Code, ...] = ()
+    relationships: tuple[Relationship, ...] = ()
+    flags: tuple[Code, ...] = ()
+    #: Matches a victim younger than this on the local date of `reported_at`.
+    under_age: Annotated[int, Field(ge=1, le=25)] | None = None
+
+    def is_empty(self) -> bool:
+        return self == Conditions()
+
+
+class Rule(_Config):
+    """One row of the rules table; the first rule that matches a victim decides."""
+
+    id: RuleId
+    name: Code
+    applies_to: tuple[CaseKind, ...] = Field(min_length=1)
+    #: "any": one listed condition is enough; "all": every listed condition must hold.
+    match: Literal["any", "all"] = "any"
+    when: Conditions = Conditions()
+    provider: ProviderId | None = None
+    service: Code | None = None
+    regime: Regime
+    requires_safe_to_contact: bool = False
+    requires_contact_person: bool = False
+
+    @model_validator(mode="after")
+    def _makes_sense(self) -> Rule:
+        if self.regime is Regime.NONE:
+            if self.provider is not None or self.service is not None:
+                raise ValueError("regime 'none' sends nothing, so leave out provider and service")
+        elif self.provider is None or self.service is None:
+            raise ValueError(f"regime {self.regime.value!r} needs both a provider and a service")
+        if self.requires_contact_person and self.regime is not Regime.EXPLICIT:
+            raise ValueError("requires_contact_person only makes sense with regime 'explicit'")
+        if len(set(self.applies_to)) != len(self.applies_to):
+            raise ValueError("applies_to lists the same kind twice")
+        return self
+
+    def is_catch_all(self) -> bool:
+        return self.when.is_empty()
+
+
+class Deadlines(_Config):
+    """Victims' Code time limits, in England and Wales working days from `reported_at`."""
+
+    referral_working_days: WorkingDays
+    hold_working_days: WorkingDays
+    leaflet_working_days: WorkingDays
+    leaflet_enhanced_working_days: WorkingDays
+
+
+class EnhancedRights(_Config):
+    """Victims entitled to enhanced rights: shorter leaflet deadlines."""
+
+    categories: tuple[Code, ...] = ()
+    flags: tuple[Code, ...] = ()
+    ho_classes: tuple[HoClass, ...] = ()
+    under_age: Annotated[int, Field(ge=1, le=25)] = 18
+    needs: tuple[Need, ...] = ()
+
+
+class _CrossFieldError(ValueError):
+    """Cross-field problems found after each part was valid on its own."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(f"{path}: {what}" for path, what in problems))
+
+
+class Policy(_Config):
+    """The whole policy. Build it with `load_policy_text`, which reports problems readably."""
+
+    deadlines: Deadlines
+    enhanced_rights: EnhancedRights
+    rules: tuple[Rule, ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _makes_sense(self) -> Policy:
+        problems: list[tuple[str, str]] = []
+        for key in ("id", "name"):
+            seen: dict[str, int] = {}
+            for number, rule in enumerate(self.rules, start=1):
+                value = getattr(rule, key)
+                if value in seen:
+                    problems.append(
+                        (
+                            f"rules[{number}].{key}",
+                            f"{value!r} is already used by rules[{seen[value]}]",
+                        )
+                    )
+                seen.setdefault(value, number)
+        catch_all: dict[CaseKind, int] = {}
+        for number, rule in enumerate(self.rules, start=1):
+            if all(kind in catch_all for kind in rule.applies_to):
+                earlier = ", ".join(f"rules[{catch_all[k]}]" for k in rule.applies_to)
+                problems.append(
+                    (f"rules[{number}]", f"can never match: {earlier} before it matches everything")
+                )
+            if rule.is_catch_all():
+                for kind in rule.applies_to:
+                    catch_all.setdefault(kind, number)
+        for kind in CaseKind:
+            if kind not in catch_all:
+                problems.append(
+                    (
+                        "rules",
+                        f"no rule without conditions applies to {kind.value!r}: add a last rule "
+                        "so that every victim is decided",
+                    )
+                )
+        if problems:
+            raise _CrossFieldError(problems)
+        return self
+
+    def providers(self) -> frozenset[str]:
+        """The provider ids the rules can refer to; each needs keys and a delivery route."""
+        return frozenset(rule.provider for rule in self.rules if rule.provider is not None)
+
+
+def load_policy_text(text: str, *, source: str) -> Policy:
+    """Parse and validate a policy file's text; `source` names the file in error messages.
+
+    Raises PolicyError listing every problem. Input values are never echoed, only keys.
+    """
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        # tomllib's messages give a position, never the file's content.
+        raise PolicyError([f"{source}: (file): not valid TOML: {exc}"]) from None
+    try:
+        return Policy.model_validate(raw)
+    except ValidationError as exc:
+        raise PolicyError(_describe(exc, source)) from None
+
+
+def _describe(exc: ValidationError, source: str) -> list[str]:
+    lines: list[str] = []
+    for error in exc.errors(include_input=False, include_url=False):
+        path = _path(error["loc"])
+        cause = (error.get("ctx") or {}).get("error")
+        if isinstance(cause, _CrossFieldError):
+            lines.extend(f"{source}: {_join(path, sub)}: {what}" for sub, what in cause.problems)
+            continue
+        lines.append(f"{source}: {path or '(top level)'}: {_message(error['type'], error, cause)}")
+    return lines
+
+
+def _message(kind: str, error: Any, cause: object) -> str:
+    if kind == "missing":
+        return "is required but missing"
+    if kind == "extra_forbidden":
+        return "is not a known setting (check the spelling against the shipped policy)"
+    if isinstance(cause, ValueError):
+        return str(cause)
+    return str(error["msg"])
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part + 1}]"
+        else:
+            path += f".{part}" if path else part
+    return path
+
+
+def _join(prefix: str, path: str) -> str:
+    return f"{prefix}.{path}" if prefix else path

@@ -1,0 +1,254 @@
+"""`make demo`: the bridge on the embedded broker, fed samples and synthetic cases, then a summary.
+
+The worker runs as a real subprocess (`referral-bridge run`), exactly as it would under systemd;
+this module only prepares a data directory, feeds events, waits, and reports from the ledger.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from kombu.simple import SimpleQueue
+
+from referral_bridge.bootstrap import broker_of, topology_of
+from referral_bridge.ledger import Ledger
+from referral_bridge.sealing import generate_key_pair, load_key_set, open_event
+from referral_bridge.settings import Settings, load_settings
+from referral_bridge.simulate import SimulatedEvent, Simulator, publish_all, sample_events
+from referral_bridge.transport.publisher import Publisher
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLES = REPO.parent / "shared" / "spec" / "samples"
+PROVIDERS = ("lancashire-victim-services", "homicide-service")
+#: Personal fields shown masked when the demo opens a referral.
+PERSONAL = frozenset({"name", "date_of_birth", "contact"})
+WAIT_SECONDS = 180.0
+
+
+def prepare(data_dir: Path) -> Path:
+    """Keys (kept between runs) and a config file; the ledger and queues start empty each run."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    for stale in (
+        "broker",
+        "ledger.sqlite3",
+        "ledger.sqlite3-wal",
+        "ledger.sqlite3-shm",
+        "bridge.log",
+    ):
+        path = data_dir / stale
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    keys = data_dir / "keys"
+    for kid in ("bridge-demo", *(f"{p}-demo" for p in PROVIDERS)):
+        if not (keys / f"{kid}.private.jwk").exists():
+            generate_key_pair(kid, keys)
+    providers = "\n".join(
+        f'[providers.{p}]\npublic_keys = "keys/{p}-demo.public.jwk"\n' for p in PROVIDERS
+    )
+    config = data_dir / "referral-bridge.toml"
+    config.write_text(
+        "# Written by `referral-bridge demo`: embedded broker, SQLite ledger, generated keys.\n"
+        "[bridge]\n"
+        'source = "urn:referral-bridge:demo"\n'
+        'data_dir = "."\n'
+        f"policy_file = {json.dumps(str(REPO / 'config' / 'policy.toml'))}\n"
+        "scheduler_interval_seconds = 1.0\n\n"
+        '[keys]\nsigning_key = "keys/bridge-demo.private.jwk"\n\n' + providers,
+        encoding="utf-8",
+    )
+    return config
+
+
+def start_worker(config: Path, log_path: Path) -> subprocess.Popen[bytes]:
+    log_file = log_path.open("wb")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("REFERRAL_BRIDGE_BROKER_URL", None)
+    return subprocess.Popen(
+        [sys.executable, "-m", "referral_bridge", "--log-json", "run", "--config", str(config)],
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+
+
+def wait_until_processed(
+    settings: Settings,
+    ledger: Ledger,
+    expected_ids: int,
+    expected_dead: int,
+    worker: subprocess.Popen[bytes],
+) -> bool:
+    from referral_bridge.transport.topology import queue_depth
+
+    broker, topology = broker_of(settings), topology_of(settings)
+    deadline = time.monotonic() + WAIT_SECONDS
+    while time.monotonic() < deadline:
+        if worker.poll() is not None:
+            return False
+        processed = ledger.counts()["totals"]["processed"]
+        dead = queue_depth(broker, topology.dead_letter_queue)
+        if (
+            processed >= expected_ids
+            and dead >= expected_dead
+            and queue_depth(broker, topology.work_queue) == 0
+        ):
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def dead_letter_reasons(settings: Settings) -> Counter[str]:
+    """Count dead letters by reason and put each back (on the embedded broker, reading removes)."""
+    broker, topology = broker_of(settings), topology_of(settings)
+    seen: list[tuple[bytes, dict[str, Any]]] = []
+    connection = broker.connection()
+    try:
+        queue = SimpleQueue(connection, topology.dead_letter_queue, no_ack=False, serializer=None)
+        while True:
+            try:
+                message = queue.get(block=False)
+            except queue.Empty:
+                break
+            seen.append((bytes(message.body), dict(message.headers)))
+            message.ack()
+        queue.close()
+    finally:
+        connection.release()
+    with Publisher(broker, topology) as publisher:
+        for body, headers in seen:
+            publisher.publish(
+                exchange="",
+                routing_key=topology.dead_letter_queue,
+                body=body,
+                headers=headers,
+                content_type="application/octet-stream",
+            )
+    return Counter(str(headers.get("x-rb-reason", "unknown")) for _, headers in seen)
+
+
+def open_one_referral(ledger: Ledger, data_dir: Path) -> dict[str, Any] | None:
+    from sqlalchemy import select
+
+    from referral_bridge.ledger.schema import outbox
+
+    with ledger.engine.connect() as connection:
+        row = connection.execute(
+            select(outbox.c.routing_key, outbox.c.body)
+            .where(outbox.c.kind == "referral")
+            .order_by(outbox.c.created_at)
+            .limit(1)
+        ).first()
+    if row is None:
+        return None
+    keys = data_dir / "keys"
+    envelope, payload = open_event(
+        row.body,
+        decryption_keys=load_key_set(keys / f"{row.routing_key}-demo.private.jwk"),
+        verification_keys=load_key_set(keys / "bridge-demo.public.jwk"),
+    )
+    return {"envelope": envelope, "payload": payload}
+
+
+def _masked(payload: dict[str, Any]) -> dict[str, Any]:
+    victim = dict(payload.get("victim", {}))
+    for key in PERSONAL & victim.keys():
+        victim[key] = "[personal data: present, not shown]"
+    return {**payload, "victim": victim}
+
+
+def run_demo(*, data_dir: Path, cases: int, seed: int, marker: str | None, out: TextIO) -> int:
+    config = prepare(data_dir)
+    settings = load_settings(config, env={})
+    events: list[SimulatedEvent] = sample_events(SAMPLES) if SAMPLES.is_dir() else []
+    simulator = Simulator(seed=seed, now=datetime.now(UTC), marker=marker)
+    events += list(simulator.cases(cases))
+    bad = list(simulator.bad_messages(12))
+    valid_ids = {json.loads(e.body)["id"] for e in events}
+
+    print(f"referral-bridge demo: data in {data_dir}/ (embedded broker, SQLite ledger)", file=out)
+    worker = start_worker(config, data_dir / "bridge.log")
+    try:
+        with Publisher(broker_of(settings), topology_of(settings)) as publisher:
+            publish_all(publisher, [*events, *bad])
+        print(
+            f"fed {len(events) + len(bad)} messages: {len(events)} events ({len(valid_ids)} distinct ids, "
+            f"the rest repeats), {len(bad)} invalid on purpose",
+            file=out,
+        )
+        ledger = Ledger.open(settings.ledger_url)
+        finished = wait_until_processed(settings, ledger, len(valid_ids), len(bad), worker)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        code = worker.wait(timeout=60)
+    if not finished:
+        print(
+            f"the worker did not finish in time (exit {worker.returncode}); see {data_dir}/bridge.log",
+            file=out,
+        )
+        return 1
+    print(f"worker stopped on SIGTERM with exit code {code}", file=out)
+    _summary(ledger, settings, data_dir, out)
+    ledger.dispose()
+    return 0 if code == 0 else 1
+
+
+def _summary(ledger: Ledger, settings: Settings, data_dir: Path, out: TextIO) -> None:
+    counts = ledger.counts()
+    totals, actions = counts["totals"], counts["actions"]
+
+    def section(title: str, rows: Iterable[tuple[str, int]]) -> None:
+        rows = list(rows)
+        print(f"\n{title}", file=out)
+        for label, value in rows or [("(none)", 0)]:
+            print(f"  {label:<58} {value:>5}", file=out)
+
+    print(f"\nevents processed (distinct ids): {totals['processed']}", file=out)
+    section(
+        "referrals sent, by provider/service",
+        sorted(
+            (k.removeprefix("referral "), v)
+            for k, v in actions.items()
+            if k.startswith("referral ")
+        ),
+    )
+    section(
+        "leaflet tasks for officers, by reason",
+        sorted(
+            (k.removeprefix("leaflet "), v) for k, v in actions.items() if k.startswith("leaflet ")
+        ),
+    )
+    section(
+        "withdrawals sent, by provider",
+        sorted(
+            (k.removeprefix("withdrawal "), v)
+            for k, v in actions.items()
+            if k.startswith("withdrawal ")
+        ),
+    )
+    section("holds open (waiting for explicit consent)", [("open holds", totals["open_holds"])])
+    section("dead letters, by reason", sorted(dead_letter_reasons(settings).items()))
+    print(f"\noutbox rows not yet published: {totals['unsent']}", file=out)
+    opened = open_one_referral(ledger, data_dir)
+    if opened:
+        print(
+            "\none referral, opened with the provider's private key and verified with the bridge's "
+            "public key (personal fields masked here):",
+            file=out,
+        )
+        print(
+            json.dumps(
+                {"envelope": opened["envelope"], "payload": _masked(opened["payload"])}, indent=2
+            ),
+            file=out,
+        )
+    print(f"\nthe worker's log (JSON lines, no personal data): {data_dir}/bridge.log", file=out)

@@ -1,0 +1,11 @@
+"""The ledger: processed events, case state, what was done for each victim, holds and the outbox."""
+
+from referral_bridge.ledger.store import (
+    CaseState,
+    Ledger,
+    LedgerTransaction,
+    OutboxMessage,
+    RecordedAction,
+)
+
+__all__ = ["CaseState", "Ledger", "LedgerTransaction", "OutboxMessage", "RecordedAction"]

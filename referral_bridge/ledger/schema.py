@@ -1,0 +1,165 @@
+"""Ledger tables (SQLAlchemy Core) and the schema version they make up.
+
+Times are stored as timezone-aware UTC. Refs are force references (crime or incident); a
+"matter" is the ref decisions are made under: the crime once an incident is linked to one.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    DateTime,
+    Dialect,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Aware datetimes in, aware UTC datetimes out, on SQLite (naive storage) as on PostgreSQL."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("the ledger stores only timezone-aware datetimes")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+#: Bump with a migration step in migrations.py whenever the tables below change.
+SCHEMA_VERSION = 1
+
+metadata = MetaData()
+
+schema_info = Table(
+    "rb_schema_info",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", String(200), nullable=False),
+)
+
+#: One row per ref, used to serialise work on a matter across workers (SELECT ... FOR UPDATE).
+locks = Table("rb_locks", metadata, Column("ref", String(64), primary_key=True))
+
+processed_events = Table(
+    "rb_processed_events",
+    metadata,
+    Column("event_id", String(200), primary_key=True),
+    Column("event_type", String(64), nullable=False),
+    Column("record_ref", String(64), nullable=False),
+    Column("result", String(64), nullable=False),
+    Column("processed_at", UtcDateTime(), nullable=False),
+)
+
+#: The latest snapshot of each crime or incident record (holds personal data: see security.md).
+records = Table(
+    "rb_records",
+    metadata,
+    Column("record_ref", String(64), primary_key=True),
+    Column("kind", String(16), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("snapshot", JSON, nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
+)
+
+#: Incident refs that belong to a crime: the crime is the matter.
+aliases = Table(
+    "rb_aliases",
+    metadata,
+    Column("ref", String(64), primary_key=True),
+    Column("matter_ref", String(64), nullable=False, index=True),
+)
+
+#: The latest `consent.updated` per ref (as the source gave it) and victim.
+consents = Table(
+    "rb_consents",
+    metadata,
+    Column("case_ref", String(64), primary_key=True),
+    Column("victim_id", String(64), primary_key=True),
+    Column("referral", String(16), nullable=False),
+    Column("recorded_at", UtcDateTime(), nullable=False),
+    Column("recorded_by", String(200), nullable=False),
+    Column("lawful_basis", String(200)),
+)
+
+#: What was done: referral (target = provider), leaflet (target = reason), withdrawal (provider).
+actions = Table(
+    "rb_actions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("case_ref", String(64), nullable=False, index=True),
+    Column("victim_id", String(64), nullable=False),
+    Column("action", String(16), nullable=False),
+    Column("target", String(100), nullable=False),
+    Column("message_id", String(64), nullable=False, unique=True),
+    Column("provider", String(100), nullable=False),
+    Column("service", String(100)),
+    Column("related_id", String(64)),
+    Column("due_at", UtcDateTime()),
+    Column("at", UtcDateTime(), nullable=False),
+    UniqueConstraint("case_ref", "victim_id", "action", "target", name="uq_rb_actions_once"),
+)
+
+holds = Table(
+    "rb_holds",
+    metadata,
+    Column("case_ref", String(64), primary_key=True),
+    Column("victim_id", String(64), primary_key=True),
+    Column("until", UtcDateTime(), nullable=False, index=True),
+    Column("open", Boolean, nullable=False),
+    Column("ended_at", UtcDateTime()),
+    Column("ended_reason", String(64)),
+)
+
+#: Every decision, for audit and compliance reporting. No personal data.
+decisions = Table(
+    "rb_decisions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("event_id", String(200), nullable=False, index=True),
+    Column("case_ref", String(64), nullable=False, index=True),
+    Column("victim_id", String(64), nullable=False),
+    Column("outcome", String(16), nullable=False),
+    Column("rule", String(32)),
+    Column("regime", String(32)),
+    Column("reason", String(64), nullable=False),
+    Column("explanation", Text, nullable=False),
+    Column("decided_at", UtcDateTime(), nullable=False),
+)
+
+#: Messages to publish. Bodies of referrals are sealed: no plaintext personal data here.
+outbox = Table(
+    "rb_outbox",
+    metadata,
+    Column("message_id", String(64), primary_key=True),
+    Column("event_id", String(200), nullable=False, index=True),
+    Column("kind", String(32), nullable=False),
+    Column("exchange", String(200), nullable=False),
+    Column("routing_key", String(200), nullable=False),
+    Column("headers", JSON, nullable=False),
+    Column("body", LargeBinary, nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("published_at", UtcDateTime(), index=True),
+    Column("attempts", Integer, nullable=False, default=0),
+)

@@ -1,0 +1,473 @@
+"""The ledger adapter: one transaction per inbound message, serialised per matter.
+
+SQLite (WAL, `BEGIN IMMEDIATE`) serialises every write transaction, which is what a single
+worker needs. PostgreSQL serialises per matter with row locks in `rb_locks`, so several workers
+can share the work queue; unique constraints on actions and outbox ids are the last line of
+defence against a double referral.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event, func, select, update
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from referral_bridge.core.decisions import Decision
+from referral_bridge.core.events import ConsentChange
+from referral_bridge.core.history import (
+    ConsentRecord,
+    Hold,
+    IssuedLeaflet,
+    SentReferral,
+    SentWithdrawal,
+    VictimHistory,
+)
+from referral_bridge.errors import LedgerSchemaError, LedgerUnavailableError
+from referral_bridge.ledger import schema as t
+from referral_bridge.ledger.migrations import migrate
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxMessage:
+    message_id: str
+    event_id: str
+    kind: str
+    exchange: str
+    routing_key: str
+    headers: Mapping[str, Any]
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedAction:
+    """An action to record for a victim: referral, leaflet or withdrawal."""
+
+    case_ref: str
+    victim_id: str
+    action: str
+    target: str
+    message_id: str
+    provider: str
+    service: str | None
+    related_id: str | None
+    due_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class CaseState:
+    """What the ledger knows about a matter: its snapshot (if any) and each victim's history."""
+
+    matter_ref: str
+    snapshot: Mapping[str, Any] | None
+    snapshot_kind: str | None
+    history: Mapping[str, VictimHistory]
+
+
+class LedgerTransaction:
+    """Reads and writes inside one ledger transaction; build with `Ledger.transaction()`."""
+
+    def __init__(self, connection: Connection) -> None:
+        self._c = connection
+        self._postgres = connection.dialect.name == "postgresql"
+
+    def lock(self, refs: Iterable[str]) -> None:
+        """Serialise work on these refs across workers (no-op beyond SQLite's own write lock)."""
+        ordered = sorted(set(refs))
+        if not self._postgres or not ordered:
+            return
+        self._c.execute(
+            postgresql.insert(t.locks).on_conflict_do_nothing(),
+            [{"ref": ref} for ref in ordered],
+        )
+        self._c.execute(
+            select(t.locks.c.ref)
+            .where(t.locks.c.ref.in_(ordered))
+            .order_by(t.locks.c.ref)
+            .with_for_update()
+        ).all()
+
+    def is_processed(self, event_id: str) -> bool:
+        row = self._c.execute(
+            select(t.processed_events.c.event_id).where(t.processed_events.c.event_id == event_id)
+        ).first()
+        return row is not None
+
+    def mark_processed(
+        self, event_id: str, event_type: str, record_ref: str, result: str, at: datetime
+    ) -> None:
+        self._c.execute(
+            t.processed_events.insert().values(
+                event_id=event_id,
+                event_type=event_type,
+                record_ref=record_ref,
+                result=result,
+                processed_at=at,
+            )
+        )
+
+    def record_version(self, record_ref: str) -> int | None:
+        return self._c.execute(
+            select(t.records.c.version).where(t.records.c.record_ref == record_ref)
+        ).scalar_one_or_none()
+
+    def save_record(
+        self, record_ref: str, kind: str, version: int, snapshot: Mapping[str, Any], at: datetime
+    ) -> None:
+        values = {"kind": kind, "version": version, "snapshot": dict(snapshot), "updated_at": at}
+        if self.record_version(record_ref) is None:
+            self._c.execute(t.records.insert().values(record_ref=record_ref, **values))
+        else:
+            self._c.execute(
+                t.records.update().where(t.records.c.record_ref == record_ref).values(**values)
+            )
+
+    def resolve(self, ref: str) -> str:
+        """The matter a ref belongs to: the crime an incident was linked to, else the ref itself."""
+        matter = self._c.execute(
+            select(t.aliases.c.matter_ref).where(t.aliases.c.ref == ref)
+        ).scalar_one_or_none()
+        return matter or ref
+
+    def link(self, ref: str, matter_ref: str) -> None:
+        if ref == matter_ref:
+            return
+        if self._c.execute(select(t.aliases.c.ref).where(t.aliases.c.ref == ref)).first() is None:
+            self._c.execute(t.aliases.insert().values(ref=ref, matter_ref=matter_ref))
+        else:
+            self._c.execute(
+                t.aliases.update().where(t.aliases.c.ref == ref).values(matter_ref=matter_ref)
+            )
+
+    def members(self, matter_ref: str) -> set[str]:
+        rows = self._c.execute(
+            select(t.aliases.c.ref).where(t.aliases.c.matter_ref == matter_ref)
+        ).scalars()
+        return {matter_ref, *rows}
+
+    def save_consent(self, case_ref: str, victim_id: str, consent: ConsentRecord) -> bool:
+        """Keep the latest consent per ref and victim; False if an equal or newer one is kept."""
+        key = (t.consents.c.case_ref == case_ref) & (t.consents.c.victim_id == victim_id)
+        current = self._c.execute(select(t.consents.c.recorded_at).where(key)).scalar_one_or_none()
+        values = {
+            "referral": consent.referral.value,
+            "recorded_at": consent.recorded_at,
+            "recorded_by": consent.recorded_by,
+            "lawful_basis": consent.lawful_basis,
+        }
+        if current is None:
+            self._c.execute(
+                t.consents.insert().values(case_ref=case_ref, victim_id=victim_id, **values)
+            )
+            return True
+        if consent.recorded_at < current:
+            return False
+        self._c.execute(t.consents.update().where(key).values(**values))
+        return True
+
+    def load_state(self, matter_ref: str) -> CaseState:
+        refs = self.members(matter_ref)
+        row = self._c.execute(
+            select(t.records.c.kind, t.records.c.snapshot).where(
+                t.records.c.record_ref == matter_ref
+            )
+        ).first()
+        return CaseState(
+            matter_ref=matter_ref,
+            snapshot=row.snapshot if row else None,
+            snapshot_kind=row.kind if row else None,
+            history=self._history(refs, matter_ref),
+        )
+
+    def _history(self, refs: set[str], matter_ref: str) -> dict[str, VictimHistory]:
+        referrals: dict[str, list[SentReferral]] = defaultdict(list)
+        leaflets: dict[str, list[IssuedLeaflet]] = defaultdict(list)
+        withdrawals: dict[str, list[SentWithdrawal]] = defaultdict(list)
+        for a in self._c.execute(
+            select(t.actions).where(t.actions.c.case_ref.in_(refs)).order_by(t.actions.c.id)
+        ):
+            if a.action == "referral":
+                referrals[a.victim_id].append(
+                    SentReferral(
+                        referral_id=a.message_id,
+                        provider=a.provider,
+                        service=a.service or "",
+                        case_ref=a.case_ref,
+                        at=a.at,
+                    )
+                )
+            elif a.action == "leaflet":
+                leaflets[a.victim_id].append(
+                    IssuedLeaflet(
+                        task_id=a.message_id, reason=a.target, provider=a.provider, at=a.at
+                    )
+                )
+            elif a.action == "withdrawal":
+                withdrawals[a.victim_id].append(
+                    SentWithdrawal(referral_id=a.related_id or "", provider=a.provider, at=a.at)
+                )
+        hold_rows = self._c.execute(select(t.holds).where(t.holds.c.case_ref == matter_ref))
+        held = {h.victim_id: Hold(until=h.until, open=h.open) for h in hold_rows}
+        consent: dict[str, ConsentRecord] = {}
+        for c in self._c.execute(select(t.consents).where(t.consents.c.case_ref.in_(refs))):
+            record = ConsentRecord(
+                referral=ConsentChange(c.referral),
+                recorded_at=c.recorded_at,
+                recorded_by=c.recorded_by,
+                lawful_basis=c.lawful_basis,
+            )
+            kept = consent.get(c.victim_id)
+            if kept is None or record.recorded_at >= kept.recorded_at:
+                consent[c.victim_id] = record
+        victims = set(referrals) | set(leaflets) | set(withdrawals) | set(held) | set(consent)
+        return {
+            v: VictimHistory(
+                referrals=tuple(referrals[v]),
+                leaflets=tuple(leaflets[v]),
+                withdrawals=tuple(withdrawals[v]),
+                hold=held.get(v),
+                consent=consent.get(v),
+            )
+            for v in victims
+        }
+
+    def add_action(self, action: RecordedAction, at: datetime) -> None:
+        self._c.execute(
+            t.actions.insert().values(
+                case_ref=action.case_ref,
+                victim_id=action.victim_id,
+                action=action.action,
+                target=action.target,
+                message_id=action.message_id,
+                provider=action.provider,
+                service=action.service,
+                related_id=action.related_id,
+                due_at=action.due_at,
+                at=at,
+            )
+        )
+
+    def open_hold(self, case_ref: str, victim_id: str, until: datetime) -> None:
+        key = (t.holds.c.case_ref == case_ref) & (t.holds.c.victim_id == victim_id)
+        if self._c.execute(select(t.holds.c.open).where(key)).first() is None:
+            self._c.execute(
+                t.holds.insert().values(
+                    case_ref=case_ref, victim_id=victim_id, until=until, open=True
+                )
+            )
+        else:
+            self._c.execute(
+                t.holds.update()
+                .where(key)
+                .values(until=until, open=True, ended_at=None, ended_reason=None)
+            )
+
+    def end_hold(self, case_ref: str, victim_id: str, at: datetime, reason: str) -> None:
+        key = (t.holds.c.case_ref == case_ref) & (t.holds.c.victim_id == victim_id) & t.holds.c.open
+        self._c.execute(
+            t.holds.update().where(key).values(open=False, ended_at=at, ended_reason=reason)
+        )
+
+    def add_decision(self, event_id: str, decision: Decision, at: datetime) -> None:
+        self._c.execute(
+            t.decisions.insert().values(
+                event_id=event_id,
+                case_ref=decision.case_ref,
+                victim_id=decision.victim_id,
+                outcome=decision.outcome.value,
+                rule=decision.rule,
+                regime=decision.regime,
+                reason=decision.reason,
+                explanation=decision.explanation,
+                decided_at=at,
+            )
+        )
+
+    def add_outbox(self, message: OutboxMessage, at: datetime) -> None:
+        self._c.execute(
+            t.outbox.insert().values(
+                message_id=message.message_id,
+                event_id=message.event_id,
+                kind=message.kind,
+                exchange=message.exchange,
+                routing_key=message.routing_key,
+                headers=dict(message.headers),
+                body=message.body,
+                created_at=at,
+                published_at=None,
+                attempts=0,
+            )
+        )
+
+
+def _sqlite_engine(url: str) -> Engine:
+    database = make_url(url).database
+    if database and database != ":memory:":
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, connect_args={"timeout": 30})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" below issue BEGIN IMMEDIATE instead of pysqlite's deferred BEGIN,
+        # so two processes never both read then fail to upgrade to a write lock.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+class Ledger:
+    """The ledger as a whole: transactions, outbox flushing and hold scheduling queries."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @classmethod
+    def open(cls, url: str) -> Ledger:
+        """Connect and migrate; raises LedgerUnavailableError or LedgerSchemaError."""
+        try:
+            if url.startswith("sqlite"):
+                engine = _sqlite_engine(url)
+            else:
+                engine = create_engine(url, pool_pre_ping=True)
+        except Exception as exc:  # a bad URL or a missing driver
+            raise LedgerUnavailableError(
+                f"cannot use ledger URL scheme: {type(exc).__name__}"
+            ) from None
+        ledger = cls(engine)
+        ledger.migrate()
+        return ledger
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def migrate(self) -> int:
+        try:
+            with self.engine.begin() as connection:
+                return migrate(connection)
+        except LedgerSchemaError:
+            raise
+        except (OperationalError, DBAPIError) as exc:
+            raise LedgerUnavailableError(_describe(exc, self.engine)) from None
+
+    @contextmanager
+    def transaction(self) -> Iterator[LedgerTransaction]:
+        """One atomic unit of work; database outages surface as LedgerUnavailableError."""
+        try:
+            with self.engine.begin() as connection:
+                yield LedgerTransaction(connection)
+        except OperationalError as exc:
+            raise LedgerUnavailableError(_describe(exc, self.engine)) from None
+
+    def unpublished(
+        self,
+        *,
+        event_id: str | None = None,
+        created_before: datetime | None = None,
+        limit: int = 500,
+    ) -> list[OutboxMessage]:
+        query = select(t.outbox).where(t.outbox.c.published_at.is_(None))
+        if event_id is not None:
+            query = query.where(t.outbox.c.event_id == event_id)
+        if created_before is not None:
+            query = query.where(t.outbox.c.created_at < created_before)
+        query = query.order_by(t.outbox.c.created_at, t.outbox.c.message_id).limit(limit)
+        with self.engine.connect() as connection:
+            return [
+                OutboxMessage(
+                    message_id=r.message_id,
+                    event_id=r.event_id,
+                    kind=r.kind,
+                    exchange=r.exchange,
+                    routing_key=r.routing_key,
+                    headers=r.headers,
+                    body=r.body,
+                )
+                for r in connection.execute(query)
+            ]
+
+    def mark_published(self, message_id: str, at: datetime) -> None:
+        with self.engine.begin() as connection:
+            connection.execute(
+                update(t.outbox)
+                .where(t.outbox.c.message_id == message_id)
+                .values(published_at=at, attempts=t.outbox.c.attempts + 1)
+            )
+
+    def due_holds(self, now: datetime, limit: int = 200) -> list[str]:
+        """Matters with a hold that has ended by `now` and is still open."""
+        query = (
+            select(t.holds.c.case_ref)
+            .where(t.holds.c.open, t.holds.c.until <= now)
+            .group_by(t.holds.c.case_ref)
+            .order_by(func.min(t.holds.c.until))
+            .limit(limit)
+        )
+        with self.engine.connect() as connection:
+            return list(connection.execute(query).scalars())
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Figures for summaries: actions by kind and target, open holds, outbox backlog."""
+        with self.engine.connect() as connection:
+            by_action: dict[str, int] = {}
+            for row in connection.execute(
+                select(
+                    t.actions.c.action,
+                    t.actions.c.provider,
+                    t.actions.c.service,
+                    t.actions.c.target,
+                    func.count(),
+                ).group_by(
+                    t.actions.c.action,
+                    t.actions.c.provider,
+                    t.actions.c.service,
+                    t.actions.c.target,
+                )
+            ):
+                if row.action == "referral":
+                    key = f"referral {row.provider}/{row.service}"
+                elif row.action == "leaflet":
+                    key = f"leaflet {row.target}"
+                else:
+                    key = f"withdrawal {row.provider}"
+                by_action[key] = by_action.get(key, 0) + int(row[4])
+            open_holds = connection.execute(
+                select(func.count()).select_from(t.holds).where(t.holds.c.open)
+            ).scalar_one()
+            unsent = connection.execute(
+                select(func.count()).select_from(t.outbox).where(t.outbox.c.published_at.is_(None))
+            ).scalar_one()
+            processed = connection.execute(
+                select(func.count()).select_from(t.processed_events)
+            ).scalar_one()
+        return {
+            "actions": by_action,
+            "totals": {"open_holds": open_holds, "unsent": unsent, "processed": processed},
+        }
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _describe(exc: DBAPIError, engine: Engine) -> str:
+    """A message naming the database host, never the password, and what to do next."""
+    url = engine.url
+    where = f"{url.get_backend_name()} at {url.host or url.database}"
+    return f"ledger unavailable ({where}): {type(exc.orig).__name__}; check the database is running and reachable"

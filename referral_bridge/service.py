@@ -1,0 +1,509 @@
+"""Handling one inbound message: parse, decide, record and publish, with nothing lost or sent twice.
+
+The order is fixed by the contract: validate -> duplicate check -> decide -> write decisions,
+state and outbox in one ledger transaction -> publish the outbox with confirms -> ack. The
+consumer acks or dead-letters according to the Verdict returned here, in one place.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+import structlog
+
+from referral_bridge.core import ids
+from referral_bridge.core.calendar import WorkingDayCalendar
+from referral_bridge.core.case import CaseSnapshot
+from referral_bridge.core.decide import decide
+from referral_bridge.core.decisions import Decision, Outcome
+from referral_bridge.core.events import (
+    CaseKind,
+    ConsentUpdated,
+    CrimeRecorded,
+    DeadLetterReason,
+    IncidentRecorded,
+    InboundEvent,
+    OutboundEvent,
+)
+from referral_bridge.core.history import ConsentRecord, VictimHistory
+from referral_bridge.core.messages import (
+    effective_consent,
+    leaflet_task,
+    referral_payload,
+    withdrawal_payload,
+)
+from referral_bridge.core.parsing import InvalidMessage, parse_inbound
+from referral_bridge.core.policy import Policy
+from referral_bridge.errors import LedgerUnavailableError
+from referral_bridge.ledger import Ledger, LedgerTransaction, OutboxMessage, RecordedAction
+from referral_bridge.transport.consumer import Ack, DeadLetter, InboundMessage, Retry, Verdict
+from referral_bridge.transport.errors import TransportError
+
+log = structlog.get_logger("referral_bridge.service")
+
+REFERRAL_CREATED = "victim.referral.created"
+REFERRAL_WITHDRAWN = "victim.referral.withdrawn"
+TASK_LEAFLET = "officer.task.leaflet"
+TASK_LEAFLET_ROUTING_KEY = "task.leaflet"
+JOSE = "application/jose"
+JSON_CONTENT = "application/json"
+CLOUDEVENTS_JSON = "application/cloudevents+json"
+#: Synthetic event id under which the hold scheduler records its decisions.
+HOLD_EXPIRY_EVENT = "scheduler:hold-expired"
+
+
+class Sealer(Protocol):
+    """Signs and encrypts a payload for one provider (see referral_bridge.sealing)."""
+
+    def seal(self, provider: str, payload: Mapping[str, Any]) -> str: ...
+
+
+class OutboxPublisher(Protocol):
+    """Publishes one message and returns only once the broker has it (confirms where supported)."""
+
+    def publish(
+        self,
+        *,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        headers: Mapping[str, Any],
+        message_id: str,
+        content_type: str,
+    ) -> None: ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Routes:
+    """Where outbound messages go (contract §1)."""
+
+    referrals_exchange: str
+    tasks_exchange: str
+
+
+@dataclass(frozen=True, slots=True)
+class Handled:
+    """What processing one event did, for logs and tests."""
+
+    result: str
+    matter_ref: str | None
+    decisions: tuple[Decision, ...] = ()
+
+
+class ReferralService:
+    """The application service: everything between a raw message and its verdict."""
+
+    def __init__(
+        self,
+        *,
+        ledger: Ledger,
+        policy: Policy,
+        calendar: WorkingDayCalendar,
+        sealer: Sealer,
+        publisher: OutboxPublisher,
+        routes: Routes,
+        source: str,
+        clock: Callable[[], datetime],
+        max_message_bytes: int,
+        max_processing_attempts: int,
+    ) -> None:
+        self._ledger = ledger
+        self._policy = policy
+        self._calendar = calendar
+        self._sealer = sealer
+        self._publisher = publisher
+        self._routes = routes
+        self._source = source
+        self._clock = clock
+        self._max_bytes = max_message_bytes
+        self._max_attempts = max_processing_attempts
+        # Failures per event id in this process; bounded so a flood of bad events cannot grow it.
+        self._failures: OrderedDict[str, int] = OrderedDict()
+
+    # --- the per-message path -----------------------------------------------------------------
+
+    def handle(self, message: InboundMessage) -> Verdict:
+        """Process one raw message and say whether to ack, retry or dead-letter it."""
+        try:
+            event = parse_inbound(message.body, max_bytes=self._max_bytes)
+        except InvalidMessage as exc:
+            log.warning(
+                "event.rejected", reason=exc.reason.value, detail=exc.detail, size=len(message.body)
+            )
+            return DeadLetter(reason=exc.reason, detail=exc.detail, attempts=1)
+        bound = log.bind(event_id=event.id, event_type=event.type.value)
+        try:
+            handled = self.process(event)
+        except LedgerUnavailableError as exc:
+            bound.warning("event.retry", reason="ledger_unavailable", detail=str(exc))
+            return Retry(detail="ledger unavailable")
+        except Exception as exc:  # any other failure: retry a few times, then dead-letter
+            attempts = self._count_failure(event.id)
+            error_type = type(exc).__name__
+            if attempts >= self._max_attempts:
+                bound.error(
+                    "event.failed",
+                    reason="processing_error",
+                    error_type=error_type,
+                    attempts=attempts,
+                )
+                self._failures.pop(event.id, None)
+                return DeadLetter(
+                    reason=DeadLetterReason.PROCESSING_ERROR,
+                    detail=f"{error_type} on each of {attempts} attempts; see the bridge's log for event "
+                    f"{event.id}, fix the cause, then replay",
+                    attempts=attempts,
+                )
+            bound.warning(
+                "event.retry", reason="processing_error", error_type=error_type, attempts=attempts
+            )
+            return Retry(detail=f"{error_type} (attempt {attempts})")
+        self._failures.pop(event.id, None)
+        for decision in handled.decisions:
+            bound.info(
+                "victim.decided",
+                case_ref=decision.case_ref,
+                victim_id=decision.victim_id,
+                outcome=decision.outcome.value,
+                rule=decision.rule,
+                reason=decision.reason,
+                provider=decision.provider,
+            )
+        try:
+            sent = self.flush(event_id=event.id)
+        except TransportError as exc:
+            # The outbox keeps the messages; redelivery of this event republishes them.
+            bound.warning("outbox.publish_failed", error_type=type(exc).__name__)
+            return Retry(detail="publishing the outbox failed")
+        bound.info(
+            "event.processed", outcome=handled.result, case_ref=handled.matter_ref, count=sent
+        )
+        return Ack()
+
+    def _count_failure(self, event_id: str) -> int:
+        attempts = self._failures.pop(event_id, 0) + 1
+        self._failures[event_id] = attempts
+        while len(self._failures) > 10_000:
+            self._failures.popitem(last=False)
+        return attempts
+
+    def process(self, event: InboundEvent) -> Handled:
+        """Record the event and its decisions in one ledger transaction (no publishing)."""
+        now = self._clock()
+        data = event.data
+        with self._ledger.transaction() as tx:
+            record_ref, refs = _refs_of(data, tx)
+            tx.lock(refs)
+            if tx.is_processed(event.id):
+                return Handled(result="duplicate", matter_ref=None)
+            if isinstance(data, ConsentUpdated):
+                matter = tx.resolve(data.case_ref)
+                tx.save_consent(
+                    data.case_ref,
+                    data.victim_id,
+                    ConsentRecord(
+                        referral=data.referral,
+                        recorded_at=data.recorded_at,
+                        recorded_by=data.recorded_by,
+                        lawful_basis=data.lawful_basis,
+                    ),
+                )
+            else:
+                known = tx.record_version(record_ref)
+                if known is not None and known >= data.version:
+                    tx.mark_processed(event.id, event.type.value, record_ref, "stale_version", now)
+                    return Handled(result="stale_version", matter_ref=tx.resolve(record_ref))
+                kind = CaseKind.CRIME if isinstance(data, CrimeRecorded) else CaseKind.INCIDENT
+                tx.save_record(
+                    record_ref, kind.value, data.version, data.model_dump(mode="json"), now
+                )
+                if isinstance(data, CrimeRecorded):
+                    for incident_ref in data.linked_incident_refs:
+                        tx.link(incident_ref, data.crime_ref)
+                    matter = data.crime_ref
+                elif data.linked_crime_ref:
+                    tx.link(data.incident_ref, data.linked_crime_ref)
+                    matter = data.linked_crime_ref
+                else:
+                    matter = tx.resolve(data.incident_ref)
+            decisions = self._decide_and_record(tx, matter, event.id, now)
+            result = "decided" if decisions else "awaiting_case"
+            tx.mark_processed(event.id, event.type.value, record_ref, result, now)
+            return Handled(result=result, matter_ref=matter, decisions=decisions)
+
+    # --- scheduled work -----------------------------------------------------------------------
+
+    def expire_holds(self) -> int:
+        """Turn holds that have ended into decisions (usually leaflet tasks); returns matters seen."""
+        now = self._clock()
+        matters = self._ledger.due_holds(now)
+        for matter in matters:
+            with self._ledger.transaction() as tx:
+                tx.lock(tx.members(matter))
+                decisions = self._decide_and_record(tx, matter, HOLD_EXPIRY_EVENT, now)
+                # A hold must never stay open past its end, whatever the policy said.
+                for victim_id, history in tx.load_state(matter).history.items():
+                    if history.hold is not None and history.hold.open and history.hold.until <= now:
+                        tx.end_hold(matter, victim_id, now, "expired")
+            for decision in decisions:
+                log.info(
+                    "hold.expired",
+                    case_ref=decision.case_ref,
+                    victim_id=decision.victim_id,
+                    outcome=decision.outcome.value,
+                    reason=decision.reason,
+                )
+        if matters:
+            self.flush(event_id=HOLD_EXPIRY_EVENT)
+        return len(matters)
+
+    def flush(self, *, event_id: str | None = None, older_than: timedelta | None = None) -> int:
+        """Publish unsent outbox rows (of one event, or all older than a grace period)."""
+        created_before = self._clock() - older_than if older_than is not None else None
+        sent = 0
+        while True:
+            batch = self._ledger.unpublished(
+                event_id=event_id, created_before=created_before, limit=200
+            )
+            if not batch:
+                return sent
+            for message in batch:
+                self._publish(message)
+                sent += 1
+
+    def _publish(self, message: OutboxMessage) -> None:
+        self._publisher.publish(
+            exchange=message.exchange,
+            routing_key=message.routing_key,
+            body=message.body,
+            headers=message.headers,
+            message_id=message.message_id,
+            content_type=CLOUDEVENTS_JSON,
+        )
+        self._ledger.mark_published(message.message_id, self._clock())
+
+    # --- decisions into ledger rows and outbox messages ---------------------------------------
+
+    def _decide_and_record(
+        self, tx: LedgerTransaction, matter: str, event_id: str, now: datetime
+    ) -> tuple[Decision, ...]:
+        state = tx.load_state(matter)
+        if state.snapshot is None:
+            return ()
+        case = snapshot_of(state.snapshot_kind, state.snapshot)
+        decisions = decide(case, state.history, self._policy, now, self._calendar)
+        for decision in decisions:
+            history = state.history.get(decision.victim_id, VictimHistory())
+            self._apply(tx, case, decision, history, event_id, now)
+            tx.add_decision(event_id, decision, now)
+        return decisions
+
+    def _apply(
+        self,
+        tx: LedgerTransaction,
+        case: CaseSnapshot,
+        decision: Decision,
+        history: VictimHistory,
+        event_id: str,
+        now: datetime,
+    ) -> None:
+        hold_open = history.hold is not None and history.hold.open
+        match decision.outcome:
+            case Outcome.REFER:
+                self._refer(tx, case, decision, history, event_id, now)
+            case Outcome.LEAFLET:
+                self._leaflet(tx, case, decision, event_id, now)
+            case Outcome.WITHDRAW:
+                self._withdraw(tx, case, decision, history, event_id, now)
+            case Outcome.HOLD:
+                assert decision.hold_until is not None
+                if not (hold_open and history.hold and history.hold.until == decision.hold_until):
+                    tx.open_hold(case.case_ref, decision.victim_id, decision.hold_until)
+                return
+            case Outcome.NONE:
+                pass
+        if hold_open and (decision.ends_hold or decision.outcome is not Outcome.NONE):
+            tx.end_hold(case.case_ref, decision.victim_id, now, decision.reason)
+
+    def _refer(
+        self,
+        tx: LedgerTransaction,
+        case: CaseSnapshot,
+        decision: Decision,
+        history: VictimHistory,
+        event_id: str,
+        now: datetime,
+    ) -> None:
+        victim = case.victim(decision.victim_id)
+        provider, service, referral_id = decision.provider, decision.service, decision.referral_id
+        if victim is None or provider is None or referral_id is None:
+            raise ValueError("refer decision without a victim, provider or referral id")
+        consent = effective_consent(victim, history.consent)
+        payload = referral_payload(case, victim, decision, consent, now)
+        token = self._sealer.seal(provider, payload.model_dump(mode="json"))
+        tx.add_action(
+            RecordedAction(
+                case_ref=case.case_ref,
+                victim_id=victim.victim_id,
+                action="referral",
+                target=provider,
+                message_id=referral_id,
+                provider=provider,
+                service=service,
+                related_id=None,
+                due_at=decision.deadline,
+            ),
+            now,
+        )
+        self._enqueue(
+            tx,
+            event_id,
+            "referral",
+            referral_id,
+            REFERRAL_CREATED,
+            JOSE,
+            token,
+            self._routes.referrals_exchange,
+            provider,
+            now,
+        )
+
+    def _leaflet(
+        self,
+        tx: LedgerTransaction,
+        case: CaseSnapshot,
+        decision: Decision,
+        event_id: str,
+        now: datetime,
+    ) -> None:
+        task = leaflet_task(case, decision)
+        tx.add_action(
+            RecordedAction(
+                case_ref=case.case_ref,
+                victim_id=decision.victim_id,
+                action="leaflet",
+                target=decision.reason,
+                message_id=task.task_id,
+                provider=task.provider,
+                service=None,
+                related_id=None,
+                due_at=task.due_by,
+            ),
+            now,
+        )
+        self._enqueue(
+            tx,
+            event_id,
+            "task.leaflet",
+            task.task_id,
+            TASK_LEAFLET,
+            JSON_CONTENT,
+            task.model_dump(mode="json"),
+            self._routes.tasks_exchange,
+            TASK_LEAFLET_ROUTING_KEY,
+            now,
+        )
+
+    def _withdraw(
+        self,
+        tx: LedgerTransaction,
+        case: CaseSnapshot,
+        decision: Decision,
+        history: VictimHistory,
+        event_id: str,
+        now: datetime,
+    ) -> None:
+        provider, referral_id = decision.provider, decision.referral_id
+        if provider is None or referral_id is None:
+            raise ValueError("withdraw decision without a provider or referral id")
+        referral = next(r for r in history.referrals if r.referral_id == referral_id)
+        withdrawn_at = history.consent.recorded_at if history.consent is not None else now
+        payload = withdrawal_payload(referral.case_ref, decision, withdrawn_at, now)
+        token = self._sealer.seal(provider, payload.model_dump(mode="json"))
+        message_id = ids.withdrawal_id(referral_id)
+        tx.add_action(
+            RecordedAction(
+                case_ref=case.case_ref,
+                victim_id=decision.victim_id,
+                action="withdrawal",
+                target=provider,
+                message_id=message_id,
+                provider=provider,
+                service=referral.service,
+                related_id=referral_id,
+                due_at=None,
+            ),
+            now,
+        )
+        self._enqueue(
+            tx,
+            event_id,
+            "withdrawal",
+            message_id,
+            REFERRAL_WITHDRAWN,
+            JOSE,
+            token,
+            self._routes.referrals_exchange,
+            provider,
+            now,
+        )
+
+    def _enqueue(
+        self,
+        tx: LedgerTransaction,
+        event_id: str,
+        kind: str,
+        message_id: str,
+        event_type: str,
+        content_type: str,
+        data: Any,
+        exchange: str,
+        routing_key: str,
+        now: datetime,
+    ) -> None:
+        envelope = OutboundEvent(
+            id=message_id,
+            source=self._source,
+            type=event_type,
+            time=now,
+            datacontenttype=content_type,
+            data=data,
+        )
+        body = json.dumps(envelope.model_dump(mode="json"), separators=(",", ":")).encode()
+        tx.add_outbox(
+            OutboxMessage(
+                message_id=message_id,
+                event_id=event_id,
+                kind=kind,
+                exchange=exchange,
+                routing_key=routing_key,
+                headers={"x-rb-event-type": event_type},
+                body=body,
+            ),
+            now,
+        )
+
+
+def snapshot_of(kind: str | None, snapshot: Mapping[str, Any]) -> CaseSnapshot:
+    """Rebuild the case from the snapshot the ledger stored."""
+    if kind == CaseKind.CRIME.value:
+        return CaseSnapshot.from_crime(CrimeRecorded.model_validate(snapshot))
+    return CaseSnapshot.from_incident(IncidentRecorded.model_validate(snapshot))
+
+
+def _refs_of(
+    data: CrimeRecorded | IncidentRecorded | ConsentUpdated, tx: LedgerTransaction
+) -> tuple[str, set[str]]:
+    """The record an event is about, and every ref whose matter it may touch (to lock)."""
+    if isinstance(data, CrimeRecorded):
+        refs: Iterable[str] = (data.crime_ref, *data.linked_incident_refs)
+        return data.crime_ref, set(refs)
+    if isinstance(data, IncidentRecorded):
+        extra = (data.linked_crime_ref,) if data.linked_crime_ref else ()
+        return data.incident_ref, {data.incident_ref, tx.resolve(data.incident_ref), *extra}
+    return data.case_ref, {data.case_ref, tx.resolve(data.case_ref)}

@@ -1,0 +1,183 @@
+"""Configuration: one TOML file plus a few environment overrides, validated once at start-up.
+
+Relative paths in the file are relative to the file's own folder, so a deployment can ship
+`/etc/referral-bridge/` as a unit. `${VAR}` in a path expands from the environment (for example
+systemd's `${CREDENTIALS_DIRECTORY}`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from referral_bridge.errors import ConfigError
+
+CONFIG_ENV = "REFERRAL_BRIDGE_CONFIG"
+#: Environment variables that override one setting each: name -> (section, key).
+ENV_OVERRIDES: Mapping[str, tuple[str, str]] = {
+    "REFERRAL_BRIDGE_BROKER_URL": ("broker", "url"),
+    "REFERRAL_BRIDGE_LEDGER_URL": ("ledger", "url"),
+    "REFERRAL_BRIDGE_DATA_DIR": ("bridge", "data_dir"),
+}
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class BridgeSection(_Section):
+    #: CloudEvents `source` of everything the bridge publishes.
+    source: str = "urn:referral-bridge"
+    data_dir: Path = Path("var/data")
+    policy_file: Path = Path("policy.toml")
+    max_message_bytes: Annotated[int, Field(ge=1024, le=64 * 1024 * 1024)] = 1024 * 1024
+    #: Attempts at a message whose processing keeps failing before it is dead-lettered.
+    max_processing_attempts: Annotated[int, Field(ge=1, le=100)] = 5
+    #: How often the worker looks for holds that have ended and unsent outbox rows.
+    scheduler_interval_seconds: Annotated[float, Field(gt=0, le=3600)] = 5.0
+
+
+class TopologySection(_Section):
+    inbound_exchange: str = "police.events"
+    work_queue: str = "referral-bridge.events"
+    referrals_exchange: str = "victim-services.referrals"
+    tasks_exchange: str = "officer.tasks"
+    dead_letter_queue: str = "referral-bridge.dead-letter"
+
+
+class BrokerSection(_Section):
+    #: Empty: the embedded transport under the data directory (for trying the bridge only).
+    url: str = ""
+    prefetch: Annotated[int, Field(ge=1, le=1000)] = 16
+    topology: TopologySection = TopologySection()
+
+
+class LedgerSection(_Section):
+    #: Empty: SQLite (WAL) in the data directory. PostgreSQL for several workers.
+    url: str = ""
+
+
+class KeysSection(_Section):
+    #: The bridge's private signing key (P-256 JWK with a kid, mode 0600).
+    signing_key: Path
+
+
+class ProviderSection(_Section):
+    #: The provider's public key set (JWK or JWKS); referrals are encrypted to its current key.
+    public_keys: Path
+    #: Optional display name for summaries; never personal data.
+    name: str | None = None
+
+
+class Settings(_Section):
+    """Validated settings; build with `load_settings`."""
+
+    config_path: Path
+    bridge: BridgeSection = BridgeSection()
+    broker: BrokerSection = BrokerSection()
+    ledger: LedgerSection = LedgerSection()
+    keys: KeysSection
+    providers: dict[str, ProviderSection]
+
+    @field_validator("providers")
+    @classmethod
+    def _at_least_one_provider(
+        cls, value: dict[str, ProviderSection]
+    ) -> dict[str, ProviderSection]:
+        if not value:
+            raise ValueError("at least one provider must be configured")
+        return value
+
+    @property
+    def data_dir(self) -> Path:
+        return self.bridge.data_dir
+
+    @property
+    def ledger_url(self) -> str:
+        if self.ledger.url:
+            return self.ledger.url
+        return f"sqlite:///{(self.data_dir / 'ledger.sqlite3').resolve()}"
+
+    @property
+    def embedded_broker(self) -> bool:
+        return not self.broker.url
+
+
+def _expand(value: str, env: Mapping[str, str], problems: list[str], key: str) -> str:
+    def sub(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in env:
+            problems.append(f"{key}: refers to ${{{name}}}, which is not set in the environment")
+            return ""
+        return env[name]
+
+    return _ENV_REF.sub(sub, value)
+
+
+def _resolve_paths(
+    raw: dict[str, Any], base: Path, env: Mapping[str, str], problems: list[str]
+) -> None:
+    """Expand `${VAR}` and make relative paths relative to the config file's folder."""
+
+    def fix(section: dict[str, Any], key: str, where: str) -> None:
+        value = section.get(key)
+        if isinstance(value, str):
+            expanded = Path(_expand(value, env, problems, where))
+            section[key] = expanded if expanded.is_absolute() else base / expanded
+
+    for section_name, key in (
+        ("bridge", "data_dir"),
+        ("bridge", "policy_file"),
+        ("keys", "signing_key"),
+    ):
+        section = raw.get(section_name)
+        if isinstance(section, dict):
+            fix(section, key, f"{section_name}.{key}")
+    providers = raw.get("providers")
+    if isinstance(providers, dict):
+        for provider_id, provider in providers.items():
+            if isinstance(provider, dict):
+                fix(provider, "public_keys", f"providers.{provider_id}.public_keys")
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "(top level)"
+
+
+def load_settings(path: Path | None = None, *, env: Mapping[str, str] | None = None) -> Settings:
+    """Read, override from the environment and validate; raise ConfigError listing every problem."""
+    env = os.environ if env is None else env
+    if path is None:
+        if CONFIG_ENV not in env:
+            raise ConfigError([f"no configuration file: pass --config PATH or set {CONFIG_ENV}"])
+        path = Path(env[CONFIG_ENV])
+    try:
+        raw: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: file not found"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot be read: {exc.strerror}"]) from None
+
+    for variable, (section, key) in ENV_OVERRIDES.items():
+        if env.get(variable):
+            raw.setdefault(section, {})[key] = env[variable]
+    problems: list[str] = []
+    _resolve_paths(raw, path.parent.resolve(), env, problems)
+    raw["config_path"] = path
+    try:
+        settings = Settings.model_validate(raw)
+    except ValidationError as exc:
+        # Config holds no personal data, but keep messages short and about keys.
+        problems += [f"{_location(e['loc'])}: {e['msg']}" for e in exc.errors(include_url=False)]
+    if problems:
+        raise ConfigError([f"{path}: {p}" for p in problems])
+    return settings

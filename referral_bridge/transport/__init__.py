@@ -1,0 +1,51 @@
+"""The kombu transport: topology, a consumer that settles messages in one place, publishing.
+
+Business logic lives elsewhere: the consumer hands raw bytes to an injected handler and carries
+out the verdict it returns.
+"""
+
+from referral_bridge.transport.consumer import (
+    Ack,
+    Consumer,
+    DeadLetter,
+    DeadLetterReason,
+    Handler,
+    InboundMessage,
+    Retry,
+    Verdict,
+)
+from referral_bridge.transport.embedded import BrokerSpec, broker_spec, embedded_broker_spec
+from referral_bridge.transport.errors import (
+    BrokerUnavailableError,
+    PublishError,
+    QueueNotFoundError,
+    TopologyError,
+    TransportConfigError,
+    TransportError,
+)
+from referral_bridge.transport.publisher import Publisher
+from referral_bridge.transport.topology import Topology, declare, queue_depth
+
+__all__ = [
+    "Ack",
+    "BrokerSpec",
+    "BrokerUnavailableError",
+    "Consumer",
+    "DeadLetter",
+    "DeadLetterReason",
+    "Handler",
+    "InboundMessage",
+    "PublishError",
+    "Publisher",
+    "QueueNotFoundError",
+    "Retry",
+    "Topology",
+    "TopologyError",
+    "TransportConfigError",
+    "TransportError",
+    "Verdict",
+    "broker_spec",
+    "declare",
+    "embedded_broker_spec",
+    "queue_depth",
+]

@@ -1,0 +1,315 @@
+# mypy: disallow-untyped-calls=False
+# kombu ships py.typed but leaves most functions unannotated; calling them is this module's job.
+"""Consuming the work queue: hand each raw message to the handler, then carry out its verdict."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import structlog
+from kombu.connection import Connection
+from kombu.message import Message
+from kombu.messaging import Consumer as KombuConsumer
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential_jitter
+
+from referral_bridge.transport.embedded import BrokerSpec
+from referral_bridge.transport.errors import BrokerUnavailableError, TransportError
+from referral_bridge.transport.publisher import ORIGINAL_ROUTING_KEY_HEADER, Publisher
+from referral_bridge.transport.topology import Topology, declare, work_queue_entity
+
+log = structlog.get_logger(__name__)
+
+DeadLetterReason = Literal[
+    "invalid_json",
+    "invalid_encoding",
+    "too_large",
+    "not_cloudevent",
+    "unknown_type",
+    "unsupported_version",
+    "schema_violation",
+    "processing_error",
+]
+
+
+@dataclass(frozen=True, kw_only=True)
+class InboundMessage:
+    """One message as delivered: the body exactly as published, never decoded by kombu."""
+
+    body: bytes = field(repr=False)  # may hold personal data
+    headers: dict[str, Any] = field(repr=False)
+    routing_key: str
+    redelivered: bool
+    delivery_tag: Any
+
+
+@dataclass(frozen=True)
+class Ack:
+    """Every effect of the message is durable: remove it from the queue."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeadLetter:
+    """The message can never be processed: park its original bytes on the dead-letter queue."""
+
+    reason: DeadLetterReason
+    detail: str  # human-readable and free of personal data
+    attempts: int
+
+
+@dataclass(frozen=True)
+class Retry:
+    """A transient failure: put the message back to be delivered again later."""
+
+    detail: str
+
+
+Verdict = Ack | DeadLetter | Retry
+Handler = Callable[[InboundMessage], Verdict]
+
+REASON_HEADER = "x-rb-reason"
+DETAIL_HEADER = "x-rb-detail"
+FAILED_AT_HEADER = "x-rb-failed-at"
+ATTEMPTS_HEADER = "x-rb-attempts"
+
+
+def rfc3339_utc(moment: datetime) -> str:
+    """`moment` as an RFC 3339 timestamp in UTC with a Z offset, to the millisecond."""
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Consumer:
+    """Consumes the work queue and settles each message by the verdict of an injected handler.
+
+    The message in hand is acked, dead-lettered or requeued in `_settle` and nowhere else. Nothing
+    is acked unless the handler said so or its dead letter was published first, so a crash or a
+    lost connection at any point leaves the message to be delivered again.
+    """
+
+    def __init__(
+        self,
+        spec: BrokerSpec,
+        topology: Topology,
+        *,
+        handler: Handler,
+        publisher: Publisher,
+        prefetch: int = 16,
+        idle_callback: Callable[[], None] | None = None,
+        drain_timeout: float = 1.0,
+        retry_delay: float = 1.0,
+        reconnect_attempts: int = 10,
+        reconnect_max_wait: float = 30.0,
+        clock: Callable[[], datetime] = _utc_now,
+    ) -> None:
+        self._spec = spec
+        self._topology = topology
+        self._handler = handler
+        self._publisher = publisher
+        self._prefetch = prefetch
+        self._idle_callback = idle_callback
+        self._drain_timeout = drain_timeout
+        self._retry_delay = retry_delay
+        self._reconnect_attempts = reconnect_attempts
+        self._reconnect_max_wait = reconnect_max_wait
+        self._clock = clock
+        self._stop = threading.Event()
+
+    def run(self, stop: threading.Event) -> None:
+        """Consume until `stop` is set; then finish the message in hand and return.
+
+        A lost connection is re-established with exponential backoff; when the broker stays away
+        for `reconnect_attempts` tries in a row, BrokerUnavailableError is raised. Exceptions from
+        the idle callback propagate after the connection is closed, which puts every unacked
+        message back on the queue.
+        """
+        self._stop = stop
+        while not stop.is_set():
+            connection = self._connect(stop)
+            if connection is None:
+                return
+            try:
+                self._consume(connection, stop)
+            except _ConnectionLostError:
+                # A broker that accepts connections but drops every channel must not spin us.
+                stop.wait(1.0)
+                continue
+            finally:
+                _close_quietly(connection)
+
+    def _connect(self, stop: threading.Event) -> Connection | None:
+        """A connection with the topology declared, or None if `stop` was set while waiting."""
+
+        def give_up(state: RetryCallState) -> bool:
+            return stop.is_set() or state.attempt_number >= self._reconnect_attempts
+
+        def sleep(seconds: float) -> None:
+            stop.wait(seconds)
+
+        def connect_once() -> Connection:
+            connection = self._spec.connection()
+            try:
+                connection.connect()
+                with connection.channel() as channel:
+                    declare(channel, self._topology)
+            except connection.connection_errors as exc:
+                log.warning("transport.connect_failed", error_type=type(exc).__name__)
+                connection.collect()
+                raise _ConnectionLostError(str(exc)) from exc
+            except BaseException:
+                _close_quietly(connection)
+                raise
+            return connection
+
+        retrying = Retrying(
+            stop=give_up,
+            wait=wait_exponential_jitter(initial=0.5, max=self._reconnect_max_wait),
+            retry=retry_if_exception_type(_ConnectionLostError),
+            sleep=sleep,
+            reraise=True,
+        )
+        try:
+            return retrying(connect_once)
+        except _ConnectionLostError as exc:
+            if stop.is_set():
+                return None
+            raise BrokerUnavailableError(
+                f"cannot reach the broker at {self._spec.display_url} after "
+                f"{self._reconnect_attempts} attempts ({exc.__cause__!r}); check that it is "
+                "running and reachable, then restart the worker"
+            ) from exc.__cause__
+
+    def _consume(self, connection: Connection, stop: threading.Event) -> None:
+        """Hand messages to the handler until `stop` is set; raise _ConnectionLostError on loss."""
+        try:
+            channel = connection.channel()
+            # py-amqp would otherwise turn bodies that have a content_encoding into str.
+            if hasattr(channel, "auto_decode"):
+                channel.auto_decode = False
+            consumer = KombuConsumer(
+                channel,
+                queues=[work_queue_entity(self._topology)],
+                no_ack=False,
+                auto_declare=False,
+                # on_message receives the kombu Message without decoding the body, so kombu's
+                # habit of acking what it cannot decode never applies.
+                on_message=self._on_message,
+                on_decode_error=self._on_undecodable,
+                prefetch_count=self._prefetch,
+            )
+            consumer.consume()
+            log.info("transport.consuming", queue=self._topology.work_queue)
+            while not stop.is_set():
+                if self._idle_callback is not None:
+                    self._idle_callback()
+                try:
+                    connection.drain_events(timeout=self._drain_timeout)
+                except TimeoutError:
+                    continue
+            # The message in hand was settled inside drain_events; prefetched ones not yet
+            # handed over go back to the queue when the channel closes.
+            consumer.cancel()
+            log.info("transport.stopped", queue=self._topology.work_queue)
+        except (*connection.connection_errors, *connection.channel_errors) as exc:
+            log.warning("transport.connection_lost", error_type=type(exc).__name__)
+            raise _ConnectionLostError(str(exc)) from exc
+
+    def _on_undecodable(self, message: Message, exc: Exception) -> None:
+        """Kombu could not undo a compression header: still hand over the body as received."""
+        log.warning("transport.undecodable_message", error_type=type(exc).__name__)
+        self._on_message(message)
+
+    def _on_message(self, message: Message) -> None:
+        inbound = InboundMessage(
+            body=_raw_body(message),
+            headers=dict(message.headers or {}),
+            routing_key=_original_routing_key(message),
+            redelivered=_redelivered(message),
+            delivery_tag=message.delivery_tag,
+        )
+        try:
+            verdict = self._handler(inbound)
+        except Exception as exc:
+            # Only the type is logged: the exception's text may quote personal data.
+            log.error("transport.handler_failed", error_type=type(exc).__name__)
+            verdict = Retry(detail=f"handler raised {type(exc).__name__}")
+        self._settle(message, inbound, verdict)
+
+    def _settle(self, message: Message, inbound: InboundMessage, verdict: Verdict) -> None:
+        """Ack, dead-letter or requeue `message`: the one place a message leaves our hands."""
+        match verdict:
+            case Ack():
+                message.ack()
+            case DeadLetter(reason=reason, detail=detail, attempts=attempts):
+                headers: dict[str, str | int] = {
+                    REASON_HEADER: reason,
+                    DETAIL_HEADER: detail,
+                    FAILED_AT_HEADER: rfc3339_utc(self._clock()),
+                    ATTEMPTS_HEADER: attempts,
+                }
+                try:
+                    self._publisher.publish_dead_letter(
+                        inbound.body,
+                        headers,
+                        inbound.routing_key,
+                        content_type=message.content_type,
+                        content_encoding=message.content_encoding,
+                        message_id=message.properties.get("message_id"),
+                    )
+                except TransportError as exc:
+                    # Not parked, so not acked: it comes back and is dead-lettered again later.
+                    log.error("transport.dead_letter_failed", error_type=type(exc).__name__)
+                    self._requeue(message)
+                    return
+                message.ack()
+                log.info("transport.dead_lettered", reason=reason, attempts=attempts)
+            case Retry():
+                self._requeue(message)
+
+    def _requeue(self, message: Message) -> None:
+        # A short pause keeps a persistent transient failure from spinning on the same message;
+        # RabbitMQ puts a requeued message back at the head of the queue.
+        self._stop.wait(self._retry_delay)
+        message.requeue()
+
+
+class _ConnectionLostError(Exception):
+    """Internal: the consuming connection broke; consumption resumes on a new one."""
+
+
+def _raw_body(message: Message) -> bytes:
+    body = message.body
+    if isinstance(body, bytes):
+        return body
+    # Only reachable if a transport decoded the body despite auto_decode being off.
+    return str(body).encode(message.content_encoding or "utf-8")
+
+
+def _original_routing_key(message: Message) -> str:
+    headers = message.headers or {}
+    original = headers.get(ORIGINAL_ROUTING_KEY_HEADER)
+    if isinstance(original, str) and original:
+        return original
+    return str((message.delivery_info or {}).get("routing_key") or "")
+
+
+def _redelivered(message: Message) -> bool:
+    if (message.delivery_info or {}).get("redelivered"):
+        return True
+    # The embedded broker marks a requeued message in its stored payload instead.
+    raw = getattr(message, "_raw", None)
+    return bool(isinstance(raw, dict) and raw.get("redelivered"))
+
+
+def _close_quietly(connection: Connection) -> None:
+    """Release a connection that may already be broken, without talking to a dead broker."""
+    try:
+        connection.release()
+    except connection.connection_errors:
+        connection.collect()

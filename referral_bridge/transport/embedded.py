@@ -1,0 +1,117 @@
+# mypy: disallow-untyped-calls=False
+# kombu ships py.typed but leaves most functions unannotated; calling them is this module's job.
+"""Which broker to talk to: RabbitMQ over AMQP, or the embedded filesystem broker by default.
+
+The embedded broker is kombu's filesystem transport, with every queue a folder of files under
+DATA_DIR/broker. It lets the bridge run with no server at all, for demos and a single worker.
+Measured limits that shape the rest of the transport layer:
+
+- a message is removed from disk when it is fetched, not when it is acked: a crash (not a clean
+  stop, which puts unacked messages back) loses the message in hand;
+- it never dead-letters, and it has no publisher confirms: `publish` returns once the file is
+  written;
+- exchange types and bindings are held in the memory of the process that declared them, so the
+  Publisher declares the topology itself and `publish_inbound` writes straight to the work queue;
+- every fetch lists and sorts the queue folder, so it slows as a queue grows, and the order of
+  messages is not guaranteed across machine restarts.
+
+Use RabbitMQ for anything that must not lose messages or runs several workers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+from urllib.parse import urlsplit
+
+from kombu.connection import Connection
+
+from referral_bridge.transport.errors import TransportConfigError
+
+EMBEDDED_URL = "filesystem://"
+
+_AMQP_SCHEMES = frozenset({"amqp", "amqps", "pyamqp"})
+_EMBEDDED_SCHEMES = frozenset({"filesystem", "embedded"})
+
+#: How often the embedded consumer looks for new files, in seconds. Short enough that a demo
+#: feels immediate, long enough that an idle worker does not spin on listdir.
+_EMBEDDED_POLL_SECONDS = 0.1
+
+#: Seconds to wait for a TCP connection to RabbitMQ before treating it as unreachable.
+_CONNECT_TIMEOUT_SECONDS = 10.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class BrokerSpec:
+    """How to reach the broker, and what it can promise. Connects nothing until asked."""
+
+    url: str = field(repr=False)  # may hold a password; use `display_url` in logs
+    transport_options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    supports_confirms: bool
+    embedded: bool
+    data_folders: tuple[Path, ...] = ()
+
+    @property
+    def display_url(self) -> str:
+        """The URL with any password masked, fit for logs and error messages."""
+        return str(Connection(self.url).as_uri())
+
+    def connection(self) -> Connection:
+        """A new, not yet connected kombu Connection; creates the embedded folders if needed."""
+        for folder in self.data_folders:
+            folder.mkdir(parents=True, exist_ok=True)
+        return Connection(
+            self.url,
+            transport_options=dict(self.transport_options),
+            connect_timeout=_CONNECT_TIMEOUT_SECONDS,
+        )
+
+
+def embedded_broker_spec(data_dir: Path) -> BrokerSpec:
+    """The embedded filesystem broker keeping its queues under `data_dir`/broker."""
+    queue_folder = data_dir / "broker" / "queue"
+    control_folder = data_dir / "broker" / "control"
+    options = {
+        # One folder for both directions: what any process writes, any process reads.
+        "data_folder_in": str(queue_folder),
+        "data_folder_out": str(queue_folder),
+        # Kombu would otherwise write binding tables to ./control in the working directory.
+        "control_folder": str(control_folder),
+        "store_processed": False,
+        "polling_interval": _EMBEDDED_POLL_SECONDS,
+    }
+    return BrokerSpec(
+        url=EMBEDDED_URL,
+        transport_options=MappingProxyType(options),
+        supports_confirms=False,
+        embedded=True,
+        data_folders=(queue_folder, control_folder),
+    )
+
+
+def broker_spec(url: str | None, data_dir: Path) -> BrokerSpec:
+    """The broker the settings ask for: RabbitMQ for an amqp:// URL, else the embedded broker.
+
+    Raises TransportConfigError for any other kind of URL, so a typo cannot silently fall back
+    to a broker that loses messages on a crash.
+    """
+    if url is None or not url.strip():
+        return embedded_broker_spec(data_dir)
+    scheme = urlsplit(url.strip()).scheme.lower()
+    if scheme in _EMBEDDED_SCHEMES:
+        return embedded_broker_spec(data_dir)
+    if scheme in _AMQP_SCHEMES:
+        return BrokerSpec(
+            url=url.strip(),
+            # Every publish then waits for the broker's ack or nack (see Publisher).
+            transport_options=MappingProxyType({"confirm_publish": True}),
+            supports_confirms=True,
+            embedded=False,
+        )
+    raise TransportConfigError(
+        f"broker URL scheme {scheme!r} is not supported; use amqp:// or amqps:// for RabbitMQ, "
+        "or leave the broker URL unset for the embedded broker under the data directory"
+    )

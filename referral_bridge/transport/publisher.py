@@ -1,0 +1,279 @@
+# mypy: disallow-untyped-calls=False
+# kombu ships py.typed but leaves most functions unannotated; calling them is this module's job.
+"""Publishing raw bytes, persistently, and on AMQP only counted as sent once the broker confirms."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any
+
+import structlog
+from amqp.exceptions import MessageNacked
+from kombu.connection import Connection
+from kombu.messaging import Producer
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+
+from referral_bridge.transport.embedded import BrokerSpec
+from referral_bridge.transport.errors import BrokerUnavailableError, PublishError
+from referral_bridge.transport.topology import Topology, declare
+
+log = structlog.get_logger(__name__)
+
+PERSISTENT = 2
+CLOUDEVENTS_JSON = "application/cloudevents+json"
+ORIGINAL_ROUTING_KEY_HEADER = "x-rb-original-routing-key"
+
+HeaderValue = str | int
+
+
+class _ConnectionLostError(Exception):
+    """Internal: the connection broke during a publish; the publish is retried on a new one."""
+
+
+class Publisher:
+    """Publishes messages on a connection of its own, never on the consumer's.
+
+    With py-amqp, waiting for a confirm on the consuming connection reads frames for that
+    connection, which can deliver the next inbound message re-entrantly inside the handler of the
+    current one. A separate connection keeps publishing and consuming apart.
+
+    On RabbitMQ every publish waits for the broker's confirm, so returning means the broker has the
+    message; a nack, a channel error (e.g. the exchange does not exist) or an unroutable mandatory
+    message raises PublishError. Connection failures are retried a bounded number of times with
+    exponential backoff and jitter on a fresh connection, then raise BrokerUnavailableError. A
+    publish retried after a lost confirm may reach the broker twice: consumers must be idempotent
+    (the contract's deterministic ids make them so).
+
+    On the embedded broker there are no confirms: returning means the message file was written.
+
+    Not for concurrent use from several threads without the internal lock it takes; one instance
+    per process is enough.
+    """
+
+    def __init__(
+        self,
+        spec: BrokerSpec,
+        topology: Topology,
+        *,
+        confirm_timeout: float = 30.0,
+        retry_attempts: int = 5,
+        retry_max_wait: float = 10.0,
+    ) -> None:
+        self._spec = spec
+        self._topology = topology
+        self._confirm_timeout = confirm_timeout
+        self._retry_attempts = retry_attempts
+        self._retry_max_wait = retry_max_wait
+        self._lock = threading.Lock()
+        self._connection: Connection | None = None
+        self._channel: Any = None
+        self._producer: Producer | None = None
+        self._returned: list[str] = []
+
+    def publish(
+        self,
+        *,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        headers: Mapping[str, HeaderValue] | None = None,
+        message_id: str | None = None,
+        content_type: str = CLOUDEVENTS_JSON,
+        content_encoding: str = "utf-8",
+        mandatory: bool = False,
+    ) -> None:
+        """Publish `body` unchanged as a persistent message; return once the broker has it.
+
+        `mandatory` makes a message that no queue receives fail with PublishError (AMQP only)
+        instead of vanishing. Raises PublishError or BrokerUnavailableError.
+        """
+        properties: dict[str, Any] = {}
+        if message_id is not None:
+            properties["message_id"] = message_id
+        with self._lock:
+            retrying = Retrying(
+                stop=stop_after_attempt(self._retry_attempts),
+                wait=wait_exponential_jitter(initial=0.2, max=self._retry_max_wait),
+                retry=retry_if_exception_type(_ConnectionLostError),
+                reraise=True,
+            )
+            try:
+                for attempt in retrying:
+                    with attempt:
+                        self._publish_once(
+                            exchange=exchange,
+                            routing_key=routing_key,
+                            body=body,
+                            headers=dict(headers or {}),
+                            content_type=content_type,
+                            content_encoding=content_encoding,
+                            mandatory=mandatory,
+                            properties=properties,
+                        )
+            except _ConnectionLostError as exc:
+                raise BrokerUnavailableError(
+                    f"could not publish to exchange {exchange!r}: broker at "
+                    f"{self._spec.display_url} unreachable after {self._retry_attempts} attempts "
+                    f"({exc.__cause__!r}); check that it is running and reachable"
+                ) from exc.__cause__
+
+    def publish_dead_letter(
+        self,
+        body: bytes,
+        headers: Mapping[str, HeaderValue],
+        original_routing_key: str,
+        *,
+        content_type: str | None = None,
+        content_encoding: str | None = None,
+        message_id: str | None = None,
+    ) -> None:
+        """Put the original bytes, unchanged, on the dead-letter queue with the x-rb-* headers.
+
+        Goes through the default exchange straight to the queue, and as mandatory so that a
+        missing dead-letter queue is an error rather than a lost message.
+        """
+        self.publish(
+            exchange="",
+            routing_key=self._topology.dead_letter_queue,
+            body=body,
+            headers={**headers, ORIGINAL_ROUTING_KEY_HEADER: original_routing_key},
+            message_id=message_id,
+            content_type=content_type or "application/octet-stream",
+            content_encoding=content_encoding or "binary",
+            mandatory=True,
+        )
+
+    def publish_inbound(
+        self,
+        body: bytes,
+        routing_key: str,
+        *,
+        message_id: str | None = None,
+        content_type: str = CLOUDEVENTS_JSON,
+    ) -> None:
+        """Publish an inbound event as the police systems would (simulator, replay).
+
+        On AMQP it goes to the inbound exchange with `routing_key`. On the embedded broker it is
+        written straight into the work queue with the routing key in a header, because there the
+        topic bindings are known only to the process that declared them.
+        """
+        if self._spec.embedded:
+            self.publish(
+                exchange="",
+                routing_key=self._topology.work_queue,
+                body=body,
+                headers={ORIGINAL_ROUTING_KEY_HEADER: routing_key},
+                message_id=message_id,
+                content_type=content_type,
+            )
+            return
+        self.publish(
+            exchange=self._topology.inbound_exchange,
+            routing_key=routing_key,
+            body=body,
+            message_id=message_id,
+            content_type=content_type,
+            mandatory=True,
+        )
+
+    def close(self) -> None:
+        """Close the publishing connection; a later publish opens a new one."""
+        with self._lock:
+            connection, self._connection = self._connection, None
+            self._channel = self._producer = None
+            if connection is not None:
+                connection.release()
+
+    def __enter__(self) -> Publisher:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _publish_once(
+        self,
+        *,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        headers: dict[str, HeaderValue],
+        content_type: str,
+        content_encoding: str,
+        mandatory: bool,
+        properties: dict[str, Any],
+    ) -> None:
+        connection = self._connection or self._spec.connection()
+        try:
+            producer = self._ensure_producer(connection)
+            self._returned.clear()
+            # A content_type with bytes makes kombu send the body as is, without serialising.
+            producer.publish(
+                body,
+                exchange=exchange,
+                routing_key=routing_key,
+                headers=headers,
+                content_type=content_type,
+                content_encoding=content_encoding,
+                delivery_mode=PERSISTENT,
+                mandatory=mandatory and self._spec.supports_confirms,
+                confirm_timeout=self._confirm_timeout,
+                **properties,
+            )
+        except MessageNacked as exc:
+            self._drop_channel()
+            raise PublishError(
+                f"the broker nacked a message for exchange {exchange!r} routing key "
+                f"{routing_key!r}; it is not stored. Check the broker's logs and disk space"
+            ) from exc
+        except connection.channel_errors as exc:
+            self._drop_channel()
+            raise PublishError(
+                f"the broker refused a message for exchange {exchange!r} routing key "
+                f"{routing_key!r}: {exc}. Check that the exchange exists (the bridge declares "
+                "its topology at start-up) and the bridge's user may write to it"
+            ) from exc
+        except connection.connection_errors as exc:
+            log.warning("transport.publish_connection_lost", error_type=type(exc).__name__)
+            self._drop_connection(connection)
+            raise _ConnectionLostError(str(exc)) from exc
+        if self._returned:
+            raise PublishError(
+                f"no queue receives messages sent to exchange {exchange!r} with routing key "
+                f"{routing_key!r} ({self._returned[0]}); declare and bind the receiving queue"
+            )
+
+    def _ensure_producer(self, connection: Connection) -> Producer:
+        if self._producer is not None and connection is self._connection:
+            return self._producer
+        self._connection = connection
+        connection.connect()
+        channel = connection.channel()
+        if self._spec.supports_confirms:
+            # Without a handler py-amqp raises from inside the confirm wait and loses the ack.
+            channel.events["basic_return"].add(self._on_return)
+        declare(channel, self._topology)
+        self._channel = channel
+        self._producer = Producer(channel, auto_declare=False)
+        return self._producer
+
+    def _on_return(self, exc: Exception, exchange: str, routing_key: str, message: Any) -> None:
+        self._returned.append(str(exc))
+
+    def _drop_channel(self) -> None:
+        """Forget a channel the broker has closed; the next publish opens another."""
+        channel, self._channel, self._producer = self._channel, None, None
+        if channel is not None and getattr(channel, "is_open", False):
+            channel.close()
+
+    def _drop_connection(self, connection: Connection) -> None:
+        """Forget a broken connection without talking to the broker, which may be gone."""
+        self._connection = None
+        self._channel = self._producer = None
+        connection.collect()

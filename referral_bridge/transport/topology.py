@@ -1,0 +1,101 @@
+# mypy: disallow-untyped-calls=False
+# kombu ships py.typed but leaves most functions unannotated; calling them is this module's job.
+"""The broker topology of contract §1: names, and declaring them idempotently at start-up."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from kombu.entity import Exchange, Queue, binding
+
+from referral_bridge.transport.embedded import BrokerSpec
+from referral_bridge.transport.errors import (
+    BrokerUnavailableError,
+    QueueNotFoundError,
+    TopologyError,
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Topology:
+    """Exchange and queue names; the defaults are the wire contract's, each can be overridden."""
+
+    inbound_exchange: str = "police.events"
+    work_queue: str = "referral-bridge.events"
+    work_bindings: tuple[str, ...] = ("crime.#", "incident.#", "consent.#")
+    referrals_exchange: str = "victim-services.referrals"
+    tasks_exchange: str = "officer.tasks"
+    dead_letter_queue: str = "referral-bridge.dead-letter"
+
+
+def _topic(name: str) -> Exchange:
+    return Exchange(name, type="topic", durable=True, auto_delete=False, delivery_mode=2)
+
+
+def work_queue_entity(topology: Topology) -> Queue:
+    """The bridge's work queue, bound to the inbound exchange by each of the work bindings."""
+    inbound = _topic(topology.inbound_exchange)
+    return Queue(
+        topology.work_queue,
+        bindings=[binding(inbound, routing_key=key) for key in topology.work_bindings],
+        durable=True,
+        auto_delete=False,
+        exclusive=False,
+    )
+
+
+def dead_letter_queue_entity(topology: Topology) -> Queue:
+    """The dead-letter queue: fed through the default exchange, and without TTL or expiry.
+
+    Dead letters wait for an operator; a broker that silently expired them would lose messages.
+    """
+    return Queue(topology.dead_letter_queue, durable=True, auto_delete=False, exclusive=False)
+
+
+def declare(channel: Any, topology: Topology) -> None:
+    """Declare every exchange, queue and binding of `topology` on `channel`; safe to repeat.
+
+    Raises TopologyError when the broker refuses, typically because an entity already exists with
+    other settings (for instance a dead-letter queue created by hand with a message TTL).
+    """
+    entities = (
+        _topic(topology.inbound_exchange),
+        _topic(topology.referrals_exchange),
+        _topic(topology.tasks_exchange),
+        work_queue_entity(topology),
+        dead_letter_queue_entity(topology),
+    )
+    channel_errors = getattr(channel.connection.client, "channel_errors", ())
+    for entity in entities:
+        try:
+            entity.declare(channel=channel)
+        except channel_errors as exc:
+            raise TopologyError(
+                f"the broker refused to declare {entity.name!r} ({exc}); if it already exists "
+                "with other settings, delete it or make the bridge's configuration match it"
+            ) from exc
+
+
+def queue_depth(spec: BrokerSpec, queue_name: str) -> int:
+    """How many messages wait, ready for delivery, in `queue_name` (unacked ones not counted).
+
+    Uses a passive declare, so it never creates the queue. For tests and operator tools.
+    """
+    connection = spec.connection()
+    try:
+        with connection.channel() as channel:
+            try:
+                declared = channel.queue_declare(queue=queue_name, passive=True)
+            except connection.channel_errors as exc:
+                raise QueueNotFoundError(
+                    f"queue {queue_name!r} does not exist on {spec.display_url}; start the "
+                    "bridge once to declare its topology, or check the configured queue names"
+                ) from exc
+            return int(declared.message_count)
+    except connection.connection_errors as exc:
+        raise BrokerUnavailableError(
+            f"cannot reach the broker at {spec.display_url} ({exc!r}); check that it is running"
+        ) from exc
+    finally:
+        connection.release()

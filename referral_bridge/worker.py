@@ -1,0 +1,88 @@
+"""The long-running worker: consume, run the hold scheduler, flush the outbox, stop cleanly."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from types import FrameType
+
+import structlog
+
+from referral_bridge.bootstrap import Bridge
+from referral_bridge.errors import LedgerUnavailableError
+from referral_bridge.transport.consumer import Consumer
+from referral_bridge.transport.errors import TransportError
+
+log = structlog.get_logger("referral_bridge.worker")
+
+#: Outbox rows older than this are published by the scheduler: the worker that wrote a row
+#: normally publishes it within milliseconds, so an older one was left by a crash.
+OUTBOX_GRACE = timedelta(seconds=30)
+
+
+class Scheduler:
+    """Runs periodic work between messages: ended holds, then left-over outbox rows."""
+
+    def __init__(
+        self, bridge: Bridge, *, interval: float, monotonic: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._bridge = bridge
+        self._interval = interval
+        self._monotonic = monotonic
+        self._next = 0.0
+
+    def __call__(self) -> None:
+        if self._monotonic() < self._next:
+            return
+        self._next = self._monotonic() + self._interval
+        try:
+            self._bridge.service.expire_holds()
+            self._bridge.service.flush(older_than=OUTBOX_GRACE)
+        except (LedgerUnavailableError, TransportError) as exc:
+            # Nothing is lost: holds and outbox rows stay in the ledger for the next tick.
+            log.warning("scheduler.deferred", error_type=type(exc).__name__)
+
+
+def install_stop_signals(stop: threading.Event) -> None:
+    """SIGTERM and SIGINT ask the worker to stop after the message in hand."""
+
+    def request_stop(signum: int, _frame: FrameType | None) -> None:
+        log.info("worker.stopping", reason=signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+
+
+def run(bridge: Bridge, stop: threading.Event) -> None:
+    """Consume until `stop` is set; publish everything left in the outbox before returning."""
+    settings = bridge.settings
+    if bridge.broker.embedded:
+        log.warning(
+            "broker.embedded",
+            detail="using the embedded broker under the data directory: for trying the bridge only, "
+            "not for production (a crash loses in-flight messages; no publisher confirms)",
+            path=str(settings.data_dir),
+        )
+    # Crash recovery: whatever an earlier run committed but did not publish goes out first.
+    recovered = bridge.service.flush()
+    log.info(
+        "worker.started",
+        transport="embedded" if bridge.broker.embedded else "amqp",
+        queue=bridge.topology.work_queue,
+        count=recovered,
+    )
+    consumer = Consumer(
+        bridge.broker,
+        bridge.topology,
+        handler=bridge.service.handle,
+        publisher=bridge.publisher,
+        prefetch=settings.broker.prefetch,
+        idle_callback=Scheduler(bridge, interval=settings.bridge.scheduler_interval_seconds),
+    )
+    consumer.run(stop)
+    flushed = bridge.service.flush()
+    log.info("worker.stopped", count=flushed)

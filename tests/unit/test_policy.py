@@ -1,0 +1,198 @@
+"""The policy file: the shipped default, and errors that name the file and key to fix."""
+
+from __future__ import annotations
+
+import pytest
+
+from referral_bridge.core.events import CaseKind, Relationship, VictimKind
+from referral_bridge.core.policy import Policy, PolicyError, Regime, load_policy_text
+from tests.unit.factories import POLICY_FILE
+
+SOURCE = "config/policy.toml"
+SHIPPED = POLICY_FILE.read_text(encoding="utf-8")
+
+
+def edited(old: str, new: str, *, text: str = SHIPPED) -> str:
+    """The shipped policy with one exact edit; fails loudly if the edit no longer applies."""
+    assert text.count(old) == 1, f"edit target {old!r} not found exactly once"
+    return text.replace(old, new)
+
+
+def problems(text: str) -> tuple[str, ...]:
+    with pytest.raises(PolicyError) as caught:
+        load_policy_text(text, source=SOURCE)
+    return caught.value.problems
+
+
+def shipped() -> Policy:
+    return load_policy_text(SHIPPED, source=SOURCE)
+
+
+class TestShippedPolicy:
+    def test_has_the_eight_rules_of_rules_md_in_order(self) -> None:
+        names = [(rule.id, rule.name) for rule in shipped().rules]
+        assert names == [
+            ("1", "organisation"),
+            ("2", "deceased"),
+            ("3", "homicide_or_bereaved"),
+            ("4", "sexual"),
+            ("5", "domestic_abuse"),
+            ("6", "child"),
+            ("7", "other_crime"),
+            ("8", "incident"),
+        ]
+
+    def test_routes_and_regimes_match_rules_md(self) -> None:
+        table = [(r.provider, r.service, r.regime) for r in shipped().rules]
+        lvs = "lancashire-victim-services"
+        assert table == [
+            (lvs, "business", Regime.EXPLICIT),
+            (None, None, Regime.NONE),
+            ("homicide-service", "homicide", Regime.EXPLICIT),
+            (lvs, "sexual_violence", Regime.EXPLICIT),
+            (lvs, "domestic_abuse", Regime.EXPLICIT),
+            (lvs, "children_young_people", Regime.EXPLICIT),
+            (lvs, "general", Regime.OPT_OUT),
+            (lvs, "general", Regime.INCIDENT),
+        ]
+
+    def test_match_conditions_match_rules_md(self) -> None:
+        rules = shipped().rules
+        assert rules[0].when.victim_kind is VictimKind.ORGANISATION
+        assert rules[0].requires_contact_person
+        assert rules[1].when.deceased is True
+        assert rules[2].when.categories == ("homicide",)
+        assert rules[2].when.relationships == (Relationship.BEREAVED_RELATIVE,)
+        assert rules[3].when.categories == ("sexual",)
+        assert rules[4].when.flags == ("domestic_abuse",)
+        assert rules[4].requires_safe_to_contact
+        assert rules[5].when.under_age == 18
+        assert rules[6].is_catch_all()
+        assert rules[7].is_catch_all()
+
+    def test_incidents_match_only_victim_kind_and_deceased_rules_before_their_own(self) -> None:
+        incident_rules = [r.name for r in shipped().rules if CaseKind.INCIDENT in r.applies_to]
+        assert incident_rules == ["organisation", "deceased", "incident"]
+
+    def test_deadlines_match_rules_md(self) -> None:
+        deadlines = shipped().deadlines
+        assert (
+            deadlines.referral_working_days,
+            deadlines.hold_working_days,
+            deadlines.leaflet_working_days,
+            deadlines.leaflet_enhanced_working_days,
+        ) == (2, 1, 5, 1)
+
+    def test_enhanced_rights_match_rules_md(self) -> None:
+        rights = shipped().enhanced_rights
+        assert set(rights.categories) == {"homicide", "sexual"}
+        assert set(rights.flags) == {"domestic_abuse", "hate", "terrorism", "trafficking"}
+        assert {"2", "5A", "36", "56A"} <= set(rights.ho_classes)
+        assert rights.under_age == 18
+        assert set(rights.needs) == {"vulnerable", "intimidated", "persistently_targeted"}
+
+    def test_providers_are_the_ones_the_rules_refer_to(self) -> None:
+        assert shipped().providers() == frozenset(
+            {"lancashire-victim-services", "homicide-service"}
+        )
+
+
+class TestPolicyErrors:
+    def test_an_unknown_regime_names_the_file_and_key(self) -> None:
+        text = edited('regime = "opt_out"', 'regime = "opt-out"')
+        (problem,) = problems(text)
+        assert problem.startswith(f"{SOURCE}: rules[7].regime: ")
+        assert "'opt_out'" in problem
+
+    def test_a_missing_provider_names_the_rule(self) -> None:
+        (problem,) = problems(edited('provider = "homicide-service"\n', ""))
+        assert (
+            problem == f"{SOURCE}: rules[3]: regime 'explicit' needs both a provider and a service"
+        )
+
+    def test_an_unknown_key_is_an_error_not_ignored(self) -> None:
+        (problem,) = problems(edited("leaflet_working_days = 5", "leaflet_workingdays = 5"))
+        assert f"{SOURCE}: deadlines.leaflet_workingdays: is not a known setting" in problem
+
+    def test_an_unknown_condition_names_its_path(self) -> None:
+        text = edited("when.under_age = 18", "when.age_under = 18")
+        assert f"{SOURCE}: rules[6].when.age_under: is not a known setting" in problems(text)[0]
+
+    def test_a_missing_key_is_reported(self) -> None:
+        (problem,) = problems(edited("hold_working_days = 1\n", ""))
+        assert problem == f"{SOURCE}: deadlines.hold_working_days: is required but missing"
+
+    def test_an_out_of_range_deadline_is_reported(self) -> None:
+        (problem,) = problems(edited("referral_working_days = 2", "referral_working_days = 0"))
+        assert problem.startswith(f"{SOURCE}: deadlines.referral_working_days: ")
+
+    def test_invalid_toml_is_reported_with_the_file(self) -> None:
+        (problem,) = problems(edited('name = "sexual"', 'name = "sexual'))
+        assert problem.startswith(f"{SOURCE}: (file): not valid TOML: ")
+
+    def test_duplicate_rule_ids_are_reported(self) -> None:
+        (problem,) = problems(edited('id = "2"', 'id = "1"'))
+        assert problem == f"{SOURCE}: rules[2].id: '1' is already used by rules[1]"
+
+    def test_duplicate_rule_names_are_reported(self) -> None:
+        (problem,) = problems(edited('name = "child"', 'name = "sexual"'))
+        assert problem == f"{SOURCE}: rules[6].name: 'sexual' is already used by rules[4]"
+
+    def test_a_policy_without_a_catch_all_for_incidents_is_rejected(self) -> None:
+        text = edited('regime = "incident"\n', 'regime = "incident"\nwhen.categories = ["asb"]\n')
+        (problem,) = problems(text)
+        assert problem.startswith(
+            f"{SOURCE}: rules: no rule without conditions applies to 'incident'"
+        )
+
+    def test_a_rule_after_a_catch_all_is_unreachable(self) -> None:
+        text = (
+            SHIPPED
+            + '\n[[rules]]\nid = "9"\nname = "late"\napplies_to = ["crime"]\nregime = "none"\n'
+        )
+        (problem,) = problems(text)
+        assert problem.startswith(f"{SOURCE}: rules[9]: can never match: rules[7]")
+
+    def test_a_provider_on_a_none_regime_rule_is_rejected(self) -> None:
+        text = edited(
+            "when.deceased = true\n", 'when.deceased = true\nprovider = "x"\nservice = "y"\n'
+        )
+        (problem,) = problems(text)
+        assert problem.startswith(f"{SOURCE}: rules[2]: regime 'none' sends nothing")
+
+    def test_requires_contact_person_needs_the_explicit_regime(self) -> None:
+        text = edited(
+            'service = "business"\nregime = "explicit"', 'service = "business"\nregime = "opt_out"'
+        )
+        (problem,) = problems(text)
+        assert (
+            "rules[1]: requires_contact_person only makes sense with regime 'explicit'" in problem
+        )
+
+    def test_a_provider_id_must_be_usable_as_a_routing_key(self) -> None:
+        (problem,) = problems(edited('provider = "homicide-service"', 'provider = "homicide.#"'))
+        assert problem.startswith(f"{SOURCE}: rules[3].provider: ")
+
+    def test_every_problem_is_reported_at_once(self) -> None:
+        text = edited('regime = "opt_out"', 'regime = "maybe"')
+        text = edited("hold_working_days = 1\n", "", text=text)
+        assert len(problems(text)) == 2
+
+    def test_the_message_lists_each_problem_on_its_own_line(self) -> None:
+        text = edited('regime = "opt_out"', 'regime = "maybe"')
+        text = edited("hold_working_days = 1\n", "", text=text)
+        with pytest.raises(PolicyError) as caught:
+            load_policy_text(text, source=SOURCE)
+        lines = str(caught.value).splitlines()
+        assert [line.strip() for line in lines[1:]] == list(caught.value.problems)
+
+    def test_an_invalid_value_is_never_echoed(self) -> None:
+        marker = "Test Person 07700 900999"
+        text = edited(
+            'service = "general"\nregime = "opt_out"', f'service = "general"\nregime = "{marker}"'
+        )
+        text = edited('ho_classes = [\n  "2",', f'ho_classes = [\n  "{marker}",', text=text)
+        with pytest.raises(PolicyError) as caught:
+            load_policy_text(text, source=SOURCE)
+        assert marker not in str(caught.value)
+        assert len(caught.value.problems) == 2
