@@ -135,6 +135,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         seed=args.seed,
         bad=args.bad,
         samples=args.samples,
+        max_age_hours=args.max_age_hours,
     )
 
 
@@ -226,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument(
         "--samples", type=Path, help="also publish the sample events in this folder"
     )
+    simulate.add_argument("--max-age-hours", type=float, default=96.0,
+                          help="cases are reported up to this long ago (default 96)")
     simulate.set_defaults(func=cmd_simulate)
 
     demo = commands.add_parser(

@@ -86,6 +86,7 @@ class Simulator:
         now: datetime,
         source: str = "urn:force:example:simulator",
         marker: str | None = None,
+        max_age: timedelta = timedelta(days=4),
     ) -> None:
         self._rng = random.Random(seed)  # noqa: S311 - synthetic data, not security
         self._now = now
@@ -93,6 +94,8 @@ class Simulator:
         self._serial = 0
         #: When set, every personal field carries this marker, so a test can prove none leaks.
         self._marker = marker
+        #: Cases are reported between 5 minutes and `max_age` before `now`.
+        self._max_age_minutes = max(6, int(max_age.total_seconds() // 60))
 
     def _uuid(self) -> str:
         return str(uuid.UUID(int=self._rng.getrandbits(128), version=4))
@@ -197,7 +200,7 @@ class Simulator:
         """`count` cases, each as one to four events (versions, consent changes, repeats)."""
         rng = self._rng
         for n in range(count):
-            reported_at = self._now - timedelta(minutes=rng.randint(5, 4 * 24 * 60))
+            reported_at = self._now - timedelta(minutes=rng.randint(5, self._max_age_minutes))
             officer = self._officer()
             if rng.random() < 0.2:
                 yield from self._incident_case(n, reported_at, officer)
@@ -367,7 +370,9 @@ def sample_events(folder: Path) -> list[SimulatedEvent]:
     return events
 
 
-def feed(*, config: Path | None, count: int, seed: int, bad: int, samples: Path | None) -> int:
+def feed(
+    *, config: Path | None, count: int, seed: int, bad: int, samples: Path | None, max_age_hours: float
+) -> int:
     """`referral-bridge simulate`: publish samples, synthetic cases and bad messages."""
     from referral_bridge.bootstrap import broker_of, topology_of
     from referral_bridge.settings import load_settings
@@ -375,7 +380,7 @@ def feed(*, config: Path | None, count: int, seed: int, bad: int, samples: Path 
 
     settings = load_settings(config)
     events = sample_events(samples) if samples else []
-    simulator = Simulator(seed=seed, now=datetime.now(UTC))
+    simulator = Simulator(seed=seed, now=datetime.now(UTC), max_age=timedelta(hours=max_age_hours))
     events += [*simulator.cases(count), *simulator.bad_messages(bad)]
     with Publisher(broker_of(settings), topology_of(settings)) as publisher:
         publish_all(publisher, events)

@@ -23,8 +23,8 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -37,8 +37,8 @@ from referral_bridge.core.events import (
     InboundEvent,
 )
 
-if TYPE_CHECKING:  # pydantic_core is pydantic's own engine; imported only for a type name
-    from pydantic_core import ErrorDetails
+# pydantic's error dicts, typed loosely so the core imports nothing beyond pydantic itself.
+_ErrorDetails = Mapping[str, Any]
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -189,7 +189,7 @@ def translate_validation_error(exc: ValidationError, *, prefix: str) -> str:
     return _describe(errors, prefix=prefix)
 
 
-def _describe(errors: Sequence[ErrorDetails], *, prefix: str) -> str:
+def _describe(errors: Sequence[_ErrorDetails], *, prefix: str) -> str:
     listed = [
         f"{_location(prefix, e['loc'])}: {_ERROR_WORDING.get(e['type'], _DEFAULT_WORDING)}"
         for e in errors[:MAX_LISTED_PROBLEMS]
@@ -302,7 +302,9 @@ def _inspect_structure(document: Any) -> bool:
     return has_nul
 
 
-def _validate_envelope(document: dict[str, Any]) -> tuple[CloudEvent | None, list[ErrorDetails]]:
+def _validate_envelope(
+    document: dict[str, Any],
+) -> tuple[CloudEvent | None, Sequence[_ErrorDetails]]:
     try:
         return CloudEvent.model_validate(document), []
     except ValidationError as exc:

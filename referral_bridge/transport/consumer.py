@@ -169,7 +169,7 @@ class Consumer:
 
         retrying = Retrying(
             stop=give_up,
-            wait=wait_exponential_jitter(initial=0.5, max=self._reconnect_max_wait),
+            wait=wait_exponential_jitter(multiplier=0.5, max=self._reconnect_max_wait),
             retry=retry_if_exception_type(_ConnectionLostError),
             sleep=sleep,
             reraise=True,

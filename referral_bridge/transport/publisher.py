@@ -95,7 +95,7 @@ class Publisher:
         with self._lock:
             retrying = Retrying(
                 stop=stop_after_attempt(self._retry_attempts),
-                wait=wait_exponential_jitter(initial=0.2, max=self._retry_max_wait),
+                wait=wait_exponential_jitter(multiplier=0.2, max=self._retry_max_wait, jitter=0.5),
                 retry=retry_if_exception_type(_ConnectionLostError),
                 reraise=True,
             )

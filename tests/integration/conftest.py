@@ -79,7 +79,7 @@ class RunningConsumer:
         def target() -> None:
             try:
                 self.consumer.run(self.stop)
-            except BaseException as exc:  # noqa: BLE001 - reported to the test, not swallowed
+            except BaseException as exc:  # reported to the test through `errors`, not swallowed
                 self.errors.append(exc)
 
         self.thread = threading.Thread(target=target, daemon=True)
@@ -145,9 +145,7 @@ class BrokerHarness:
             channel = connection.channel()
             if hasattr(channel, "auto_decode"):
                 channel.auto_decode = False
-            message: Message | None = Queue(queue_name, no_declare=True)(channel).get(
-                no_ack=True
-            )
+            message: Message | None = Queue(queue_name, no_declare=True)(channel).get(no_ack=True)
             return message
         finally:
             connection.release()

@@ -1,0 +1,368 @@
+"""Properties of decide() over generated cases, consent and histories (hypothesis)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from referral_bridge.core import ids
+from referral_bridge.core.calendar import WorkingDayCalendar
+from referral_bridge.core.case import CaseSnapshot
+from referral_bridge.core.decide import decide
+from referral_bridge.core.decisions import Decision, Outcome
+from referral_bridge.core.events import (
+    ConsentChange,
+    ConsentState,
+    ContactMethod,
+    CrimeStatus,
+    Relationship,
+    Victim,
+)
+from referral_bridge.core.history import (
+    EMPTY_HISTORY,
+    ConsentRecord,
+    Hold,
+    IssuedLeaflet,
+    SentReferral,
+    SentWithdrawal,
+    VictimHistory,
+)
+from tests.unit.factories import (
+    CRIME_REF,
+    FAKE_EMAIL,
+    FAKE_PHONE,
+    REPORTED_AT,
+    consent_update,
+    crime_case,
+    default_policy,
+    make_victim,
+)
+
+CALENDAR = WorkingDayCalendar()
+PROVIDERS = ("lancashire-victim-services", "homicide-service")
+EXEMPT = frozenset(
+    {
+        "deceased",
+        "withdrawn",
+        "previously_withdrawn",
+        "already_referred",
+        "already_leafleted",
+        "crime_cancelled",
+        "crime_transferred",
+        "organisation_no_explicit_consent",
+    }
+)
+LEAFLET_REASONS = ("declined", "consent_not_obtained", "no_safe_contact", "incident_information")
+
+instants = st.datetimes(
+    min_value=datetime(2026, 1, 1),
+    max_value=datetime(2027, 12, 31),
+    timezones=st.just(UTC),
+)
+categories = st.sampled_from(
+    ["homicide", "sexual", "violence_with_injury", "burglary", "theft", "fraud", "other"]
+)
+ho_classes = st.sampled_from(["28E", "8N", "2", "5A", "36", "56A"])
+flag_sets = st.dictionaries(
+    st.sampled_from(["domestic_abuse", "hate", "terrorism", "trafficking", "other_flag"]),
+    st.booleans(),
+    max_size=3,
+)
+consent_changes = st.sampled_from(list(ConsentChange))
+
+
+@st.composite
+def victims(
+    draw: st.DrawFn, victim_id: str = "P-0001", *, reported: datetime = REPORTED_AT
+) -> Victim:
+    return make_victim(
+        victim_id,
+        consent=draw(st.sampled_from(list(ConsentState))),
+        consent_at=draw(st.none() | offsets(reported)),
+        date_of_birth=draw(st.none() | st.dates(min_value=reported.date().replace(year=1930))),
+        deceased=draw(st.booleans()),
+        relationship=draw(st.none() | st.sampled_from(list(Relationship))),
+        preferred=draw(st.sampled_from(list(ContactMethod))),
+        safe_to_contact=draw(st.booleans()),
+        phone=draw(st.sampled_from([None, FAKE_PHONE])),
+        email=draw(st.sampled_from([None, FAKE_EMAIL])),
+        with_address=draw(st.booleans()),
+        vulnerable=draw(st.booleans()),
+        intimidated=draw(st.booleans()),
+        persistently_targeted=draw(st.booleans()),
+    )
+
+
+def offsets(start: datetime) -> st.SearchStrategy[datetime]:
+    """Instants from a day before `start` to three weeks after it."""
+    return st.integers(min_value=-24 * 60, max_value=21 * 24 * 60).map(
+        lambda minutes: start + timedelta(minutes=minutes)
+    )
+
+
+@st.composite
+def crimes(draw: st.DrawFn, victim_ids: tuple[str, ...] = ("P-0001",)) -> CaseSnapshot:
+    reported = draw(instants)
+    return crime_case(
+        *(draw(victims(victim_id, reported=reported)) for victim_id in victim_ids),
+        reported_at=reported,
+        status=draw(st.sampled_from(list(CrimeStatus))),
+        category=draw(categories),
+        ho_class=draw(ho_classes),
+        flags=draw(flag_sets),
+    )
+
+
+@st.composite
+def histories(draw: st.DrawFn, reported: datetime) -> VictimHistory:
+    referrals = tuple(
+        SentReferral(
+            referral_id=ids.referral_id(provider, CRIME_REF, "P-0001"),
+            provider=provider,
+            service="general",
+            case_ref=CRIME_REF,
+            at=reported,
+        )
+        for provider in draw(st.lists(st.sampled_from(PROVIDERS), max_size=2, unique=True))
+    )
+    withdrawn = draw(st.lists(st.sampled_from(referrals), unique=True)) if referrals else []
+    return VictimHistory(
+        referrals=referrals,
+        leaflets=tuple(
+            IssuedLeaflet(task_id=f"t-{reason}", reason=reason, provider=PROVIDERS[0], at=reported)
+            for reason in draw(st.lists(st.sampled_from(LEAFLET_REASONS), unique=True))
+        ),
+        withdrawals=tuple(
+            SentWithdrawal(referral_id=r.referral_id, provider=r.provider, at=reported)
+            for r in withdrawn
+        ),
+        hold=draw(st.none() | st.builds(Hold, until=offsets(reported), open=st.booleans())),
+        consent=draw(
+            st.none() | st.builds(consent_update, referral=consent_changes, at=offsets(reported))
+        ),
+    )
+
+
+@st.composite
+def situations(draw: st.DrawFn) -> tuple[CaseSnapshot, VictimHistory, datetime]:
+    case = draw(crimes())
+    return case, draw(histories(case.reported_at)), draw(offsets(case.reported_at))
+
+
+def decide_one(case: CaseSnapshot, past: VictimHistory, now: datetime) -> Decision:
+    (decision,) = decide(case, {"P-0001": past}, default_policy(), now, CALENDAR)
+    return decision
+
+
+def effective_consent(victim: Victim, update: ConsentRecord | None) -> str:
+    """rules as agreed: the later recorded_at wins; an update wins a tie and an unknown time."""
+    snap = victim.consent
+    if update is not None and (snap.recorded_at is None or update.recorded_at >= snap.recorded_at):
+        return update.referral.value
+    return snap.referral.value
+
+
+@settings(deadline=None)
+@given(situations())
+def test_a_person_victim_of_a_crime_is_always_handled_or_exempt(
+    situation: tuple[CaseSnapshot, VictimHistory, datetime],
+) -> None:
+    case, past, now = situation
+    decision = decide_one(case, past, now)
+    if decision.outcome is Outcome.NONE:
+        assert decision.reason in EXEMPT
+    elif decision.outcome is Outcome.HOLD:
+        assert decision.hold_until is not None
+        assert now < decision.hold_until
+    elif decision.outcome is Outcome.REFER:
+        assert decision.referral_id is not None
+        assert decision.deadline is not None
+    elif decision.outcome is Outcome.LEAFLET:
+        assert decision.task_id is not None
+        assert decision.due_by is not None
+    else:
+        assert decision.outcome is Outcome.WITHDRAW
+        assert decision.referral_id in {r.referral_id for r in past.referrals}
+
+
+@settings(deadline=None)
+@given(situations())
+def test_no_explicit_regime_referral_without_consent_given(
+    situation: tuple[CaseSnapshot, VictimHistory, datetime],
+) -> None:
+    case, past, now = situation
+    decision = decide_one(case, past, now)
+    if decision.regime == "explicit" and decision.outcome is Outcome.REFER:
+        assert effective_consent(case.victims[0], past.consent) == "given"
+
+
+# --- Folding a stream of events through decide, as the shell does ------------------------------
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    case: CaseSnapshot
+
+
+@dataclass(frozen=True)
+class ConsentEvent:
+    victim_id: str
+    record: ConsentRecord
+
+
+@dataclass(frozen=True)
+class Tick:
+    """The shell's timer: re-decide a case whose hold may have ended."""
+
+
+Event = Snapshot | ConsentEvent | Tick
+VICTIM_IDS = ("P-0001", "P-0002")
+
+
+@st.composite
+def event_streams(draw: st.DrawFn) -> list[tuple[Event, datetime]]:
+    versions = [
+        draw(crimes(VICTIM_IDS)).model_copy(update={"version": n, "reported_at": REPORTED_AT})
+        for n in range(1, draw(st.integers(1, 4)) + 1)
+    ]
+    updates = [
+        ConsentEvent(vid, consent_update(change, at))
+        for vid, change, at in draw(
+            st.lists(
+                st.tuples(st.sampled_from(VICTIM_IDS), consent_changes, offsets(REPORTED_AT)),
+                max_size=4,
+            )
+        )
+    ]
+    pool: list[Event] = [*(Snapshot(v) for v in versions), *updates, Tick()]
+    # Repeats and any order: brokers redeliver and reorder.
+    events = draw(st.lists(st.sampled_from(pool), min_size=1, max_size=14))
+    steps = draw(st.lists(st.integers(0, 36 * 60), min_size=len(events), max_size=len(events)))
+    now, timeline = REPORTED_AT, []
+    for event, step in zip(events, steps, strict=True):
+        now += timedelta(minutes=step)
+        timeline.append((event, now))
+    return timeline
+
+
+def carry_out(past: VictimHistory, decision: Decision, now: datetime) -> VictimHistory:
+    """What the shell records for a decision; it refuses to repeat anything."""
+    hold = past.hold
+    if decision.ends_hold and hold is not None:
+        hold = hold.model_copy(update={"open": False})
+    update: dict[str, object] = {}
+    if decision.outcome is Outcome.REFER:
+        assert decision.provider is not None
+        assert decision.referral_id is not None
+        assert not past.referred_to(decision.provider), "second referral to the same provider"
+        update["referrals"] = (
+            *past.referrals,
+            SentReferral(
+                referral_id=decision.referral_id,
+                provider=decision.provider,
+                service=decision.service or "",
+                case_ref=decision.case_ref,
+                at=now,
+            ),
+        )
+    elif decision.outcome is Outcome.LEAFLET:
+        assert decision.task_id is not None
+        assert decision.provider is not None
+        assert not past.has_leaflet(decision.reason), "second leaflet for the same reason"
+        update["leaflets"] = (
+            *past.leaflets,
+            IssuedLeaflet(
+                task_id=decision.task_id, reason=decision.reason, provider=decision.provider, at=now
+            ),
+        )
+    elif decision.outcome is Outcome.HOLD:
+        assert decision.hold_until is not None
+        hold = Hold(until=decision.hold_until)
+    elif decision.outcome is Outcome.WITHDRAW:
+        assert decision.referral_id is not None
+        assert decision.provider is not None
+        assert not past.withdrawn(decision.referral_id), "second withdrawal of a referral"
+        update["withdrawals"] = (
+            *past.withdrawals,
+            SentWithdrawal(referral_id=decision.referral_id, provider=decision.provider, at=now),
+        )
+    return past.model_copy(update={**update, "hold": hold})
+
+
+def fold(timeline: list[tuple[Event, datetime]]) -> dict[str, VictimHistory]:
+    current: CaseSnapshot | None = None
+    history: dict[str, VictimHistory] = {}
+    for event, now in timeline:
+        if isinstance(event, Snapshot):
+            if current is not None and event.case.version <= current.version:
+                continue  # An older or equal version has no effect (contract §3).
+            current = event.case
+        elif isinstance(event, ConsentEvent):
+            past = history.get(event.victim_id, EMPTY_HISTORY)
+            if past.consent is None or event.record.recorded_at >= past.consent.recorded_at:
+                history[event.victim_id] = past.model_copy(update={"consent": event.record})
+        if current is None:
+            continue
+        for decision in decide(current, history, default_policy(), now, CALENDAR):
+            past = history.get(decision.victim_id, EMPTY_HISTORY)
+            history[decision.victim_id] = carry_out(past, decision, now)
+    return history
+
+
+@settings(deadline=None)
+@given(event_streams())
+def test_folding_events_never_refers_a_victim_twice_to_one_provider(
+    timeline: list[tuple[Event, datetime]],
+) -> None:
+    for past in fold(timeline).values():
+        providers = [r.provider for r in past.referrals]
+        assert len(providers) == len(set(providers))
+
+
+# --- Holds end -----------------------------------------------------------------------------------
+
+
+@st.composite
+def held_cases(draw: st.DrawFn) -> CaseSnapshot:
+    """A person victim of a recorded crime whose rule needs explicit consent, not yet asked."""
+    reported = draw(instants)
+    explicit = draw(st.sampled_from(["homicide", "sexual", "domestic_abuse", "child"]))
+    victim = make_victim(
+        date_of_birth=reported.date().replace(year=reported.year - 10)
+        if explicit == "child"
+        else None,
+        preferred=draw(st.sampled_from([ContactMethod.PHONE, ContactMethod.EMAIL])),
+    )
+    return crime_case(
+        victim,
+        reported_at=reported,
+        category=explicit if explicit in ("homicide", "sexual") else "violence_with_injury",
+        flags={"domestic_abuse": explicit == "domestic_abuse"},
+    )
+
+
+@settings(deadline=None)
+@given(
+    case=held_cases(),
+    late_by=st.integers(min_value=0, max_value=30 * 24 * 60),
+    consent_after=st.none() | st.integers(min_value=-60, max_value=30 * 24 * 60),
+)
+def test_after_the_hold_ends_a_held_victim_is_leafleted_or_referred(
+    case: CaseSnapshot, late_by: int, consent_after: int | None
+) -> None:
+    held = decide_one(case, EMPTY_HISTORY, case.reported_at)
+    assert held.outcome is Outcome.HOLD
+    assert held.hold_until is not None
+    past = carry_out(EMPTY_HISTORY, held, case.reported_at)
+    if consent_after is not None:
+        at = case.reported_at + timedelta(minutes=consent_after)
+        past = past.model_copy(update={"consent": consent_update(ConsentChange.GIVEN, at)})
+    later = decide_one(case, past, held.hold_until + timedelta(minutes=late_by))
+    assert (later.outcome, later.reason) in {
+        (Outcome.LEAFLET, "consent_not_obtained"),
+        (Outcome.REFER, "consent_given"),
+    }
+    assert later.ends_hold
