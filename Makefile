@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck schemas clean
+.PHONY: demo test lint typecheck schemas bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,19 +17,24 @@ demo: $(STAMP)
 	$(BIN)/referral-bridge demo --data-dir var/demo
 
 test: $(STAMP)
-	$(BIN)/ruff check referral_bridge tests
+	$(BIN)/ruff check referral_bridge tests benchmarks
+	$(BIN)/ruff format --check referral_bridge tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check referral_bridge tests
-	$(BIN)/ruff format --check referral_bridge tests
+	$(BIN)/ruff check referral_bridge tests benchmarks
+	$(BIN)/ruff format --check referral_bridge tests benchmarks
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
 schemas: $(STAMP)
 	$(BIN)/referral-bridge schemas write schemas
+
+# Throughput and memory as ratios to baselines measured in the same run (docs/benchmarks.md).
+bench: $(STAMP)
+	$(BIN)/python benchmarks/pipeline.py --events 2000 --amqp amqp://guest:guest@127.0.0.1:5672//
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis

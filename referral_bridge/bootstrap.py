@@ -8,9 +8,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import structlog
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
+
 from referral_bridge.core.calendar import WorkingDayCalendar
 from referral_bridge.core.policy import Policy, PolicyError, load_policy_text
-from referral_bridge.errors import ConfigError
+from referral_bridge.errors import ConfigError, LedgerUnavailableError
 from referral_bridge.ledger import Ledger
 from referral_bridge.sealing import (
     KeySet,
@@ -25,6 +28,8 @@ from referral_bridge.settings import Settings
 from referral_bridge.transport.embedded import BrokerSpec, broker_spec
 from referral_bridge.transport.publisher import Publisher
 from referral_bridge.transport.topology import Topology
+
+log = structlog.get_logger("referral_bridge.bootstrap")
 
 
 def utc_now() -> datetime:
@@ -128,6 +133,28 @@ def validate(settings: Settings) -> tuple[Policy, Keys]:
     policy = load_policy(settings.bridge.policy_file)
     check_policy_providers(policy, settings)
     return policy, load_keys(settings)
+
+
+def build_when_ready(settings: Settings, *, wait_seconds: float = 120.0) -> Bridge:
+    """Build, waiting with backoff for a ledger that is still starting (e.g. after a reboot).
+
+    Configuration errors are not retried: they need an operator.
+    """
+    validate(settings)
+    for attempt in Retrying(
+        stop=stop_after_delay(wait_seconds),
+        wait=wait_exponential_jitter(initial=1.0, max=15.0),
+        retry=retry_if_exception_type(LedgerUnavailableError),
+        before_sleep=lambda state: log.warning(
+            "ledger.waiting",
+            attempts=state.attempt_number,
+            detail=str(state.outcome.exception() if state.outcome else ""),
+        ),
+        reraise=True,
+    ):
+        with attempt:
+            return build(settings)
+    raise AssertionError("unreachable: tenacity reraises the last error")  # pragma: no cover
 
 
 def build(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -> Bridge:

@@ -51,7 +51,7 @@ def _settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]  # narr
 def cmd_run(args: argparse.Namespace) -> int:
     from referral_bridge import bootstrap, worker
 
-    bridge = bootstrap.build(_settings(args))
+    bridge = bootstrap.build_when_ready(_settings(args))
     stop = threading.Event()
     worker.install_stop_signals(stop)
     try:
@@ -227,8 +227,12 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument(
         "--samples", type=Path, help="also publish the sample events in this folder"
     )
-    simulate.add_argument("--max-age-hours", type=float, default=96.0,
-                          help="cases are reported up to this long ago (default 96)")
+    simulate.add_argument(
+        "--max-age-hours",
+        type=float,
+        default=96.0,
+        help="cases are reported up to this long ago (default 96)",
+    )
     simulate.set_defaults(func=cmd_simulate)
 
     demo = commands.add_parser(

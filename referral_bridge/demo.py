@@ -73,7 +73,7 @@ def start_worker(config: Path, log_path: Path) -> subprocess.Popen[bytes]:
     log_file = log_path.open("wb")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("REFERRAL_BRIDGE_BROKER_URL", None)
-    return subprocess.Popen(
+    return subprocess.Popen(  # noqa: S603 - our own interpreter and module, no shell
         [sys.executable, "-m", "referral_bridge", "--log-json", "run", "--config", str(config)],
         stdout=log_file,
         stderr=subprocess.STDOUT,
@@ -113,17 +113,17 @@ def dead_letter_reasons(settings: Settings) -> Counter[str]:
     seen: list[tuple[bytes, dict[str, Any]]] = []
     connection = broker.connection()
     try:
-        queue = SimpleQueue(connection, topology.dead_letter_queue, no_ack=False, serializer=None)
+        queue = SimpleQueue(connection, topology.dead_letter_queue, no_ack=False, serializer=None)  # type: ignore[no-untyped-call]  # kombu is untyped
         while True:
             try:
-                message = queue.get(block=False)
+                message = queue.get(block=False)  # type: ignore[no-untyped-call]
             except queue.Empty:
                 break
             seen.append((bytes(message.body), dict(message.headers)))
             message.ack()
-        queue.close()
+        queue.close()  # type: ignore[no-untyped-call]
     finally:
-        connection.release()
+        connection.release()  # type: ignore[no-untyped-call]
     with Publisher(broker, topology) as publisher:
         for body, headers in seen:
             publisher.publish(
@@ -181,8 +181,8 @@ def run_demo(*, data_dir: Path, cases: int, seed: int, marker: str | None, out: 
         with Publisher(broker_of(settings), topology_of(settings)) as publisher:
             publish_all(publisher, [*events, *bad])
         print(
-            f"fed {len(events) + len(bad)} messages: {len(events)} events ({len(valid_ids)} distinct ids, "
-            f"the rest repeats), {len(bad)} invalid on purpose",
+            f"fed {len(events) + len(bad)} messages: {len(events)} events "
+            f"({len(valid_ids)} distinct ids, the rest repeats), {len(bad)} invalid on purpose",
             file=out,
         )
         ledger = Ledger.open(settings.ledger_url)
@@ -192,7 +192,8 @@ def run_demo(*, data_dir: Path, cases: int, seed: int, marker: str | None, out: 
         code = worker.wait(timeout=60)
     if not finished:
         print(
-            f"the worker did not finish in time (exit {worker.returncode}); see {data_dir}/bridge.log",
+            f"the worker did not finish in time (exit {worker.returncode}); "
+            f"see {data_dir}/bridge.log",
             file=out,
         )
         return 1

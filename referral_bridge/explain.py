@@ -1,4 +1,4 @@
-"""`rules explain`: each victim's decision for one event, with the rule and why; no personal data."""
+"""`rules explain`: each victim's decision for an event, the rule and why; no personal data."""
 
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ def explain_event(raw: bytes, *, policy_path: Path, now: datetime | None, out: T
     data = event.data
     if isinstance(data, ConsentUpdated):
         print(
-            f"consent.updated: case {data.case_ref}, victim {data.victim_id}: {data.referral.value}; "
-            "the case is decided again with this consent when it is known",
+            f"consent.updated: case {data.case_ref}, victim {data.victim_id}: "
+            f"{data.referral.value}; the case is decided again with this consent when it is known",
             file=out,
         )
         return 0
@@ -38,8 +38,8 @@ def explain_event(raw: bytes, *, policy_path: Path, now: datetime | None, out: T
     )
     at = now or datetime.now(UTC)
     print(
-        f"{case.kind.value} {case.case_ref} v{case.version}, category {case.category}, decided as at "
-        f"{at.isoformat()} with policy {policy_path}",
+        f"{case.kind.value} {case.case_ref} v{case.version}, category {case.category}, "
+        f"decided as at {at.isoformat()} with policy {policy_path}",
         file=out,
     )
     for decision in decide(case, {}, policy, at, WorkingDayCalendar()):
@@ -56,7 +56,8 @@ def explain_event(raw: bytes, *, policy_path: Path, now: datetime | None, out: T
         elif decision.hold_until:
             when = f", hold until {decision.hold_until.isoformat()}"
         print(
-            f"  victim {decision.victim_id}: {decision.outcome.value.upper()} ({decision.reason}){target}{when}",
+            f"  victim {decision.victim_id}: {decision.outcome.value.upper()} "
+            f"({decision.reason}){target}{when}",
             file=out,
         )
         print(f"    rule {decision.rule} [{decision.regime}]: {decision.explanation}", file=out)

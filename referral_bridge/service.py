@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 import structlog
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 from referral_bridge.core import ids
 from referral_bridge.core.calendar import WorkingDayCalendar
@@ -26,8 +27,8 @@ from referral_bridge.core.events import (
     ConsentUpdated,
     CrimeRecorded,
     DeadLetterReason,
-    IncidentRecorded,
     InboundEvent,
+    IncidentRecorded,
     OutboundEvent,
 )
 from referral_bridge.core.history import ConsentRecord, VictimHistory
@@ -111,6 +112,7 @@ class ReferralService:
         clock: Callable[[], datetime],
         max_message_bytes: int,
         max_processing_attempts: int,
+        ledger_attempts: int = 3,
     ) -> None:
         self._ledger = ledger
         self._policy = policy
@@ -122,6 +124,7 @@ class ReferralService:
         self._clock = clock
         self._max_bytes = max_message_bytes
         self._max_attempts = max_processing_attempts
+        self._ledger_attempts = ledger_attempts
         # Failures per event id in this process; bounded so a flood of bad events cannot grow it.
         self._failures: OrderedDict[str, int] = OrderedDict()
 
@@ -138,7 +141,7 @@ class ReferralService:
             return DeadLetter(reason=exc.reason, detail=exc.detail, attempts=1)
         bound = log.bind(event_id=event.id, event_type=event.type.value)
         try:
-            handled = self.process(event)
+            handled = self._process_with_retries(event)
         except LedgerUnavailableError as exc:
             bound.warning("event.retry", reason="ledger_unavailable", detail=str(exc))
             return Retry(detail="ledger unavailable")
@@ -155,8 +158,8 @@ class ReferralService:
                 self._failures.pop(event.id, None)
                 return DeadLetter(
                     reason=DeadLetterReason.PROCESSING_ERROR,
-                    detail=f"{error_type} on each of {attempts} attempts; see the bridge's log for event "
-                    f"{event.id}, fix the cause, then replay",
+                    detail=f"{error_type} on each of {attempts} attempts; see the bridge's log "
+                    f"for event {event.id}, fix the cause, then replay",
                     attempts=attempts,
                 )
             bound.warning(
@@ -184,6 +187,18 @@ class ReferralService:
             "event.processed", outcome=handled.result, case_ref=handled.matter_ref, count=sent
         )
         return Ack()
+
+    def _process_with_retries(self, event: InboundEvent) -> Handled:
+        """Ride out a short ledger outage in place; a longer one is left to the broker (Retry)."""
+        for attempt in Retrying(
+            stop=stop_after_attempt(self._ledger_attempts),
+            wait=wait_exponential_jitter(initial=0.1, max=2.0),
+            retry=retry_if_exception_type(LedgerUnavailableError),
+            reraise=True,
+        ):
+            with attempt:
+                return self.process(event)
+        raise AssertionError("unreachable: tenacity reraises the last error")  # pragma: no cover
 
     def _count_failure(self, event_id: str) -> int:
         attempts = self._failures.pop(event_id, 0) + 1
@@ -239,7 +254,7 @@ class ReferralService:
     # --- scheduled work -----------------------------------------------------------------------
 
     def expire_holds(self) -> int:
-        """Turn holds that have ended into decisions (usually leaflet tasks); returns matters seen."""
+        """Turn ended holds into decisions (usually leaflet tasks); returns the matters seen."""
         now = self._clock()
         matters = self._ledger.due_holds(now)
         for matter in matters:
@@ -272,9 +287,15 @@ class ReferralService:
             )
             if not batch:
                 return sent
-            for message in batch:
-                self._publish(message)
-                sent += 1
+            published: list[str] = []
+            try:
+                for message in batch:
+                    self._publish(message)
+                    published.append(message.message_id)
+            finally:
+                # One commit for the batch: a crash before it only means republishing (same ids).
+                self._ledger.mark_published(published, self._clock())
+            sent += len(published)
 
     def _publish(self, message: OutboxMessage) -> None:
         self._publisher.publish(
@@ -285,7 +306,6 @@ class ReferralService:
             message_id=message.message_id,
             content_type=CLOUDEVENTS_JSON,
         )
-        self._ledger.mark_published(message.message_id, self._clock())
 
     # --- decisions into ledger rows and outbox messages ---------------------------------------
 

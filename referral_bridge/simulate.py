@@ -148,7 +148,8 @@ class Simulator:
                 "email": f"{given.lower()}.{family.lower()}{self._serial}@example.org",
                 "address": {
                     "lines": [f"{rng.randint(1, 200)} {rng.choice(STREETS)}", rng.choice(TOWNS)],
-                    "postcode": f"ZZ99 {rng.randint(1, 9)}{rng.choice('ABDEFGHJ')}{rng.choice('LNPQRSTU')}",
+                    "postcode": f"ZZ99 {rng.randint(1, 9)}{rng.choice('ABDEFGHJ')}"
+                    f"{rng.choice('LNPQRSTU')}",
                 },
                 "preferred": preferred,
                 "safe_to_contact": rng.random() > 0.05,
@@ -371,7 +372,13 @@ def sample_events(folder: Path) -> list[SimulatedEvent]:
 
 
 def feed(
-    *, config: Path | None, count: int, seed: int, bad: int, samples: Path | None, max_age_hours: float
+    *,
+    config: Path | None,
+    count: int,
+    seed: int,
+    bad: int,
+    samples: Path | None,
+    max_age_hours: float,
 ) -> int:
     """`referral-bridge simulate`: publish samples, synthetic cases and bad messages."""
     from referral_bridge.bootstrap import broker_of, topology_of

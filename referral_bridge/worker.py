@@ -63,8 +63,8 @@ def run(bridge: Bridge, stop: threading.Event) -> None:
     if bridge.broker.embedded:
         log.warning(
             "broker.embedded",
-            detail="using the embedded broker under the data directory: for trying the bridge only, "
-            "not for production (a crash loses in-flight messages; no publisher confirms)",
+            detail="using the embedded broker under the data directory: for trying the bridge "
+            "only, not for production (a crash loses in-flight messages; no publisher confirms)",
             path=str(settings.data_dir),
         )
     # Crash recovery: whatever an earlier run committed but did not publish goes out first.

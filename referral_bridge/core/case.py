@@ -17,7 +17,7 @@ from referral_bridge.core.events import (
 
 
 class CaseSnapshot(BaseModel):
-    """The latest snapshot of the record that is the case (a crime, or an incident with no crime)."""
+    """The latest snapshot of the case: a crime, or an incident with no crime recorded."""
 
     model_config = ConfigDict(frozen=True)
 

@@ -58,7 +58,8 @@ def referral_payload(
     issued_at: datetime,
 ) -> ReferralPayload:
     """The minimised referral (contract §4): what the provider needs, never the narrative."""
-    assert decision.referral_id and decision.provider and decision.service and decision.deadline
+    if not (decision.referral_id and decision.provider and decision.service and decision.deadline):
+        raise ValueError("a refer decision needs a referral id, provider, service and deadline")
     return ReferralPayload(
         referral_id=decision.referral_id,
         case_ref=case.case_ref,
@@ -93,7 +94,8 @@ def referral_payload(
 def withdrawal_payload(
     case_ref: str, decision: Decision, withdrawn_at: datetime, issued_at: datetime
 ) -> WithdrawalPayload:
-    assert decision.referral_id
+    if not decision.referral_id:
+        raise ValueError("a withdraw decision needs the referral id it withdraws")
     return WithdrawalPayload(
         referral_id=decision.referral_id,
         case_ref=case_ref,
@@ -105,7 +107,8 @@ def withdrawal_payload(
 
 def leaflet_task(case: CaseSnapshot, decision: Decision) -> LeafletTask:
     """The officer's task: ids and reason only; the officer already holds the victim's details."""
-    assert decision.task_id and decision.due_by and decision.provider
+    if not (decision.task_id and decision.due_by and decision.provider):
+        raise ValueError("a leaflet decision needs a task id, due time and provider")
     return LeafletTask(
         task_id=decision.task_id,
         case_ref=case.case_ref,

@@ -9,7 +9,7 @@ defence against a double referral.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -403,13 +403,19 @@ class Ledger:
                 for r in connection.execute(query)
             ]
 
-    def mark_published(self, message_id: str, at: datetime) -> None:
-        with self.engine.begin() as connection:
-            connection.execute(
-                update(t.outbox)
-                .where(t.outbox.c.message_id == message_id)
-                .values(published_at=at, attempts=t.outbox.c.attempts + 1)
-            )
+    def mark_published(self, message_ids: Sequence[str], at: datetime) -> None:
+        """Record that the broker has these messages (one transaction for the lot)."""
+        if not message_ids:
+            return
+        try:
+            with self.engine.begin() as connection:
+                connection.execute(
+                    update(t.outbox)
+                    .where(t.outbox.c.message_id.in_(list(message_ids)))
+                    .values(published_at=at, attempts=t.outbox.c.attempts + 1)
+                )
+        except OperationalError as exc:
+            raise LedgerUnavailableError(_describe(exc, self.engine)) from None
 
     def due_holds(self, now: datetime, limit: int = 200) -> list[str]:
         """Matters with a hold that has ended by `now` and is still open."""
@@ -470,4 +476,7 @@ def _describe(exc: DBAPIError, engine: Engine) -> str:
     """A message naming the database host, never the password, and what to do next."""
     url = engine.url
     where = f"{url.get_backend_name()} at {url.host or url.database}"
-    return f"ledger unavailable ({where}): {type(exc.orig).__name__}; check the database is running and reachable"
+    return (
+        f"ledger unavailable ({where}): {type(exc.orig).__name__}; "
+        "check the database is running and reachable"
+    )

@@ -8,31 +8,22 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
 import structlog
 from kombu.connection import Connection
+from kombu.exceptions import OperationalError
 from kombu.message import Message
 from kombu.messaging import Consumer as KombuConsumer
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential_jitter
 
+from referral_bridge.core.events import DeadLetterReason
 from referral_bridge.transport.embedded import BrokerSpec
 from referral_bridge.transport.errors import BrokerUnavailableError, TransportError
 from referral_bridge.transport.publisher import ORIGINAL_ROUTING_KEY_HEADER, Publisher
 from referral_bridge.transport.topology import Topology, declare, work_queue_entity
 
 log = structlog.get_logger(__name__)
-
-DeadLetterReason = Literal[
-    "invalid_json",
-    "invalid_encoding",
-    "too_large",
-    "not_cloudevent",
-    "unknown_type",
-    "unsupported_version",
-    "schema_violation",
-    "processing_error",
-]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -155,10 +146,11 @@ class Consumer:
         def connect_once() -> Connection:
             connection = self._spec.connection()
             try:
-                connection.connect()
+                # One attempt: kombu's connect() would itself retry after 2 s inside our backoff.
+                connection.ensure_connection(max_retries=0)
                 with connection.channel() as channel:
                     declare(channel, self._topology)
-            except connection.connection_errors as exc:
+            except (OperationalError, *connection.connection_errors) as exc:
                 log.warning("transport.connect_failed", error_type=type(exc).__name__)
                 connection.collect()
                 raise _ConnectionLostError(str(exc)) from exc
@@ -248,7 +240,7 @@ class Consumer:
                 message.ack()
             case DeadLetter(reason=reason, detail=detail, attempts=attempts):
                 headers: dict[str, str | int] = {
-                    REASON_HEADER: reason,
+                    REASON_HEADER: str(reason),
                     DETAIL_HEADER: detail,
                     FAILED_AT_HEADER: rfc3339_utc(self._clock()),
                     ATTEMPTS_HEADER: attempts,
@@ -268,7 +260,7 @@ class Consumer:
                     self._requeue(message)
                     return
                 message.ack()
-                log.info("transport.dead_lettered", reason=reason, attempts=attempts)
+                log.info("transport.dead_lettered", reason=str(reason), attempts=attempts)
             case Retry():
                 self._requeue(message)
 

@@ -12,6 +12,7 @@ from typing import Any
 import structlog
 from amqp.exceptions import MessageNacked
 from kombu.connection import Connection
+from kombu.exceptions import OperationalError
 from kombu.messaging import Producer
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
@@ -48,8 +49,7 @@ class Publisher:
 
     On the embedded broker there are no confirms: returning means the message file was written.
 
-    Not for concurrent use from several threads without the internal lock it takes; one instance
-    per process is enough.
+    Publishes are serialised by an internal lock, so one instance per process can be shared.
     """
 
     def __init__(
@@ -239,7 +239,7 @@ class Publisher:
                 f"{routing_key!r}: {exc}. Check that the exchange exists (the bridge declares "
                 "its topology at start-up) and the bridge's user may write to it"
             ) from exc
-        except connection.connection_errors as exc:
+        except (OperationalError, *connection.connection_errors) as exc:
             log.warning("transport.publish_connection_lost", error_type=type(exc).__name__)
             self._drop_connection(connection)
             raise _ConnectionLostError(str(exc)) from exc
@@ -253,7 +253,8 @@ class Publisher:
         if self._producer is not None and connection is self._connection:
             return self._producer
         self._connection = connection
-        connection.connect()
+        # One attempt: kombu's connect() would itself retry after 2 s inside our backoff.
+        connection.ensure_connection(max_retries=0)
         channel = connection.channel()
         if self._spec.supports_confirms:
             # Without a handler py-amqp raises from inside the confirm wait and loses the ack.

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from referral_bridge.core.events import DeadLetterReason
 from referral_bridge.transport import (
     Ack,
     DeadLetter,
@@ -98,7 +99,9 @@ class TestEmbeddedFlows:
     ) -> None:
         """The embedded DLQ holds the body byte for byte and the x-rb-* headers."""
         handler = RecordingHandler(
-            DeadLetter(reason="schema_violation", detail="data.version missing", attempts=3)
+            DeadLetter(
+                reason=DeadLetterReason.SCHEMA_VIOLATION, detail="data.version missing", attempts=3
+            )
         )
         embedded.publisher.publish_inbound(NOT_UTF8, "incident.recorded")
         running = embedded.start_consumer(handler)

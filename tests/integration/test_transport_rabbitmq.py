@@ -10,19 +10,29 @@ import subprocess
 import threading
 from dataclasses import replace
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 from kombu.entity import Queue
 
+from referral_bridge.core.events import DeadLetterReason
 from referral_bridge.transport import (
     Ack,
+    BrokerUnavailableError,
+    Consumer,
     DeadLetter,
     Publisher,
     PublishError,
     Retry,
+    broker_spec,
     declare,
 )
-from tests.integration.conftest import BrokerHarness, RecordingHandler, wait_until
+from tests.integration.conftest import (
+    BrokerHarness,
+    RecordingHandler,
+    unique_topology,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -116,7 +126,9 @@ class TestVerdicts:
     ) -> None:
         """The DLQ gets the body byte for byte and the x-rb-* headers; the original is acked."""
         handler = RecordingHandler(
-            DeadLetter(reason="invalid_encoding", detail="body is not UTF-8", attempts=1)
+            DeadLetter(
+                reason=DeadLetterReason.INVALID_ENCODING, detail="body is not UTF-8", attempts=1
+            )
         )
         rabbit.publisher.publish(
             exchange=rabbit.topology.inbound_exchange,
@@ -137,7 +149,9 @@ class TestVerdicts:
 
     def test_a_dead_letter_is_persistent(self, rabbit: BrokerHarness) -> None:
         """Dead letters are published with delivery mode 2."""
-        handler = RecordingHandler(DeadLetter(reason="invalid_json", detail="x", attempts=1))
+        handler = RecordingHandler(
+            DeadLetter(reason=DeadLetterReason.INVALID_JSON, detail="x", attempts=1)
+        )
         rabbit.publisher.publish_inbound(b"nope", "crime.recorded")
         rabbit.start_consumer(handler)
         parked = rabbit.fetch_eventually(rabbit.topology.dead_letter_queue)
@@ -169,7 +183,7 @@ class TestVerdicts:
         """With the DLQ gone the dead letter is unroutable, so the original is requeued."""
         gate = threading.Event()
         handler = RecordingHandler(
-            DeadLetter(reason="invalid_json", detail="x", attempts=1), gate=gate
+            DeadLetter(reason=DeadLetterReason.INVALID_JSON, detail="x", attempts=1), gate=gate
         )
         running = rabbit.start_consumer(handler)
         rabbit.publisher.publish_inbound(b"nope", "crime.recorded")
@@ -305,3 +319,31 @@ class TestConnectionLoss:
         assert wait_until(lambda: len(handler.received) == 2, timeout=20)
         assert running.alive
         assert [m.body for m in handler.received] == [b"1", b"2"]
+
+
+class TestUnreachableBroker:
+    """A broker that cannot be reached at all."""
+
+    UNREACHABLE = "amqp://guest:guest@127.0.0.1:1//"
+
+    def test_the_publisher_gives_up_with_broker_unavailable(self, tmp_path: Path) -> None:
+        """Bounded retries end in BrokerUnavailableError naming what to check."""
+        spec = broker_spec(self.UNREACHABLE, tmp_path)
+        publisher = Publisher(spec, unique_topology(), retry_attempts=2, retry_max_wait=0.05)
+        with pytest.raises(BrokerUnavailableError, match="check that it is running"):
+            publisher.publish_inbound(b"{}", "crime.recorded")
+
+    def test_the_consumer_gives_up_with_broker_unavailable(self, tmp_path: Path) -> None:
+        """run() raises instead of retrying forever, so the service manager can step in."""
+        spec = broker_spec(self.UNREACHABLE, tmp_path)
+        topology = unique_topology()
+        consumer = Consumer(
+            spec,
+            topology,
+            handler=RecordingHandler(Ack()),
+            publisher=Publisher(spec, topology),
+            reconnect_attempts=2,
+            reconnect_max_wait=0.05,
+        )
+        with pytest.raises(BrokerUnavailableError, match="restart the worker"):
+            consumer.run(threading.Event())

@@ -1,0 +1,261 @@
+# mypy: disallow-untyped-calls=False
+# (kombu ships type markers but leaves most functions unannotated.)
+"""Throughput and memory of the bridge's per-event pipeline, as ratios to baselines in the same run.
+
+Run: `.venv/bin/python benchmarks/pipeline.py --events 2000` (in-process, SQLite ledger, real
+sealing, a publisher that records), or add `--amqp URL` to also time the real worker draining a
+RabbitMQ queue against a bare kombu consumer that only acks (the transport's floor).
+
+Baselines:
+- parse: bytes -> validated InboundEvent only (the work no bridge can skip);
+- ack-only consumer: the same messages drained by kombu with an immediate ack.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import tracemalloc
+import uuid
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from referral_bridge.bootstrap import ProviderSealer, load_policy  # noqa: E402
+from referral_bridge.core.calendar import WorkingDayCalendar  # noqa: E402
+from referral_bridge.core.parsing import parse_inbound  # noqa: E402
+from referral_bridge.ledger import Ledger  # noqa: E402
+from referral_bridge.logging import configure_logging  # noqa: E402
+from referral_bridge.sealing import generate_key_pair, load_key_set, load_private_key  # noqa: E402
+from referral_bridge.service import ReferralService, Routes  # noqa: E402
+from referral_bridge.simulate import Simulator  # noqa: E402
+from referral_bridge.transport.consumer import InboundMessage  # noqa: E402
+
+PROVIDERS = ("lancashire-victim-services", "homicide-service")
+
+
+class CountingPublisher:
+    def __init__(self) -> None:
+        self.count = 0
+
+    def publish(
+        self,
+        *,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        headers: Mapping[str, Any],
+        message_id: str,
+        content_type: str,
+    ) -> None:
+        self.count += 1
+
+
+def events(count: int, seed: int) -> list[bytes]:
+    simulator = Simulator(seed=seed, now=datetime.now(UTC), max_age=timedelta(hours=6))
+    bodies = [e.body for e in simulator.cases(count * 2)]
+    return bodies[:count]
+
+
+def timed(fn: Callable[[], object]) -> float:
+    gc.collect()
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def build_service(workdir: Path) -> tuple[ReferralService, Ledger]:
+    keys = workdir / "keys"
+    for kid in ("bridge", *PROVIDERS):
+        generate_key_pair(kid, keys)
+    ledger = Ledger.open(f"sqlite:///{workdir / 'ledger.sqlite3'}")
+    service = ReferralService(
+        ledger=ledger,
+        policy=load_policy(REPO / "config" / "policy.toml"),
+        calendar=WorkingDayCalendar(),
+        sealer=ProviderSealer(
+            load_private_key(keys / "bridge.private.jwk"),
+            {p: load_key_set(keys / f"{p}.public.jwk") for p in PROVIDERS},
+        ),
+        publisher=CountingPublisher(),
+        routes=Routes(
+            referrals_exchange="victim-services.referrals", tasks_exchange="officer.tasks"
+        ),
+        source="urn:referral-bridge:bench",
+        clock=lambda: datetime.now(UTC),
+        max_message_bytes=1024 * 1024,
+        max_processing_attempts=3,
+    )
+    return service, ledger
+
+
+def in_process(count: int, seed: int) -> dict[str, float]:
+    bodies = events(count, seed)
+    parse_s = timed(lambda: [parse_inbound(b) for b in bodies])
+    with tempfile.TemporaryDirectory() as tmp:
+        service, ledger = build_service(Path(tmp))
+
+        def run() -> None:
+            for body in bodies:
+                service.handle(
+                    InboundMessage(
+                        body=body, headers={}, routing_key="x", redelivered=False, delivery_tag=None
+                    )
+                )
+
+        pipeline_s = timed(run)
+        ledger.dispose()
+    with tempfile.TemporaryDirectory() as tmp:
+        service, ledger = build_service(Path(tmp))
+        tracemalloc.start()
+        run()
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        ledger.dispose()
+    return {
+        "events": count,
+        "parse_s": parse_s,
+        "pipeline_s": pipeline_s,
+        "pipeline_events_per_s": count / pipeline_s,
+        "ratio_pipeline_to_parse": pipeline_s / parse_s,
+        "peak_traced_mib": peak / 2**20,
+    }
+
+
+def memory_growth(seed: int) -> dict[str, float]:
+    """Peak traced memory at 500 and at 2,500 events: a flat pipeline keeps the ratio near 1."""
+    small, large = in_process(500, seed), in_process(2500, seed + 1)
+    return {
+        "peak_mib_500": small["peak_traced_mib"],
+        "peak_mib_2500": large["peak_traced_mib"],
+        "ratio_2500_to_500": large["peak_traced_mib"] / small["peak_traced_mib"],
+    }
+
+
+def amqp(count: int, seed: int, url: str) -> dict[str, float]:
+    """Drain time of the real worker vs an ack-only kombu consumer on the same broker."""
+    from kombu import Connection, Queue
+
+    bodies = events(count, seed)
+    suffix = uuid.uuid4().hex[:8]
+    with Connection(url) as connection:
+        baseline_queue = Queue(f"bench-baseline-{suffix}", durable=False, auto_delete=False)
+        producer = connection.Producer()
+        baseline_queue(connection.default_channel).declare()
+        for body in bodies:
+            producer.publish(
+                body,
+                routing_key=baseline_queue.name,
+                content_type="application/cloudevents+json",
+                content_encoding="utf-8",
+                delivery_mode=2,
+            )
+        received = 0
+
+        def on_message(message: Any) -> None:
+            nonlocal received
+            message.ack()
+            received += 1
+
+        start = time.perf_counter()
+        with connection.Consumer(baseline_queue, on_message=on_message, prefetch_count=16):
+            while received < count:
+                connection.drain_events(timeout=10)
+        baseline_s = time.perf_counter() - start
+        baseline_queue(connection.default_channel).delete()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        for kid in ("bridge", *PROVIDERS):
+            generate_key_pair(kid, work / "keys")
+        names = {k: f"bench-{k}-{suffix}" for k in ("in", "work", "ref", "tasks", "dlq")}
+        config = work / "rb.toml"
+        config.write_text(
+            '[bridge]\ndata_dir = "data"\n'
+            f"policy_file = {json.dumps(str(REPO / 'config/policy.toml'))}\n"
+            f"[broker]\nurl = {json.dumps(url)}\n"
+            f'[broker.topology]\ninbound_exchange = "{names["in"]}"\n'
+            f'work_queue = "{names["work"]}"\n'
+            f'referrals_exchange = "{names["ref"]}"\ntasks_exchange = "{names["tasks"]}"\n'
+            f'dead_letter_queue = "{names["dlq"]}"\n'
+            '[keys]\nsigning_key = "keys/bridge.private.jwk"\n'
+            + "".join(f'[providers.{p}]\npublic_keys = "keys/{p}.public.jwk"\n' for p in PROVIDERS)
+        )
+        from referral_bridge.bootstrap import broker_of, topology_of
+        from referral_bridge.settings import load_settings
+        from referral_bridge.transport.publisher import Publisher
+        from referral_bridge.transport.topology import declare
+
+        settings = load_settings(config, env={})
+        with Connection(url) as connection:
+            declare(connection.default_channel, topology_of(settings))
+        with Publisher(broker_of(settings), topology_of(settings)) as publisher:
+            for body in bodies:
+                publisher.publish_inbound(body, json.loads(body)["type"])
+        ledger = Ledger.open(settings.ledger_url)
+        start = time.perf_counter()
+        worker = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+            [
+                sys.executable,
+                "-m",
+                "referral_bridge",
+                "--log-level",
+                "WARNING",
+                "run",
+                "--config",
+                str(config),
+            ],
+            cwd=REPO,
+            env={**os.environ},
+        )
+        while ledger.counts()["totals"]["processed"] < len({json.loads(b)["id"] for b in bodies}):
+            time.sleep(0.05)
+        worker_s = time.perf_counter() - start
+        worker.terminate()
+        worker.wait(timeout=60)
+        ledger.dispose()
+        with Connection(url) as connection:
+            channel = connection.default_channel
+            for key in ("work", "dlq"):
+                channel.queue_delete(names[key])
+            for key in ("in", "ref", "tasks"):
+                channel.exchange_delete(names[key])
+    return {
+        "events": count,
+        "ack_only_s": baseline_s,
+        "worker_s": worker_s,
+        "worker_events_per_s": count / worker_s,
+        "ratio_worker_to_ack_only": worker_s / baseline_s,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--events", type=int, default=2000)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--amqp", help="RabbitMQ URL, e.g. amqp://guest:guest@127.0.0.1:5672//")
+    args = parser.parse_args()
+    configure_logging(json=True, level="WARNING")
+    results: dict[str, Any] = {
+        "in_process": in_process(args.events, args.seed),
+        "memory": memory_growth(args.seed),
+    }
+    if args.amqp:
+        results["amqp"] = amqp(args.events, args.seed, args.amqp)
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
