@@ -34,7 +34,7 @@ schemas: $(STAMP)
 
 # Throughput and memory as ratios to baselines measured in the same run (docs/benchmarks.md).
 bench: $(STAMP)
-	$(BIN)/python benchmarks/pipeline.py --events 2000 --amqp amqp://guest:guest@127.0.0.1:5672//
+	$(BIN)/python benchmarks/pipeline.py --events 2000 --amqp amqp://guest:guest@127.0.0.1:5672// --check
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -144,7 +144,8 @@ def memory_growth(seed: int) -> dict[str, float]:
 
 def amqp(count: int, seed: int, url: str) -> dict[str, float]:
     """Drain time of the real worker vs an ack-only kombu consumer on the same broker."""
-    from kombu import Connection, Queue
+    from kombu.connection import Connection
+    from kombu.entity import Queue
 
     bodies = events(count, seed)
     suffix = uuid.uuid4().hex[:8]
@@ -246,6 +247,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--amqp", help="RabbitMQ URL, e.g. amqp://guest:guest@127.0.0.1:5672//")
+    parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
     args = parser.parse_args()
     configure_logging(json=True, level="WARNING")
     results: dict[str, Any] = {
@@ -255,6 +257,35 @@ def main() -> None:
     if args.amqp:
         results["amqp"] = amqp(args.events, args.seed, args.amqp)
     print(json.dumps(results, indent=2))
+    if args.check:
+        missed = missed_targets(results)
+        for line in missed:
+            print(f"target missed: {line}", file=sys.stderr)
+        sys.exit(1 if missed else 0)
+
+
+#: Targets (docs/benchmarks.md). A large force records a few thousand crimes and incidents a day,
+#: well under 1 event/s on average; 50/s per worker leaves room for bursts and replays.
+MIN_EVENTS_PER_S = 50.0
+#: Peak memory must not grow with the number of events processed (no per-event leak).
+MAX_MEMORY_GROWTH = 1.5
+
+
+def missed_targets(results: dict[str, Any]) -> list[str]:
+    missed = []
+    rate = results["in_process"]["pipeline_events_per_s"]
+    if rate < MIN_EVENTS_PER_S:
+        missed.append(f"in-process {rate:.0f} events/s < {MIN_EVENTS_PER_S:.0f}")
+    if "amqp" in results and results["amqp"]["worker_events_per_s"] < MIN_EVENTS_PER_S:
+        missed.append(
+            f"worker {results['amqp']['worker_events_per_s']:.0f} events/s < {MIN_EVENTS_PER_S:.0f}"
+        )
+    growth = results["memory"]["ratio_2500_to_500"]
+    if growth > MAX_MEMORY_GROWTH:
+        missed.append(
+            f"peak memory grew {growth:.2f}x from 500 to 2,500 events (> {MAX_MEMORY_GROWTH})"
+        )
+    return missed
 
 
 if __name__ == "__main__":

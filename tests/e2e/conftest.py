@@ -7,6 +7,7 @@ import socket
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -48,9 +49,9 @@ def make_bridge(rabbitmq_url: str, tmp_path: Path) -> Iterator[BridgeFactory]:
     """Build BridgeEnvs (config, keys, unique topology, collecting queues); all cleaned up after."""
     made: list[BridgeEnv] = []
 
-    def make(**options: object) -> BridgeEnv:
+    def make(**options: Any) -> BridgeEnv:
         env = BridgeEnv.create(
-            tmp_path / f"bridge-{len(made)}", rabbitmq_url=rabbitmq_url, **options  # type: ignore[arg-type]
+            tmp_path / f"bridge-{len(made)}", rabbitmq_url=rabbitmq_url, **options
         )
         made.append(env)
         return env

@@ -371,8 +371,9 @@ class BridgeEnv:
 
     def _declare_collectors(self) -> None:
         """Queues bound to the outbound exchanges before any worker starts, so nothing is missed."""
-        referrals, tasks = _topic(self.topology.referrals_exchange), _topic(
-            self.topology.tasks_exchange
+        referrals, tasks = (
+            _topic(self.topology.referrals_exchange),
+            _topic(self.topology.tasks_exchange),
         )
         with self.connection() as connection:
             channel = connection.channel()
@@ -532,7 +533,9 @@ class BridgeEnv:
                     channel.exchange_delete(exchange=exchange)
 
 
-def open_with_cli(body: bytes, *, key: Path, verify_with: Path) -> subprocess.CompletedProcess[bytes]:
+def open_with_cli(
+    body: bytes, *, key: Path, verify_with: Path
+) -> subprocess.CompletedProcess[bytes]:
     """`referral-bridge open - --key KEY --verify-with PUB`, the provider's side, on stdin."""
     return subprocess.run(
         [*cli_command(), "open", "-", "--key", str(key), "--verify-with", str(verify_with)],

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -31,7 +30,7 @@ class CompetingRun:
 
 
 @pytest.fixture
-def competing_run(make_bridge: BridgeFactory, postgres_ledger_url: str) -> Iterator[CompetingRun]:
+def competing_run(make_bridge: BridgeFactory, postgres_ledger_url: str) -> CompetingRun:
     """~500 simulated events consumed by two workers sharing the queue and the ledger."""
     env = make_bridge(ledger_url=postgres_ledger_url, prefetch=8)
     simulator = Simulator(seed=SEED, now=datetime.now(UTC), max_age=timedelta(hours=6))
@@ -41,7 +40,7 @@ def competing_run(make_bridge: BridgeFactory, postgres_ledger_url: str) -> Itera
     env.publish_raw((e.routing_key, e.body) for e in events)
     env.wait_settled(distinct, timeout=120)
     codes = [worker.terminate() for worker in workers]
-    yield CompetingRun(
+    return CompetingRun(
         env=env,
         events=len(events),
         distinct_ids=distinct,

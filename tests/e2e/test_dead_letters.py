@@ -42,12 +42,16 @@ def _bodies() -> dict[str, bytes]:
     victim["kind"] = f"{MARKER}-kind"
     too_large = json.dumps(_marked_crime(id=new_ref("BAD"), padding=MARKER * 400)).encode()
     return {
-        "invalid_json": f'{{"name": "{MARKER}", "date_of_birth": "{MARKER_DATE_OF_BIRTH}",'.encode(),
+        "invalid_json": f'{{"name": "{MARKER}", "dob": "{MARKER_DATE_OF_BIRTH}",'.encode(),
         "invalid_encoding": f'{{"name": "{MARKER}"}}'.encode() + b"\xff\xfe\xfa",
         "too_large": too_large[: MAX_BYTES + 952],  # 3000 bytes, not even valid JSON any more
         "not_cloudevent": json.dumps({"name": MARKER, "dob": MARKER_DATE_OF_BIRTH}).encode(),
-        "unknown_type": json.dumps(_marked_crime(id=new_ref("BAD"), type="crime.exploded")).encode(),
-        "unsupported_version": json.dumps(_marked_crime(id=new_ref("BAD"), schemaversion=9)).encode(),
+        "unknown_type": json.dumps(
+            _marked_crime(id=new_ref("BAD"), type="crime.exploded")
+        ).encode(),
+        "unsupported_version": json.dumps(
+            _marked_crime(id=new_ref("BAD"), schemaversion=9)
+        ).encode(),
         "schema_violation": json.dumps(schema_violation).encode(),
     }
 
@@ -111,7 +115,7 @@ def test_a_dead_letter_carries_the_five_x_rb_headers(
     dead_letter_run: DeadLetterRun, reason: str
 ) -> None:
     headers = dead_letter_run.dead[BODIES[reason]].headers
-    assert DEAD_LETTER_HEADERS <= set(headers)
+    assert set(headers) >= DEAD_LETTER_HEADERS
     assert headers["x-rb-original-routing-key"] == "crime.recorded"
     assert headers["x-rb-attempts"] == 1
     assert str(headers["x-rb-failed-at"]).endswith("Z")

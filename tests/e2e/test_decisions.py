@@ -49,7 +49,7 @@ def processed_lines(env: BridgeEnv) -> int:
 
 
 def run_until_handled(env: BridgeEnv, *events: dict[str, Any], distinct: int) -> None:
-    """Publish `events`, wait until the worker has handled each delivery and published everything."""
+    """Publish `events`; wait until each delivery is handled and the outbox is published."""
     before = processed_lines(env)
     env.publish(*events)
     assert wait_until(lambda: processed_lines(env) >= before + len(events), timeout=30)

@@ -31,8 +31,15 @@ CONSENT = load_sample("consent-updated.json")
 BURGLARY_VICTIM = BURGLARY["data"]["victims"][0]["victim_id"]
 ASB_VICTIM = ASB["data"]["victims"][0]["victim_id"]
 #: Personal values in the samples that must never reach the worker's log.
-SAMPLE_PERSONAL_VALUES = ("1984-02-29", "07700 900123", "sample.person@example.org", "PR1 1AA",
-                          "1951-07-14", "07700 900456", "1 Example Street")
+SAMPLE_PERSONAL_VALUES = (
+    "1984-02-29",
+    "07700 900123",
+    "sample.person@example.org",
+    "PR1 1AA",
+    "1951-07-14",
+    "07700 900456",
+    "1 Example Street",
+)
 
 
 @dataclass(frozen=True)
@@ -45,7 +52,9 @@ class SamplesRun:
 
 
 @pytest.fixture(scope="module")
-def samples_run(rabbitmq_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SamplesRun]:
+def samples_run(
+    rabbitmq_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[SamplesRun]:
     """Crime, incident, then the consent update, processed by one worker that then stops."""
     env = BridgeEnv.create(tmp_path_factory.mktemp("samples"), rabbitmq_url=rabbitmq_url)
     try:

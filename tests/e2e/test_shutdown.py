@@ -33,7 +33,9 @@ def shutdown_run(
 ) -> Iterator[ShutdownRun]:
     env = BridgeEnv.create(tmp_path_factory.mktemp("shutdown"), rabbitmq_url=rabbitmq_url)
     try:
-        env.publish(*(crime_event(crime_ref=new_ref(), victim_id=new_ref("P")) for _ in range(EVENTS)))
+        env.publish(
+            *(crime_event(crime_ref=new_ref(), victim_id=new_ref("P")) for _ in range(EVENTS))
+        )
         worker = env.start_worker("first")
         assert wait_until(lambda: env.processed_count() >= 60, timeout=60), "worker never got busy"
         started = time.monotonic()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import traceback
+import warnings
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -99,8 +101,19 @@ class TestMigrations:
             connection.execute(
                 t.schema_info.update().values(value=str(t.SCHEMA_VERSION + 1))
             )
-        with pytest.raises(LedgerSchemaError, match="upgrade referral-bridge"):
-            Ledger.open(str(ledger.engine.url.render_as_string(hide_password=False)))
+        url = ledger.engine.url.render_as_string(hide_password=False)
+        with warnings.catch_warnings():
+            # Ledger.open does not dispose its engine when migration fails (reported in
+            # /tmp/service-bugs.md #1); collect the leaked connection here, not in the next test.
+            warnings.simplefilter("ignore", ResourceWarning)
+            try:
+                Ledger.open(url)
+            except LedgerSchemaError as exc:
+                refused = str(exc)
+            else:
+                refused = ""
+            gc.collect()
+        assert "upgrade referral-bridge" in refused
 
 
 class TestProcessedEvents:
@@ -312,7 +325,7 @@ class TestOutbox:
         with ledger.transaction() as tx:
             tx.add_outbox(outbox_message("m-1"), AT)
             tx.add_outbox(outbox_message("m-2"), AT)
-        ledger.mark_published("m-1", AT)
+        ledger.mark_published(["m-1"], AT)
         assert [m.message_id for m in ledger.unpublished()] == ["m-2"]
         assert ledger.counts()["totals"]["unsent"] == 1
 
