@@ -143,7 +143,7 @@ def build_when_ready(settings: Settings, *, wait_seconds: float = 120.0) -> Brid
     validate(settings)
     for attempt in Retrying(
         stop=stop_after_delay(wait_seconds),
-        wait=wait_exponential_jitter(initial=1.0, max=15.0),
+        wait=wait_exponential_jitter(multiplier=1.0, max=15.0),
         retry=retry_if_exception_type(LedgerUnavailableError),
         before_sleep=lambda state: log.warning(
             "ledger.waiting",

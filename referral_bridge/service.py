@@ -179,7 +179,7 @@ class ReferralService:
             )
         try:
             sent = self.flush(event_id=event.id)
-        except TransportError as exc:
+        except (TransportError, LedgerUnavailableError) as exc:
             # The outbox keeps the messages; redelivery of this event republishes them.
             bound.warning("outbox.publish_failed", error_type=type(exc).__name__)
             return Retry(detail="publishing the outbox failed")
@@ -192,7 +192,7 @@ class ReferralService:
         """Ride out a short ledger outage in place; a longer one is left to the broker (Retry)."""
         for attempt in Retrying(
             stop=stop_after_attempt(self._ledger_attempts),
-            wait=wait_exponential_jitter(initial=0.1, max=2.0),
+            wait=wait_exponential_jitter(multiplier=0.1, max=2.0),
             retry=retry_if_exception_type(LedgerUnavailableError),
             reraise=True,
         ):

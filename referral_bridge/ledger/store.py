@@ -351,7 +351,11 @@ class Ledger:
                 f"cannot use ledger URL scheme: {type(exc).__name__}"
             ) from None
         ledger = cls(engine)
-        ledger.migrate()
+        try:
+            ledger.migrate()
+        except BaseException:
+            engine.dispose()  # no pooled connection may outlive a failed start
+            raise
         return ledger
 
     @property
@@ -365,6 +369,15 @@ class Ledger:
         except LedgerSchemaError:
             raise
         except (OperationalError, DBAPIError) as exc:
+            raise LedgerUnavailableError(_describe(exc, self.engine)) from None
+
+    @contextmanager
+    def _reading(self) -> Iterator[Connection]:
+        """A read-only connection; outages surface as LedgerUnavailableError like writes do."""
+        try:
+            with self.engine.connect() as connection:
+                yield connection
+        except OperationalError as exc:
             raise LedgerUnavailableError(_describe(exc, self.engine)) from None
 
     @contextmanager
@@ -389,7 +402,7 @@ class Ledger:
         if created_before is not None:
             query = query.where(t.outbox.c.created_at < created_before)
         query = query.order_by(t.outbox.c.created_at, t.outbox.c.message_id).limit(limit)
-        with self.engine.connect() as connection:
+        with self._reading() as connection:
             return [
                 OutboxMessage(
                     message_id=r.message_id,
@@ -426,12 +439,12 @@ class Ledger:
             .order_by(func.min(t.holds.c.until))
             .limit(limit)
         )
-        with self.engine.connect() as connection:
+        with self._reading() as connection:
             return list(connection.execute(query).scalars())
 
     def counts(self) -> dict[str, dict[str, int]]:
         """Figures for summaries: actions by kind and target, open holds, outbox backlog."""
-        with self.engine.connect() as connection:
+        with self._reading() as connection:
             by_action: dict[str, int] = {}
             for row in connection.execute(
                 select(
