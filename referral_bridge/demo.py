@@ -87,24 +87,49 @@ def wait_until_processed(
     expected_ids: int,
     expected_dead: int,
     worker: subprocess.Popen[bytes],
+    out: TextIO,
 ) -> bool:
+    """Poll until every distinct event is in the ledger and every bad one is dead-lettered."""
     from referral_bridge.transport.topology import queue_depth
 
     broker, topology = broker_of(settings), topology_of(settings)
     deadline = time.monotonic() + WAIT_SECONDS
+    next_report = 0.0
     while time.monotonic() < deadline:
         if worker.poll() is not None:
             return False
         processed = ledger.counts()["totals"]["processed"]
         dead = queue_depth(broker, topology.dead_letter_queue)
-        if (
-            processed >= expected_ids
-            and dead >= expected_dead
-            and queue_depth(broker, topology.work_queue) == 0
-        ):
+        if time.monotonic() >= next_report:
+            print(f"  processed {processed}/{expected_ids} events, {dead} dead letters", file=out)
+            next_report = time.monotonic() + 2.0
+        waiting = queue_depth(broker, topology.work_queue)
+        if processed >= expected_ids and dead >= expected_dead and waiting == 0:
+            print(f"  processed {processed}/{expected_ids} events, {dead} dead letters", file=out)
             return True
         time.sleep(0.5)
     return False
+
+
+def decisions_from_log(log_path: Path, limit: int) -> list[str]:
+    """A few decisions as the worker logged them: ids, outcome, rule and reason only."""
+    lines = []
+    for raw in log_path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            entry = json.loads(raw)
+        except ValueError:
+            continue
+        if entry.get("event") != "victim.decided":
+            continue
+        target = f" -> {entry['provider']}" if entry.get("provider") else ""
+        lines.append(
+            f"  {entry.get('case_ref', '?'):<24} victim {entry.get('victim_id', '?'):<14} "
+            f"{str(entry.get('outcome', '?')).upper():<8} rule {entry.get('rule')} "
+            f"({entry.get('reason')}){target}"
+        )
+        if len(lines) >= limit:
+            break
+    return lines
 
 
 def dead_letter_reasons(settings: Settings) -> Counter[str]:
@@ -186,7 +211,7 @@ def run_demo(*, data_dir: Path, cases: int, seed: int, marker: str | None, out: 
             file=out,
         )
         ledger = Ledger.open(settings.ledger_url)
-        finished = wait_until_processed(settings, ledger, len(valid_ids), len(bad), worker)
+        finished = wait_until_processed(settings, ledger, len(valid_ids), len(bad), worker, out)
     finally:
         worker.send_signal(signal.SIGTERM)
         code = worker.wait(timeout=60)
@@ -213,6 +238,9 @@ def _summary(ledger: Ledger, settings: Settings, data_dir: Path, out: TextIO) ->
         for label, value in rows or [("(none)", 0)]:
             print(f"  {label:<58} {value:>5}", file=out)
 
+    print("\nthe first decisions, as the worker logged them:", file=out)
+    for line in decisions_from_log(data_dir / "bridge.log", 12):
+        print(line, file=out)
     print(f"\nevents processed (distinct ids): {totals['processed']}", file=out)
     section(
         "referrals sent, by provider/service",

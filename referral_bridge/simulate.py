@@ -316,6 +316,7 @@ class Simulator:
     def bad_messages(self, count: int) -> Iterator[SimulatedEvent]:
         """Messages of every dead-letter kind, without any personal data in them."""
         kinds = [
+            ("crime.recorded", b'{"padding": "' + b"x" * (1024 * 1024 + 16) + b'"}'),
             ("crime.recorded", b"{not json"),
             ("crime.recorded", b"\xff\xfe\x00 not utf-8"),
             ("crime.recorded", b"[1, 2, 3]"),
