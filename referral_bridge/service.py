@@ -246,6 +246,11 @@ class ReferralService:
                     matter = data.linked_crime_ref
                 else:
                     matter = tx.resolve(data.incident_ref)
+            if matter not in refs:
+                # The link to this matter was committed while we waited for our locks: take the
+                # matter's lock too (out of order; PostgreSQL resolves any deadlock by aborting
+                # one side, which then retries).
+                tx.lock([matter])
             decisions = self._decide_and_record(tx, matter, event.id, now)
             result = "decided" if decisions else "awaiting_case"
             tx.mark_processed(event.id, event.type.value, record_ref, result, now)

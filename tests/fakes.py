@@ -13,7 +13,7 @@ import socket
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -213,8 +213,12 @@ def make_service(
     clock: FakeClock,
     max_processing_attempts: int = 3,
     max_message_bytes: int = 1024 * 1024,
+    **options: Any,
 ) -> ReferralService:
-    """A ReferralService as bootstrap builds it, with the shipped policy and the given ports."""
+    """A ReferralService as bootstrap builds it, with the shipped policy and the given ports.
+
+    `options` go to ReferralService as they are (e.g. `ledger_attempts`).
+    """
     return ReferralService(
         ledger=ledger,
         policy=load_policy(POLICY_FILE),
@@ -226,6 +230,7 @@ def make_service(
         clock=clock.now,
         max_message_bytes=max_message_bytes,
         max_processing_attempts=max_processing_attempts,
+        **options,
     )
 
 

@@ -69,7 +69,9 @@ def message(data: CrimeRecorded | IncidentRecorded | dict[str, Any], event_id: s
         event_type = "incident.recorded"
     else:
         event_type = "consent.updated"
-    return inbound(cloudevent(data, event_type=event_type, event_id=event_id), routing_key=event_type)
+    return inbound(
+        cloudevent(data, event_type=event_type, event_id=event_id), routing_key=event_type
+    )
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from referral_bridge.core.events import (
     DeadLetterReason,
     IncidentRecorded,
 )
+from referral_bridge.core.parsing import parse_inbound
 from referral_bridge.errors import LedgerUnavailableError
 from referral_bridge.ledger import Ledger, OutboxMessage
 from referral_bridge.ledger import schema as t
@@ -232,9 +233,7 @@ class TestSamples:
 
         assert verdict == Ack()
         assert [m.type for m in publisher.sent] == [CREATED]
-        assert action_rows(ledger) == [
-            ("referral", "INC-20261124-0988", "P-00455120", LANCASHIRE)
-        ]
+        assert action_rows(ledger) == [("referral", "INC-20261124-0988", "P-00455120", LANCASHIRE)]
 
     def test_the_consent_sample_after_its_crime_was_referred_sends_nothing_new(
         self, service: ReferralService, publisher: RecordingPublisher, ledger: Ledger
@@ -270,15 +269,11 @@ class TestDuplicatesAndVersions:
     ) -> None:
         body = cloudevent(make_crime(), event_type="crime.recorded", event_id="event-1")
         service.handle(inbound(body))
-        from referral_bridge.core.parsing import parse_inbound
-
         assert service.process(parse_inbound(body)).result == "duplicate"
 
     def test_an_older_version_of_a_record_is_stale_and_changes_nothing(
         self, service: ReferralService, publisher: RecordingPublisher, ledger: Ledger
     ) -> None:
-        from referral_bridge.core.parsing import parse_inbound
-
         service.handle(crime_message(make_crime(version=2)))
         before = (list(publisher.sent), action_rows(ledger))
 
@@ -289,11 +284,7 @@ class TestDuplicatesAndVersions:
         assert handled.decisions == ()
         assert (publisher.sent, action_rows(ledger)) == before
 
-    def test_an_equal_version_under_a_new_event_id_is_stale(
-        self, service: ReferralService
-    ) -> None:
-        from referral_bridge.core.parsing import parse_inbound
-
+    def test_an_equal_version_under_a_new_event_id_is_stale(self, service: ReferralService) -> None:
         service.handle(crime_message(make_crime(version=1), event_id="first"))
         again = cloudevent(make_crime(version=1), event_type="crime.recorded", event_id="second")
 
@@ -317,8 +308,6 @@ class TestConsentAndHolds:
     def test_consent_before_its_case_waits_for_the_case(
         self, service: ReferralService, publisher: RecordingPublisher
     ) -> None:
-        from referral_bridge.core.parsing import parse_inbound
-
         body = consent_message("given", at=REPORTED_AT + timedelta(minutes=30)).body
         handled = service.process(parse_inbound(body))
 
@@ -584,11 +573,6 @@ class TestLedgerUnavailable:
         assert "secret-pw" not in verdict.detail
         assert publisher.sent == []
 
-    @pytest.mark.xfail(
-        strict=True,
-        raises=LedgerUnavailableError,
-        reason="handle() lets a ledger outage in the publish step escape: /tmp/service-bugs.md #3",
-    )
     def test_a_ledger_outage_after_commit_gives_retry_and_the_outbox_is_kept(
         self, ledger_url: str, keys: KeyMaterial, publisher: RecordingPublisher, clock: FakeClock
     ) -> None:
@@ -629,7 +613,9 @@ class TestPublishFailures:
         self, ledger: Ledger, keys: KeyMaterial, clock: FakeClock
     ) -> None:
         publisher = RecordingPublisher(fail_times=1)
-        service = make_service(ledger=ledger, sealer=keys.sealer(), publisher=publisher, clock=clock)
+        service = make_service(
+            ledger=ledger, sealer=keys.sealer(), publisher=publisher, clock=clock
+        )
 
         verdict = service.handle(crime_message(make_crime()))
 
@@ -643,7 +629,9 @@ class TestPublishFailures:
         self, ledger: Ledger, keys: KeyMaterial, clock: FakeClock
     ) -> None:
         publisher = RecordingPublisher(fail_times=1)
-        service = make_service(ledger=ledger, sealer=keys.sealer(), publisher=publisher, clock=clock)
+        service = make_service(
+            ledger=ledger, sealer=keys.sealer(), publisher=publisher, clock=clock
+        )
         service.handle(crime_message(make_crime()))
 
         assert service.flush() == 1
@@ -654,7 +642,9 @@ class TestPublishFailures:
         self, ledger: Ledger, keys: KeyMaterial, clock: FakeClock
     ) -> None:
         publisher = RecordingPublisher(fail_times=1)
-        service = make_service(ledger=ledger, sealer=keys.sealer(), publisher=publisher, clock=clock)
+        service = make_service(
+            ledger=ledger, sealer=keys.sealer(), publisher=publisher, clock=clock
+        )
         message = crime_message(make_crime(), event_id="event-1")
         service.handle(message)
 
@@ -733,10 +723,14 @@ class TestBadInput:
 
 @dataclass
 class LedgerProbe:
-    """What a separate database connection saw at the moment the publisher was called."""
+    """What a separate database connection saw at the moment the publisher was called.
+
+    Each entry: (message id, outbox row committed, its event marked processed, not yet marked
+    published).
+    """
 
     url: str
-    seen: list[tuple[str, bool, bool]]
+    seen: list[tuple[str, bool, bool, bool]]
 
     def __call__(self, message: PublishedMessage) -> None:
         engine = create_engine(self.url)
@@ -747,20 +741,19 @@ class LedgerProbe:
                         t.outbox.c.message_id == message.message_id
                     )
                 ).first()
-                processed = (
-                    row is not None
-                    and connection.execute(
-                        select(t.processed_events.c.event_id).where(
-                            t.processed_events.c.event_id == row.event_id
-                        )
-                    ).first()
-                    is not None
+                if row is None:
+                    self.seen.append((message.message_id, False, False, False))
+                    return
+                processed = connection.execute(
+                    select(t.processed_events.c.event_id).where(
+                        t.processed_events.c.event_id == row.event_id
+                    )
+                ).first()
+                self.seen.append(
+                    (message.message_id, True, processed is not None, row.published_at is None)
                 )
         finally:
             engine.dispose()
-        self.seen.append(
-            (message.message_id, row is not None, processed and row.published_at is None)
-        )
 
 
 class TestOrdering:
@@ -769,13 +762,15 @@ class TestOrdering:
     ) -> None:
         probe = LedgerProbe(url=ledger_url, seen=[])
         publisher = RecordingPublisher(on_publish=probe)
-        service = make_service(ledger=ledger, sealer=keys.sealer(), publisher=publisher, clock=clock)
+        service = make_service(
+            ledger=ledger, sealer=keys.sealer(), publisher=publisher, clock=clock
+        )
 
         service.handle(crime_message(make_crime()))
 
         referral_id = ids.referral_id(LANCASHIRE, CRIME_REF, VICTIM)
         # Committed (visible from another connection), processed, and not yet marked published.
-        assert probe.seen == [(referral_id, True, True)]
+        assert probe.seen == [(referral_id, True, True, True)]
 
     def test_handle_acks_only_once_every_outbox_message_is_published_and_marked(
         self, service: ReferralService, publisher: RecordingPublisher, ledger: Ledger

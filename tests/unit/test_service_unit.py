@@ -1,0 +1,301 @@
+"""ReferralService on its own: fake ports and an in-memory SQLite ledger, no network or files."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from referral_bridge.core.case import CaseSnapshot
+from referral_bridge.core.events import CaseKind, DeadLetterReason
+from referral_bridge.errors import LedgerUnavailableError
+from referral_bridge.ledger import Ledger, LedgerTransaction
+from referral_bridge.service import (
+    CLOUDEVENTS_JSON,
+    ReferralService,
+    snapshot_of,
+)
+from referral_bridge.transport import Ack, DeadLetter, Retry
+from tests.fakes import (
+    REFERRALS_EXCHANGE,
+    FakeClock,
+    RecordingPublisher,
+    RecordingSealer,
+    cloudevent,
+    inbound,
+    make_service,
+)
+from tests.unit.factories import (
+    FAKE_EMAIL,
+    FAKE_NAME,
+    FAKE_PHONE,
+    REPORTED_AT,
+    make_crime,
+    make_incident,
+    make_victim,
+)
+
+START = REPORTED_AT + timedelta(hours=1)
+
+
+class CountingLedger(Ledger):
+    """An in-memory ledger that can be made unavailable for its next `outages` transactions."""
+
+    def __init__(self, outages: int = 0) -> None:
+        super().__init__(Ledger.open("sqlite://").engine)
+        self.outages = outages
+        self.transactions = 0
+
+    @contextmanager
+    def transaction(self) -> Iterator[LedgerTransaction]:
+        self.transactions += 1
+        if self.outages > 0:
+            self.outages -= 1
+            raise LedgerUnavailableError("ledger unavailable (test outage)")
+        with super().transaction() as tx:
+            yield tx
+
+
+class FlakySealer(RecordingSealer):
+    """Fails its first `failures` calls, then seals like RecordingSealer."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    def seal(self, provider: str, payload: Any) -> str:
+        if self.failures > 0:
+            self.failures -= 1
+            raise RuntimeError("sealing failed (test)")
+        return super().seal(provider, payload)
+
+
+@pytest.fixture
+def ledger() -> Iterator[CountingLedger]:
+    opened = CountingLedger()
+    try:
+        yield opened
+    finally:
+        opened.dispose()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(START)
+
+
+@pytest.fixture
+def publisher() -> RecordingPublisher:
+    return RecordingPublisher()
+
+
+@pytest.fixture
+def sealer() -> RecordingSealer:
+    return RecordingSealer()
+
+
+@pytest.fixture
+def service(
+    ledger: CountingLedger,
+    sealer: RecordingSealer,
+    publisher: RecordingPublisher,
+    clock: FakeClock,
+) -> ReferralService:
+    return make_service(ledger=ledger, sealer=sealer, publisher=publisher, clock=clock)
+
+
+def crime_message(event_id: str = "event-1", **crime: Any) -> Any:
+    return inbound(cloudevent(make_crime(**crime), event_type="crime.recorded", event_id=event_id))
+
+
+class TestBadInputNeverTouchesTheLedger:
+    def test_an_undecodable_body_is_dead_lettered_before_any_ledger_transaction(
+        self, service: ReferralService, ledger: CountingLedger
+    ) -> None:
+        verdict = service.handle(inbound(b"\x00not json"))
+
+        assert isinstance(verdict, DeadLetter)
+        assert verdict.reason == DeadLetterReason.INVALID_JSON
+        assert ledger.transactions == 0
+
+
+class TestLedgerOutages:
+    def test_a_short_ledger_outage_is_ridden_out_in_place(
+        self, ledger: CountingLedger, sealer: RecordingSealer, publisher: RecordingPublisher
+    ) -> None:
+        ledger.outages = 1
+        service = make_service(
+            ledger=ledger, sealer=sealer, publisher=publisher, clock=FakeClock(START)
+        )
+
+        assert service.handle(crime_message()) == Ack()
+        assert ledger.transactions == 2
+
+    def test_a_lasting_ledger_outage_gives_retry(
+        self, ledger: CountingLedger, sealer: RecordingSealer, publisher: RecordingPublisher
+    ) -> None:
+        ledger.outages = 1_000
+        service = make_service(
+            ledger=ledger,
+            sealer=sealer,
+            publisher=publisher,
+            clock=FakeClock(START),
+            ledger_attempts=1,
+        )
+
+        assert service.handle(crime_message()) == Retry(detail="ledger unavailable")
+
+    def test_ledger_outages_never_dead_letter_an_event(
+        self, ledger: CountingLedger, sealer: RecordingSealer, publisher: RecordingPublisher
+    ) -> None:
+        ledger.outages = 1_000
+        service = make_service(
+            ledger=ledger,
+            sealer=sealer,
+            publisher=publisher,
+            clock=FakeClock(START),
+            max_processing_attempts=1,
+            ledger_attempts=1,
+        )
+
+        verdicts = [service.handle(crime_message()) for _ in range(3)]
+
+        assert all(isinstance(v, Retry) for v in verdicts)
+
+
+class TestProcessingAttempts:
+    def test_an_event_that_succeeds_on_its_last_allowed_attempt_is_acked(
+        self, ledger: CountingLedger, publisher: RecordingPublisher
+    ) -> None:
+        service = make_service(
+            ledger=ledger,
+            sealer=FlakySealer(failures=2),
+            publisher=publisher,
+            clock=FakeClock(START),
+            max_processing_attempts=3,
+        )
+
+        verdicts = [service.handle(crime_message()) for _ in range(3)]
+
+        assert [type(v) for v in verdicts] == [Retry, Retry, Ack]
+
+    def test_attempts_are_counted_per_event(
+        self, ledger: CountingLedger, publisher: RecordingPublisher
+    ) -> None:
+        service = make_service(
+            ledger=ledger,
+            sealer=FlakySealer(failures=1_000),
+            publisher=publisher,
+            clock=FakeClock(START),
+            max_processing_attempts=2,
+        )
+        first = crime_message("event-1")
+        second = crime_message("event-2", crime_ref="LC-26-0000002")
+
+        verdicts = [service.handle(m) for m in (first, second, first, second)]
+
+        assert [type(v) for v in verdicts] == [Retry, Retry, DeadLetter, DeadLetter]
+
+    def test_a_retry_detail_names_the_error_type_and_attempt_only(
+        self, ledger: CountingLedger, publisher: RecordingPublisher
+    ) -> None:
+        error = RuntimeError(f"{' '.join(FAKE_NAME)} {FAKE_PHONE}")
+
+        class Sealer(RecordingSealer):
+            def seal(self, provider: str, payload: Any) -> str:
+                raise error
+
+        service = make_service(
+            ledger=ledger, sealer=Sealer(), publisher=publisher, clock=FakeClock(START)
+        )
+
+        assert service.handle(crime_message()) == Retry(detail="RuntimeError (attempt 1)")
+
+
+class TestOutboundMessages:
+    def test_a_referral_is_a_cloudevent_whose_data_is_the_sealed_token(
+        self, service: ReferralService, publisher: RecordingPublisher, sealer: RecordingSealer
+    ) -> None:
+        service.handle(crime_message())
+
+        [message] = publisher.sent
+        event = message.event
+        assert event["specversion"] == "1.0"
+        assert event["source"] == "urn:test:referral-bridge"
+        assert event["datacontenttype"] == "application/jose"
+        assert event["data"] == "sealed-for-lancashire-victim-services-1"
+        assert (message.exchange, message.content_type) == (REFERRALS_EXCHANGE, CLOUDEVENTS_JSON)
+        assert message.headers["x-rb-event-type"] == "victim.referral.created"
+
+    def test_a_referral_envelope_carries_no_personal_data(
+        self, service: ReferralService, publisher: RecordingPublisher
+    ) -> None:
+        service.handle(crime_message())
+
+        body = publisher.sent[0].body.decode()
+        assert not [v for v in (" ".join(FAKE_NAME), FAKE_PHONE, FAKE_EMAIL) if v in body]
+
+    def test_the_sealed_referral_payload_holds_the_victims_contact_for_the_provider(
+        self, service: ReferralService, sealer: RecordingSealer
+    ) -> None:
+        service.handle(crime_message())
+
+        [(provider, payload)] = sealer.sealed
+        assert provider == "lancashire-victim-services"
+        assert payload["victim"]["contact"]["phone"] == FAKE_PHONE
+        assert payload["case_ref"] == make_crime().crime_ref
+
+    def test_a_leaflet_task_is_plain_json_on_the_tasks_exchange(
+        self, service: ReferralService, publisher: RecordingPublisher
+    ) -> None:
+        service.handle(
+            inbound(
+                cloudevent(make_incident(), event_type="incident.recorded", event_id="inc-1"),
+                routing_key="incident.recorded",
+            )
+        )
+
+        [task] = publisher.sent
+        assert task.event["datacontenttype"] == "application/json"
+        assert task.event["data"]["reason"] == "incident_information"
+        assert task.routing_key == "task.leaflet"
+
+
+class TestScheduledWork:
+    def test_expiring_holds_with_none_due_publishes_nothing(
+        self, service: ReferralService, publisher: RecordingPublisher
+    ) -> None:
+        assert service.expire_holds() == 0
+        assert publisher.sent == []
+
+    def test_flush_with_a_grace_period_leaves_messages_younger_than_it(
+        self, ledger: CountingLedger, sealer: RecordingSealer, clock: FakeClock
+    ) -> None:
+        publisher = RecordingPublisher(fail_times=1)
+        service = make_service(ledger=ledger, sealer=sealer, publisher=publisher, clock=clock)
+        service.handle(crime_message())
+
+        assert service.flush(older_than=timedelta(minutes=5)) == 0
+        clock.advance(timedelta(minutes=6))
+        assert service.flush(older_than=timedelta(minutes=5)) == 1
+
+
+class TestSnapshots:
+    def test_a_stored_crime_snapshot_comes_back_as_a_crime_case(self) -> None:
+        crime = make_crime(make_victim("P-0009"))
+
+        case = snapshot_of(CaseKind.CRIME.value, crime.model_dump(mode="json"))
+
+        assert case == CaseSnapshot.from_crime(crime)
+
+    def test_a_stored_incident_snapshot_comes_back_as_an_incident_case(self) -> None:
+        incident = make_incident()
+
+        case = snapshot_of(CaseKind.INCIDENT.value, json.loads(incident.model_dump_json()))
+
+        assert case.kind is CaseKind.INCIDENT
+        assert case == CaseSnapshot.from_incident(incident)
