@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import random
 import time
-import warnings
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -86,6 +85,7 @@ class ChaosRun:
     bad: list[SimulatedEvent]
     distinct_valid: int
     workers: list[Worker]
+    processed_at_start: list[int] = field(default_factory=list)
     processed_at_kill: list[int] = field(default_factory=list)
     kill_codes: list[int] = field(default_factory=list)
     final_exit_code: int | None = None
@@ -126,14 +126,7 @@ def reference_run(
     )
     try:
         # capture_logs keeps the in-process service's log events off the test's output.
-        with warnings.catch_warnings(), structlog.testing.capture_logs():
-            # Bug reported to the lead: service.py passes tenacity's deprecated `initial`, which
-            # pytest's warnings-as-errors turns into a Retry for every event. Remove when fixed.
-            warnings.filterwarnings(
-                "ignore",
-                message="The 'initial' parameter is deprecated",
-                category=DeprecationWarning,
-            )
+        with structlog.testing.capture_logs():
             for n, message in enumerate(messages):
                 verdict: Verdict = service.handle(
                     InboundMessage(
@@ -169,16 +162,20 @@ def chaos_run(rabbitmq_url: str, tmp_path_factory: pytest.TempPathFactory) -> It
         run.seconds["publish"] = time.monotonic() - started
 
         started = time.monotonic()
-        thresholds = sorted(
-            rng.sample(range(run.distinct_valid // 10, run.distinct_valid * 8 // 10), KILLS)
-        )
-        for n, threshold in enumerate(thresholds):
+        for n in range(KILLS):
+            # Each worker gets a random stretch of new events (10-20 % of the run) before its
+            # SIGKILL, plus a random fraction of a second, so every kill lands mid-processing.
+            at_start = env.processed_count()
+            threshold = max(at_start, 0) + rng.randint(
+                run.distinct_valid // 10, run.distinct_valid // 5
+            )
             worker = env.start_worker(f"worker-{n}")
             assert wait_until(partial(reached, env, threshold), timeout=60), (
                 f"worker {n} did not reach {threshold} processed events; see {worker.log_path}"
             )
             time.sleep(rng.uniform(0.0, 0.4))
             run.kill_codes.append(worker.kill())
+            run.processed_at_start.append(at_start)
             run.processed_at_kill.append(env.processed_count())
         final = env.start_worker(f"worker-{KILLS}")
         env.wait_settled(run.distinct_valid, timeout=120)
@@ -200,6 +197,8 @@ def chaos_run(rabbitmq_url: str, tmp_path_factory: pytest.TempPathFactory) -> It
 def test_the_worker_was_killed_three_times_while_processing(chaos_run: ChaosRun) -> None:
     assert chaos_run.kill_codes == [-9] * KILLS
     assert all(n < chaos_run.distinct_valid for n in chaos_run.processed_at_kill)
+    stretches = zip(chaos_run.processed_at_start, chaos_run.processed_at_kill, strict=True)
+    assert all(start < kill for start, kill in stretches)
 
 
 def test_the_last_worker_stops_on_sigterm_with_exit_code_zero(chaos_run: ChaosRun) -> None:

@@ -133,12 +133,25 @@ def test_the_provider_opens_a_referral_with_the_cli_and_sees_the_victim(
 
 
 def test_opening_a_referral_with_another_providers_key_exits_with_ret_verify(
-    samples_run: SamplesRun, tmp_path: Path
+    samples_run: SamplesRun,
 ) -> None:
-    wrong = generate_key_pair(provider_kid(LANCASHIRE), tmp_path)  # same kid, other key
+    keys = samples_run.env.keys
     opened = open_with_cli(
         _burglary_referral(samples_run).body,
-        key=wrong.private_path,
+        key=key_path(keys, provider_kid("homicide-service"), "private"),
+        verify_with=key_path(keys, BRIDGE_KID, "public"),
+    )
+    assert opened.returncode == RET_VERIFY
+    assert BURGLARY_VICTIM not in opened.stdout.decode()
+
+
+def test_opening_a_referral_with_a_forged_key_of_the_same_kid_exits_with_ret_verify(
+    samples_run: SamplesRun, tmp_path: Path
+) -> None:
+    forged = generate_key_pair(provider_kid(LANCASHIRE), tmp_path)
+    opened = open_with_cli(
+        _burglary_referral(samples_run).body,
+        key=forged.private_path,
         verify_with=key_path(samples_run.env.keys, BRIDGE_KID, "public"),
     )
     assert opened.returncode == RET_VERIFY
