@@ -41,7 +41,13 @@ from referral_bridge.core.messages import (
 from referral_bridge.core.parsing import InvalidMessage, parse_inbound
 from referral_bridge.core.policy import Policy
 from referral_bridge.errors import LedgerUnavailableError
-from referral_bridge.ledger import Ledger, LedgerTransaction, OutboxMessage, RecordedAction
+from referral_bridge.ledger import (
+    AuditFacts,
+    Ledger,
+    LedgerTransaction,
+    OutboxMessage,
+    RecordedAction,
+)
 from referral_bridge.transport.consumer import Ack, DeadLetter, InboundMessage, Retry, Verdict
 from referral_bridge.transport.errors import TransportError
 
@@ -396,6 +402,17 @@ class ReferralService:
             self._routes.referrals_exchange,
             provider,
             now,
+            provider=provider,
+            deadline=decision.deadline,
+            audit=AuditFacts(
+                case_ref=case.case_ref,
+                victim_id=victim.victim_id,
+                provider=provider,
+                lawful_basis=consent.basis,
+                consent_state=consent.referral.value,
+                consent_recorded_at=consent.recorded_at,
+                consent_recorded_by=consent.recorded_by,
+            ),
         )
 
     def _leaflet(
@@ -476,6 +493,16 @@ class ReferralService:
             self._routes.referrals_exchange,
             provider,
             now,
+            provider=provider,
+            audit=AuditFacts(
+                case_ref=referral.case_ref,
+                victim_id=decision.victim_id,
+                provider=provider,
+                lawful_basis=history.consent.lawful_basis if history.consent else None,
+                consent_state="withdrawn",
+                consent_recorded_at=withdrawn_at,
+                consent_recorded_by=history.consent.recorded_by if history.consent else None,
+            ),
         )
 
     def _enqueue(
@@ -490,6 +517,10 @@ class ReferralService:
         exchange: str,
         routing_key: str,
         now: datetime,
+        *,
+        provider: str | None = None,
+        deadline: datetime | None = None,
+        audit: AuditFacts | None = None,
     ) -> None:
         envelope = OutboundEvent(
             id=message_id,
@@ -509,6 +540,9 @@ class ReferralService:
                 routing_key=routing_key,
                 headers={"x-rb-event-type": event_type},
                 body=body,
+                provider=provider,
+                deadline=deadline,
+                audit=audit,
             ),
             now,
         )

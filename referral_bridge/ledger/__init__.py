@@ -1,6 +1,7 @@
 """The ledger: processed events, case state, what was done for each victim, holds and the outbox."""
 
 from referral_bridge.ledger.store import (
+    AuditFacts,
     CaseState,
     Ledger,
     LedgerTransaction,
@@ -8,4 +9,11 @@ from referral_bridge.ledger.store import (
     RecordedAction,
 )
 
-__all__ = ["CaseState", "Ledger", "LedgerTransaction", "OutboxMessage", "RecordedAction"]
+__all__ = [
+    "AuditFacts",
+    "CaseState",
+    "Ledger",
+    "LedgerTransaction",
+    "OutboxMessage",
+    "RecordedAction",
+]

@@ -4,16 +4,50 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from sqlalchemy import Connection, inspect, select, text
+from sqlalchemy import Connection, Table, inspect, select, text
 
 from referral_bridge.errors import LedgerSchemaError
 from referral_bridge.ledger import schema as t
 
-#: Steps from version N-1 to N. Version 1 is the initial schema, created from the metadata.
 #: Arbitrary constant naming the PostgreSQL advisory lock held while migrating.
 _MIGRATION_LOCK = 0x52425F4D49475254
 
-STEPS: dict[int, Callable[[Connection], None]] = {}
+
+def _add_columns(connection: Connection, table: Table, names: list[str]) -> None:
+    """ALTER TABLE ... ADD COLUMN for columns the metadata has and the database lacks."""
+    present = {c["name"] for c in inspect(connection).get_columns(table.name)}
+    preparer = connection.dialect.identifier_preparer
+    for name in names:
+        if name in present:
+            continue
+        column = table.c[name]
+        kind = column.type.compile(dialect=connection.dialect)
+        connection.execute(
+            text(
+                f"ALTER TABLE {preparer.quote(table.name)} ADD COLUMN {preparer.quote(name)} {kind}"
+            )
+        )
+
+
+def _v2_delivery_and_audit(connection: Connection) -> None:
+    _add_columns(
+        connection,
+        t.outbox,
+        [
+            "provider",
+            "next_attempt_at",
+            "last_error",
+            "rejected_at",
+            "deadline",
+            "fallback_task_id",
+            "audit",
+        ],
+    )
+    t.audit.create(connection, checkfirst=True)
+
+
+#: Steps from version N-1 to N. Version 1 is the initial schema, created from the metadata.
+STEPS: dict[int, Callable[[Connection], None]] = {2: _v2_delivery_and_audit}
 
 
 def current_version(connection: Connection) -> int:

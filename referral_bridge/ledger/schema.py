@@ -48,7 +48,7 @@ class UtcDateTime(TypeDecorator[datetime]):
 
 
 #: Bump with a migration step in migrations.py whenever the tables below change.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 metadata = MetaData()
 
@@ -162,4 +162,41 @@ outbox = Table(
     Column("created_at", UtcDateTime(), nullable=False),
     Column("published_at", UtcDateTime(), index=True),
     Column("attempts", Integer, nullable=False, default=0),
+    # Version 2: delivery to providers (issue 3) and the audit trail (issue 4).
+    #: The provider a referral or withdrawal is for; NULL for officer tasks.
+    Column("provider", String(100)),
+    #: When a parked delivery is next tried; NULL means "now".
+    Column("next_attempt_at", UtcDateTime(), index=True),
+    #: Why the last attempt failed: a code and PII-free text.
+    Column("last_error", String(500)),
+    #: Set when the provider refused the message for good (it is kept for an operator).
+    Column("rejected_at", UtcDateTime()),
+    #: A referral's Victims' Code deadline: undelivered by then means a fallback leaflet task.
+    Column("deadline", UtcDateTime(), index=True),
+    #: The fallback leaflet task issued for this message, if any.
+    Column("fallback_task_id", String(64)),
+    #: PII-free facts for the audit record written when the message is delivered.
+    Column("audit", JSON),
+)
+
+#: Append-only record of disclosures and operator actions: who was told what, when and why.
+audit = Table(
+    "rb_audit",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", UtcDateTime(), nullable=False, index=True),
+    #: e.g. referral_sent, withdrawal_sent, dead_letter_revealed, dead_letter_purged.
+    Column("action", String(64), nullable=False),
+    #: Who: "referral-bridge" for the daemon, the operator's login for tools.
+    Column("actor", String(200), nullable=False),
+    Column("message_id", String(200)),
+    Column("provider", String(100), index=True),
+    Column("case_ref", String(64), index=True),
+    Column("victim_id", String(64), index=True),
+    Column("lawful_basis", String(200)),
+    Column("consent_state", String(16)),
+    Column("consent_recorded_at", UtcDateTime()),
+    Column("consent_recorded_by", String(200)),
+    #: Free text without personal data: an operator's stated reason, a delivery route.
+    Column("detail", String(1000)),
 )

@@ -37,6 +37,31 @@ from referral_bridge.ledger.migrations import migrate
 
 
 @dataclass(frozen=True, slots=True)
+class AuditFacts:
+    """What a data protection officer needs about a disclosure; no personal data."""
+
+    case_ref: str
+    victim_id: str
+    provider: str
+    lawful_basis: str | None = None
+    consent_state: str | None = None
+    consent_recorded_at: datetime | None = None
+    consent_recorded_by: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        recorded = self.consent_recorded_at.isoformat() if self.consent_recorded_at else None
+        return {
+            "case_ref": self.case_ref,
+            "victim_id": self.victim_id,
+            "provider": self.provider,
+            "lawful_basis": self.lawful_basis,
+            "consent_state": self.consent_state,
+            "consent_recorded_at": recorded,
+            "consent_recorded_by": self.consent_recorded_by,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class OutboxMessage:
     message_id: str
     event_id: str
@@ -45,6 +70,10 @@ class OutboxMessage:
     routing_key: str
     headers: Mapping[str, Any]
     body: bytes
+    #: Referrals and withdrawals: the provider, the deadline (referrals) and the audit facts.
+    provider: str | None = None
+    deadline: datetime | None = None
+    audit: AuditFacts | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,6 +333,9 @@ class LedgerTransaction:
                 created_at=at,
                 published_at=None,
                 attempts=0,
+                provider=message.provider,
+                deadline=message.deadline,
+                audit=message.audit.as_json() if message.audit else None,
             )
         )
 
@@ -412,21 +444,43 @@ class Ledger:
                     routing_key=r.routing_key,
                     headers=r.headers,
                     body=r.body,
+                    provider=r.provider,
+                    deadline=r.deadline,
+                    audit=_audit_facts(r.audit),
                 )
                 for r in connection.execute(query)
             ]
 
-    def mark_published(self, message_ids: Sequence[str], at: datetime) -> None:
-        """Record that the broker has these messages (one transaction for the lot)."""
+    def mark_published(
+        self, message_ids: Sequence[str], at: datetime, *, route: str = "amqp"
+    ) -> None:
+        """Record that these messages were handed over (one transaction for the lot).
+
+        Referrals and withdrawals also leave their audit record here, in the same transaction,
+        the first time they are marked: the moment of disclosure is the hand-over.
+        """
         if not message_ids:
             return
+        ids = list(message_ids)
         try:
             with self.engine.begin() as connection:
+                first_time = connection.execute(
+                    select(t.outbox.c.message_id, t.outbox.c.kind, t.outbox.c.audit).where(
+                        t.outbox.c.message_id.in_(ids), t.outbox.c.published_at.is_(None)
+                    )
+                ).all()
                 connection.execute(
                     update(t.outbox)
-                    .where(t.outbox.c.message_id.in_(list(message_ids)))
+                    .where(t.outbox.c.message_id.in_(ids))
                     .values(published_at=at, attempts=t.outbox.c.attempts + 1)
                 )
+                records = [
+                    _audit_row(row.kind, row.message_id, facts, at, route)
+                    for row in first_time
+                    if (facts := _audit_facts(row.audit)) is not None
+                ]
+                if records:
+                    connection.execute(t.audit.insert(), records)
         except OperationalError as exc:
             raise LedgerUnavailableError(_describe(exc, self.engine)) from None
 
@@ -483,6 +537,44 @@ class Ledger:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+#: The daemon's name in audit records (operators' tools record the operator's login).
+DAEMON_ACTOR = "referral-bridge"
+
+
+def _audit_facts(value: Mapping[str, Any] | None) -> AuditFacts | None:
+    if not value:
+        return None
+    recorded = value.get("consent_recorded_at")
+    return AuditFacts(
+        case_ref=value["case_ref"],
+        victim_id=value["victim_id"],
+        provider=value["provider"],
+        lawful_basis=value.get("lawful_basis"),
+        consent_state=value.get("consent_state"),
+        consent_recorded_at=datetime.fromisoformat(recorded) if recorded else None,
+        consent_recorded_by=value.get("consent_recorded_by"),
+    )
+
+
+def _audit_row(
+    kind: str, message_id: str, facts: AuditFacts, at: datetime, route: str
+) -> dict[str, Any]:
+    return {
+        "at": at,
+        "action": f"{kind}_sent",
+        "actor": DAEMON_ACTOR,
+        "message_id": message_id,
+        "provider": facts.provider,
+        "case_ref": facts.case_ref,
+        "victim_id": facts.victim_id,
+        "lawful_basis": facts.lawful_basis,
+        "consent_state": facts.consent_state,
+        "consent_recorded_at": facts.consent_recorded_at,
+        "consent_recorded_by": facts.consent_recorded_by,
+        "detail": f"delivered by {route}",
+    }
 
 
 def _describe(exc: DBAPIError, engine: Engine) -> str:

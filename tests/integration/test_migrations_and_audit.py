@@ -1,0 +1,215 @@
+"""Schema upgrades at start-up and the audit record a hand-over leaves (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import (
+    JSON,
+    Column,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    create_engine,
+    func,
+    inspect,
+    select,
+)
+
+from referral_bridge.ledger import AuditFacts, Ledger, OutboxMessage
+from referral_bridge.ledger import schema as t
+from tests.fakes import ledger_url_for, require_postgres, throwaway_postgres_database
+
+AT = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
+V2_OUTBOX_COLUMNS = {
+    "provider",
+    "next_attempt_at",
+    "last_error",
+    "rejected_at",
+    "deadline",
+    "fallback_task_id",
+    "audit",
+}
+
+
+@pytest.fixture(scope="module")
+def pg_database_url() -> Iterator[str]:
+    require_postgres()
+    with throwaway_postgres_database() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
+def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return ledger_url_for(str(request.param), request, tmp_path)
+
+
+def create_version_1(url: str) -> None:
+    """The ledger as schema version 1 left it: every table but the audit, the old outbox."""
+    v1 = MetaData()
+    for table in t.metadata.sorted_tables:
+        if table.name not in {t.outbox.name, t.audit.name}:
+            table.to_metadata(v1)
+    Table(
+        "rb_outbox",
+        v1,
+        Column("message_id", String(64), primary_key=True),
+        Column("event_id", String(200), nullable=False),
+        Column("kind", String(32), nullable=False),
+        Column("exchange", String(200), nullable=False),
+        Column("routing_key", String(200), nullable=False),
+        Column("headers", JSON, nullable=False),
+        Column("body", LargeBinary, nullable=False),
+        Column("created_at", t.UtcDateTime(), nullable=False),
+        Column("published_at", t.UtcDateTime()),
+        Column("attempts", Integer, nullable=False, default=0),
+    )
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        v1.create_all(connection)
+        connection.execute(t.schema_info.insert().values(key="schema_version", value="1"))
+        connection.execute(
+            v1.tables["rb_outbox"]
+            .insert()
+            .values(
+                message_id="old-1",
+                event_id="e",
+                kind="task.leaflet",
+                exchange="x",
+                routing_key="k",
+                headers={},
+                body=b"{}",
+                created_at=AT,
+                attempts=0,
+            )
+        )
+    engine.dispose()
+
+
+class TestUpgradeFromVersion1:
+    def test_opening_a_version_1_ledger_adds_the_delivery_columns_and_the_audit_table(
+        self, ledger_url: str
+    ) -> None:
+        """Start-up migrates in place and records the new version."""
+        create_version_1(ledger_url)
+        ledger = Ledger.open(ledger_url)
+        try:
+            with ledger.engine.connect() as connection:
+                columns = {c["name"] for c in inspect(connection).get_columns("rb_outbox")}
+                version = connection.execute(select(t.schema_info.c.value)).scalar_one()
+                has_audit = inspect(connection).has_table("rb_audit")
+            assert columns >= V2_OUTBOX_COLUMNS
+            assert has_audit
+            assert version == str(t.SCHEMA_VERSION)
+        finally:
+            ledger.dispose()
+
+    def test_rows_written_before_the_upgrade_are_still_pending(self, ledger_url: str) -> None:
+        """An unsent outbox row survives the upgrade and is still published."""
+        create_version_1(ledger_url)
+        ledger = Ledger.open(ledger_url)
+        try:
+            assert [m.message_id for m in ledger.unpublished()] == ["old-1"]
+        finally:
+            ledger.dispose()
+
+
+def referral_row(message_id: str) -> OutboxMessage:
+    return OutboxMessage(
+        message_id=message_id,
+        event_id="event-1",
+        kind="referral",
+        exchange="victim-services.referrals",
+        routing_key="lancashire-victim-services",
+        headers={},
+        body=b"sealed",
+        provider="lancashire-victim-services",
+        deadline=AT,
+        audit=AuditFacts(
+            case_ref="LC-26-0000001",
+            victim_id="P-0001",
+            provider="lancashire-victim-services",
+            lawful_basis="consent",
+            consent_state="given",
+            consent_recorded_at=AT,
+            consent_recorded_by="PC 1",
+        ),
+    )
+
+
+class TestAuditOnHandOver:
+    def test_marking_a_referral_published_writes_one_audit_record_with_the_consent(
+        self, ledger_url: str
+    ) -> None:
+        """The disclosure is recorded with case, victim, provider, basis and consent."""
+        ledger = Ledger.open(ledger_url)
+        try:
+            with ledger.transaction() as tx:
+                tx.add_outbox(referral_row("ref-1"), AT)
+            ledger.mark_published(["ref-1"], AT)
+            with ledger.engine.connect() as connection:
+                rows = connection.execute(select(t.audit)).all()
+            assert len(rows) == 1
+            record = rows[0]
+            assert (record.action, record.message_id, record.provider) == (
+                "referral_sent",
+                "ref-1",
+                "lancashire-victim-services",
+            )
+            assert (
+                record.case_ref,
+                record.victim_id,
+                record.lawful_basis,
+                record.consent_state,
+            ) == (
+                "LC-26-0000001",
+                "P-0001",
+                "consent",
+                "given",
+            )
+            assert record.consent_recorded_at == AT
+        finally:
+            ledger.dispose()
+
+    def test_marking_the_same_message_again_adds_no_second_audit_record(
+        self, ledger_url: str
+    ) -> None:
+        """A republish after a crash is not a second disclosure."""
+        ledger = Ledger.open(ledger_url)
+        try:
+            with ledger.transaction() as tx:
+                tx.add_outbox(referral_row("ref-2"), AT)
+            ledger.mark_published(["ref-2"], AT)
+            ledger.mark_published(["ref-2"], AT)
+            with ledger.engine.connect() as connection:
+                count = connection.execute(select(func.count()).select_from(t.audit)).scalar_one()
+            assert count == 1
+        finally:
+            ledger.dispose()
+
+    def test_an_officer_task_leaves_no_disclosure_record(self, ledger_url: str) -> None:
+        """Tasks carry no personal data to a third party, so they are not audited as disclosures."""
+        ledger = Ledger.open(ledger_url)
+        try:
+            task = OutboxMessage(
+                message_id="task-1",
+                event_id="e",
+                kind="task.leaflet",
+                exchange="officer.tasks",
+                routing_key="task.leaflet",
+                headers={},
+                body=b"{}",
+            )
+            with ledger.transaction() as tx:
+                tx.add_outbox(task, AT)
+            ledger.mark_published(["task-1"], AT)
+            with ledger.engine.connect() as connection:
+                count = connection.execute(select(func.count()).select_from(t.audit)).scalar_one()
+            assert count == 0
+        finally:
+            ledger.dispose()
