@@ -12,9 +12,11 @@ import structlog
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 
 from referral_bridge.core.calendar import WorkingDayCalendar
+from referral_bridge.core.events import DeadLetterReason
 from referral_bridge.core.policy import Policy, PolicyError, load_policy_text
 from referral_bridge.errors import ConfigError, LedgerUnavailableError
 from referral_bridge.ledger import Ledger
+from referral_bridge.metrics import BridgeMetrics
 from referral_bridge.sealing import (
     KeySet,
     PrivateKey,
@@ -122,6 +124,10 @@ class Bridge:
     topology: Topology
     publisher: Publisher
     service: ReferralService
+    metrics: BridgeMetrics
+
+    def count_dead_letter(self, reason: DeadLetterReason) -> None:
+        self.metrics.dead_letters.labels(reason=reason.value).inc()
 
     def close(self) -> None:
         self.publisher.close()
@@ -165,6 +171,7 @@ def build(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -> Bri
     broker = broker_of(settings)
     topology = topology_of(settings)
     publisher = Publisher(broker, topology)
+    metrics = BridgeMetrics()
     service = ReferralService(
         ledger=ledger,
         policy=policy,
@@ -178,6 +185,7 @@ def build(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -> Bri
         clock=clock,
         max_message_bytes=settings.bridge.max_message_bytes,
         max_processing_attempts=settings.bridge.max_processing_attempts,
+        metrics=metrics,
     )
     return Bridge(
         settings=settings,
@@ -188,4 +196,5 @@ def build(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -> Bri
         topology=topology,
         publisher=publisher,
         service=service,
+        metrics=metrics,
     )

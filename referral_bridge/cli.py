@@ -16,36 +16,52 @@ from typing import TextIO
 
 import structlog
 
+from referral_bridge.commands import (
+    audit,
+    check_config,
+    dlq,
+    keys,
+    provider,
+    settings_from,
+    with_config,
+)
 from referral_bridge.errors import (
     BridgeError,
     ConfigError,
     LedgerSchemaError,
     LedgerUnavailableError,
 )
+from referral_bridge.exit_codes import (
+    RET_CONFIG,
+    RET_CONNECT,
+    RET_DRIFT,
+    RET_FAILURE,
+    RET_OK,
+    RET_USAGE,
+    RET_VERIFY,
+)
 from referral_bridge.logging import configure_logging
 from referral_bridge.sealing import InvalidKeyIdError, KeyFileError, SealingError
+from referral_bridge.settings import Settings
 from referral_bridge.transport.errors import TransportConfigError, TransportError
 
-RET_OK = 0
-#: Something failed that is not one of the cases below (a bug: see the log).
-RET_FAILURE = 1
-RET_USAGE = 2
-#: The configuration, policy or a key file is invalid or unsafe: fix it and start again.
-RET_CONFIG = 3
-#: The broker or the ledger cannot be reached: systemd restarts the bridge after a pause.
-RET_CONNECT = 4
-#: A sealed referral could not be opened: bad signature, unknown key or tampering.
-RET_VERIFY = 5
-#: Schema files differ from the models (`schemas check`).
-RET_DRIFT = 6
+__all__ = [
+    "RET_CONFIG",
+    "RET_CONNECT",
+    "RET_DRIFT",
+    "RET_FAILURE",
+    "RET_OK",
+    "RET_USAGE",
+    "RET_VERIFY",
+    "build_parser",
+    "main",
+]
 
 log = structlog.get_logger("referral_bridge.cli")
 
 
-def _settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]  # narrowed below
-    from referral_bridge.settings import load_settings
-
-    return load_settings(Path(args.config) if args.config else None)
+def _settings(args: argparse.Namespace) -> Settings:
+    return settings_from(args)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -58,29 +74,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         worker.run(bridge, stop)
     finally:
         bridge.close()
-    return RET_OK
-
-
-def cmd_check_config(args: argparse.Namespace) -> int:
-    from referral_bridge import bootstrap
-
-    settings = _settings(args)
-    policy, keys = bootstrap.validate(settings)
-    print(f"configuration ok: {settings.config_path}")
-    print(f"  policy: {settings.bridge.policy_file} ({len(policy.rules)} rules)")
-    print(f"  signing key: kid {keys.signing_key.kid}")
-    for provider, key_set in keys.provider_keys.items():
-        print(f"  provider {provider}: encrypts to kid {key_set.current.kid}")
-    print(f"  broker: {'embedded (trying only)' if settings.embedded_broker else 'amqp'}")
-    return RET_OK
-
-
-def cmd_keys_generate(args: argparse.Namespace) -> int:
-    from referral_bridge.sealing import generate_key_pair
-
-    files = generate_key_pair(args.kid, Path(args.out))
-    print(f"private key: {files.private_path} (mode 0600: keep it secret)")
-    print(f"public key:  {files.public_path}")
     return RET_OK
 
 
@@ -176,24 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("--config", help="configuration file (default: $REFERRAL_BRIDGE_CONFIG)")
-        return p
-
     with_config(commands.add_parser("run", help="run the worker")).set_defaults(func=cmd_run)
-    with_config(
-        commands.add_parser("check-config", help="validate configuration, policy and keys")
-    ).set_defaults(func=cmd_check_config)
-
-    keys = commands.add_parser("keys", help="key files").add_subparsers(
-        dest="keys_command", required=True
-    )
-    generate = keys.add_parser("generate", help="write a P-256 key pair (private file mode 0600)")
-    generate.add_argument("--kid", required=True, help="key id, e.g. bridge-2026-11")
-    generate.add_argument(
-        "--out", required=True, help="folder to write KID.private.jwk and KID.public.jwk"
-    )
-    generate.set_defaults(func=cmd_keys_generate)
+    for module in (check_config, keys, provider, dlq, audit):
+        module.register(commands)
 
     opener = commands.add_parser("open", help="provider side: verify, decrypt and print a referral")
     opener.add_argument("file", help="a referral CloudEvent or JWE compact string; - for stdin")

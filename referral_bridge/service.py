@@ -48,6 +48,7 @@ from referral_bridge.ledger import (
     OutboxMessage,
     RecordedAction,
 )
+from referral_bridge.metrics import BridgeMetrics
 from referral_bridge.transport.consumer import Ack, DeadLetter, InboundMessage, Retry, Verdict
 from referral_bridge.transport.errors import TransportError
 
@@ -119,6 +120,7 @@ class ReferralService:
         max_message_bytes: int,
         max_processing_attempts: int,
         ledger_attempts: int = 3,
+        metrics: BridgeMetrics | None = None,
     ) -> None:
         self._ledger = ledger
         self._policy = policy
@@ -131,6 +133,7 @@ class ReferralService:
         self._max_bytes = max_message_bytes
         self._max_attempts = max_processing_attempts
         self._ledger_attempts = ledger_attempts
+        self._metrics = metrics or BridgeMetrics()
         # Failures per event id in this process; bounded so a flood of bad events cannot grow it.
         self._failures: OrderedDict[str, int] = OrderedDict()
 
@@ -146,6 +149,7 @@ class ReferralService:
             )
             return DeadLetter(reason=exc.reason, detail=exc.detail, attempts=1)
         bound = log.bind(event_id=event.id, event_type=event.type.value)
+        self._metrics.events_consumed.labels(type=event.type.value).inc()
         try:
             handled = self._process_with_retries(event)
         except LedgerUnavailableError as exc:
@@ -174,6 +178,7 @@ class ReferralService:
             return Retry(detail=f"{error_type} (attempt {attempts})")
         self._failures.pop(event.id, None)
         for decision in handled.decisions:
+            self._count(decision)
             bound.info(
                 "victim.decided",
                 case_ref=decision.case_ref,
@@ -205,6 +210,9 @@ class ReferralService:
             with attempt:
                 return self.process(event)
         raise AssertionError("unreachable: tenacity reraises the last error")  # pragma: no cover
+
+    def _count(self, decision: Decision) -> None:
+        self._metrics.decisions.labels(outcome=decision.outcome.value, reason=decision.reason).inc()
 
     def _count_failure(self, event_id: str) -> int:
         attempts = self._failures.pop(event_id, 0) + 1
@@ -277,6 +285,7 @@ class ReferralService:
                     if history.hold is not None and history.hold.open and history.hold.until <= now:
                         tx.end_hold(matter, victim_id, now, "expired")
             for decision in decisions:
+                self._count(decision)
                 log.info(
                     "hold.expired",
                     case_ref=decision.case_ref,

@@ -12,9 +12,9 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from referral_bridge.errors import ConfigError
 
@@ -74,6 +74,47 @@ class ProviderSection(_Section):
     public_keys: Path
     #: Optional display name for summaries; never personal data.
     name: str | None = None
+    #: How referrals reach the provider: over AMQP (default) or HTTPS POST.
+    delivery: Literal["amqp", "https"] = "amqp"
+    #: amqp: a provider-facing broker; empty means the force broker (`[broker] url`).
+    broker_url: str = ""
+    #: https: the provider's endpoint, e.g. "https://referrals.provider.example/v1/referrals".
+    url: str | None = None
+    #: https: CA bundle the provider's server certificate must chain to (default: system CAs).
+    ca_bundle: Path | None = None
+    #: https: client certificate and key for mutual TLS.
+    client_cert: Path | None = None
+    client_key: Path | None = None
+    connect_timeout_seconds: Annotated[float, Field(gt=0, le=120)] = 5.0
+    read_timeout_seconds: Annotated[float, Field(gt=0, le=600)] = 15.0
+
+    @model_validator(mode="after")
+    def _https_needs_a_url(self) -> ProviderSection:
+        if self.delivery == "https" and not (self.url or "").startswith("https://"):
+            raise ValueError('delivery = "https" needs url = "https://..."')
+        if (self.client_cert is None) != (self.client_key is None):
+            raise ValueError("client_cert and client_key go together (mutual TLS)")
+        return self
+
+
+class DeliverySection(_Section):
+    """Retries that never block other work (issue #3)."""
+
+    #: Quick attempts in place before a delivery is parked.
+    attempts_in_place: Annotated[int, Field(ge=1, le=10)] = 3
+    #: Parked deliveries are retried after this, doubling up to `park_max_seconds`.
+    park_initial_seconds: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    park_max_seconds: Annotated[float, Field(gt=0, le=86400)] = 3600.0
+    #: Consecutive failures that open a provider's circuit, and how long it stays open.
+    circuit_failures: Annotated[int, Field(ge=1, le=1000)] = 5
+    circuit_open_seconds: Annotated[float, Field(gt=0, le=3600)] = 60.0
+
+
+class MetricsSection(_Section):
+    """Prometheus metrics and health endpoints (issue #4)."""
+
+    #: host:port for /metrics, /healthz and /readyz; empty disables the endpoint.
+    listen: str = "127.0.0.1:9464"
 
 
 class Settings(_Section):
@@ -85,6 +126,8 @@ class Settings(_Section):
     ledger: LedgerSection = LedgerSection()
     keys: KeysSection
     providers: dict[str, ProviderSection]
+    delivery: DeliverySection = DeliverySection()
+    metrics: MetricsSection = MetricsSection()
 
     @field_validator("providers")
     @classmethod
@@ -144,7 +187,8 @@ def _resolve_paths(
     if isinstance(providers, dict):
         for provider_id, provider in providers.items():
             if isinstance(provider, dict):
-                fix(provider, "public_keys", f"providers.{provider_id}.public_keys")
+                for key in ("public_keys", "ca_bundle", "client_cert", "client_key"):
+                    fix(provider, key, f"providers.{provider_id}.{key}")
 
 
 def _location(loc: tuple[int | str, ...]) -> str:

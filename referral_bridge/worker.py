@@ -4,46 +4,15 @@ from __future__ import annotations
 
 import signal
 import threading
-import time
-from collections.abc import Callable
-from datetime import timedelta
 from types import FrameType
 
 import structlog
 
 from referral_bridge.bootstrap import Bridge
-from referral_bridge.errors import LedgerUnavailableError
+from referral_bridge.scheduler import Scheduler
 from referral_bridge.transport.consumer import Consumer
-from referral_bridge.transport.errors import TransportError
 
 log = structlog.get_logger("referral_bridge.worker")
-
-#: Outbox rows older than this are published by the scheduler: the worker that wrote a row
-#: normally publishes it within milliseconds, so an older one was left by a crash.
-OUTBOX_GRACE = timedelta(seconds=30)
-
-
-class Scheduler:
-    """Runs periodic work between messages: ended holds, then left-over outbox rows."""
-
-    def __init__(
-        self, bridge: Bridge, *, interval: float, monotonic: Callable[[], float] = time.monotonic
-    ) -> None:
-        self._bridge = bridge
-        self._interval = interval
-        self._monotonic = monotonic
-        self._next = 0.0
-
-    def __call__(self) -> None:
-        if self._monotonic() < self._next:
-            return
-        self._next = self._monotonic() + self._interval
-        try:
-            self._bridge.service.expire_holds()
-            self._bridge.service.flush(older_than=OUTBOX_GRACE)
-        except (LedgerUnavailableError, TransportError) as exc:
-            # Nothing is lost: holds and outbox rows stay in the ledger for the next tick.
-            log.warning("scheduler.deferred", error_type=type(exc).__name__)
 
 
 def install_stop_signals(stop: threading.Event) -> None:
@@ -82,6 +51,7 @@ def run(bridge: Bridge, stop: threading.Event) -> None:
         publisher=bridge.publisher,
         prefetch=settings.broker.prefetch,
         idle_callback=Scheduler(bridge, interval=settings.bridge.scheduler_interval_seconds),
+        on_dead_lettered=bridge.count_dead_letter,
     )
     consumer.run(stop)
     flushed = bridge.service.flush()

@@ -98,6 +98,7 @@ class Consumer:
         reconnect_attempts: int = 10,
         reconnect_max_wait: float = 30.0,
         clock: Callable[[], datetime] = _utc_now,
+        on_dead_lettered: Callable[[DeadLetterReason], None] | None = None,
     ) -> None:
         self._spec = spec
         self._topology = topology
@@ -110,6 +111,7 @@ class Consumer:
         self._reconnect_attempts = reconnect_attempts
         self._reconnect_max_wait = reconnect_max_wait
         self._clock = clock
+        self._on_dead_lettered = on_dead_lettered
         self._stop = threading.Event()
 
     def run(self, stop: threading.Event) -> None:
@@ -261,6 +263,8 @@ class Consumer:
                     return
                 message.ack()
                 log.info("transport.dead_lettered", reason=str(reason), attempts=attempts)
+                if self._on_dead_lettered is not None:
+                    self._on_dead_lettered(reason)
             case Retry():
                 self._requeue(message)
 

@@ -1,0 +1,25 @@
+"""Sub-commands that have grown beyond a few lines live here, one module each, with `register`.
+
+Each module exposes `register(commands)`, which adds its sub-parser(s) to the top-level
+`argparse` sub-parsers and sets `func` to a function `(args) -> exit code`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from referral_bridge.settings import Settings, load_settings
+
+#: The type argparse gives `add_subparsers()`; private in typeshed, so named once here.
+SubParsers = Any
+
+
+def with_config(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--config", help="configuration file (default: $REFERRAL_BRIDGE_CONFIG)")
+    return parser
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    return load_settings(Path(args.config) if args.config else None)

@@ -1,0 +1,9 @@
+"""`referral-bridge dlq …` (being built: see the issue that introduces it)."""
+
+from __future__ import annotations
+
+from referral_bridge.commands import SubParsers
+
+
+def register(commands: SubParsers) -> None:
+    """Adds nothing yet."""

@@ -1,0 +1,14 @@
+"""Exit codes of every referral-bridge command: part of the interface (systemd acts on them)."""
+
+RET_OK = 0
+#: Something failed that is not one of the cases below (a bug: see the log).
+RET_FAILURE = 1
+RET_USAGE = 2
+#: The configuration, policy or a key file is invalid or unsafe: fix it and start again.
+RET_CONFIG = 3
+#: The broker or the ledger cannot be reached: systemd restarts the bridge after a pause.
+RET_CONNECT = 4
+#: A sealed referral could not be opened: bad signature, unknown key or tampering.
+RET_VERIFY = 5
+#: Schema files differ from the models (`schemas check`).
+RET_DRIFT = 6
