@@ -39,7 +39,7 @@ from referral_bridge.logging import configure_logging  # noqa: E402
 from referral_bridge.sealing import generate_key_pair, load_key_set, load_private_key  # noqa: E402
 from referral_bridge.service import ReferralService, Routes  # noqa: E402
 from referral_bridge.simulate import Simulator  # noqa: E402
-from referral_bridge.transport.consumer import InboundMessage  # noqa: E402
+from referral_bridge.verdicts import InboundMessage  # noqa: E402
 
 PROVIDERS = ("lancashire-victim-services", "homicide-service")
 
@@ -57,6 +57,7 @@ class CountingPublisher:
         headers: Mapping[str, Any],
         message_id: str,
         content_type: str,
+        mandatory: bool = False,
     ) -> None:
         self.count += 1
 

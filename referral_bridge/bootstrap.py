@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -9,7 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
+from tenacity import (
+    Retrying,
+    retry_if_exception_type,
+    stop_after_delay,
+    stop_when_event_set,
+    wait_exponential_jitter,
+)
 
 from referral_bridge.core.calendar import WorkingDayCalendar
 from referral_bridge.core.events import DeadLetterReason
@@ -141,14 +148,16 @@ def validate(settings: Settings) -> tuple[Policy, Keys]:
     return policy, load_keys(settings)
 
 
-def build_when_ready(settings: Settings, *, wait_seconds: float = 120.0) -> Bridge:
+def build_when_ready(
+    settings: Settings, *, wait_seconds: float = 120.0, stop: threading.Event | None = None
+) -> Bridge:
     """Build, waiting with backoff for a ledger that is still starting (e.g. after a reboot).
 
     Configuration errors are not retried: they need an operator.
     """
     validate(settings)
     for attempt in Retrying(
-        stop=stop_after_delay(wait_seconds),
+        stop=stop_after_delay(wait_seconds) | stop_when_event_set(stop or threading.Event()),
         wait=wait_exponential_jitter(multiplier=1.0, max=15.0),
         retry=retry_if_exception_type(LedgerUnavailableError),
         before_sleep=lambda state: log.warning(

@@ -67,9 +67,11 @@ def _settings(args: argparse.Namespace) -> Settings:
 def cmd_run(args: argparse.Namespace) -> int:
     from referral_bridge import bootstrap, worker
 
-    bridge = bootstrap.build_when_ready(_settings(args))
+    settings = _settings(args)
+    # Signals first: a SIGTERM while waiting for the ledger must still end in a clean exit 0.
     stop = threading.Event()
     worker.install_stop_signals(stop)
+    bridge = bootstrap.build_when_ready(settings, stop=stop)
     try:
         worker.run(bridge, stop)
     finally:
@@ -259,4 +261,10 @@ def main(argv: Sequence[str] | None = None, *, stderr: TextIO | None = None) -> 
         print(f"referral-bridge: {exc}", file=err)
         return RET_FAILURE
     except KeyboardInterrupt:
+        return RET_FAILURE
+    except Exception as exc:
+        # A bug. Its text may quote personal data (a validation error, a SQL parameter), so
+        # only the type is shown and logged; the log event says where to look.
+        log.error("command.failed", error_type=type(exc).__name__, detail=args.command)
+        print(f"referral-bridge: unexpected {type(exc).__name__}; see the log", file=err)
         return RET_FAILURE

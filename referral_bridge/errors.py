@@ -21,7 +21,3 @@ class LedgerUnavailableError(BridgeError):
 
 class LedgerSchemaError(BridgeError):
     """Raised when the ledger's schema is newer than this version of the bridge understands."""
-
-
-class ProcessingError(BridgeError):
-    """Raised when a valid event cannot be processed for a reason retrying will not fix."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -49,8 +49,8 @@ from referral_bridge.ledger import (
     RecordedAction,
 )
 from referral_bridge.metrics import BridgeMetrics
-from referral_bridge.transport.consumer import Ack, DeadLetter, InboundMessage, Retry, Verdict
 from referral_bridge.transport.errors import TransportError
+from referral_bridge.verdicts import Ack, DeadLetter, InboundMessage, Retry, Verdict
 
 log = structlog.get_logger("referral_bridge.service")
 
@@ -63,6 +63,8 @@ JSON_CONTENT = "application/json"
 CLOUDEVENTS_JSON = "application/cloudevents+json"
 #: Synthetic event id under which the hold scheduler records its decisions.
 HOLD_EXPIRY_EVENT = "scheduler:hold-expired"
+#: A case whose holds could not be ended (not an outage) is tried again this much later.
+HOLD_RETRY_AFTER = timedelta(hours=1)
 
 
 class Sealer(Protocol):
@@ -83,6 +85,7 @@ class OutboxPublisher(Protocol):
         headers: Mapping[str, Any],
         message_id: str,
         content_type: str,
+        mandatory: bool = False,
     ) -> None: ...
 
 
@@ -225,13 +228,12 @@ class ReferralService:
         """Record the event and its decisions in one ledger transaction (no publishing)."""
         now = self._clock()
         data = event.data
+        record_ref, named = _refs_named(data)
         with self._ledger.transaction() as tx:
-            record_ref, refs = _refs_of(data, tx)
-            tx.lock(refs)
+            matter = self._lock_matter(tx, named)
             if tx.is_processed(event.id):
                 return Handled(result="duplicate", matter_ref=None)
             if isinstance(data, ConsentUpdated):
-                matter = tx.resolve(data.case_ref)
                 tx.save_consent(
                     data.case_ref,
                     data.victim_id,
@@ -246,7 +248,7 @@ class ReferralService:
                 known = tx.record_version(record_ref)
                 if known is not None and known >= data.version:
                     tx.mark_processed(event.id, event.type.value, record_ref, "stale_version", now)
-                    return Handled(result="stale_version", matter_ref=tx.resolve(record_ref))
+                    return Handled(result="stale_version", matter_ref=record_ref)
                 kind = CaseKind.CRIME if isinstance(data, CrimeRecorded) else CaseKind.INCIDENT
                 tx.save_record(
                     record_ref, kind.value, data.version, data.model_dump(mode="json"), now
@@ -254,36 +256,72 @@ class ReferralService:
                 if isinstance(data, CrimeRecorded):
                     for incident_ref in data.linked_incident_refs:
                         tx.link(incident_ref, data.crime_ref)
-                    matter = data.crime_ref
                 elif data.linked_crime_ref:
                     tx.link(data.incident_ref, data.linked_crime_ref)
-                    matter = data.linked_crime_ref
-                else:
-                    matter = tx.resolve(data.incident_ref)
-            if matter not in refs:
-                # The link to this matter was committed while we waited for our locks: take the
-                # matter's lock too (out of order; PostgreSQL resolves any deadlock by aborting
-                # one side, which then retries).
-                tx.lock([matter])
-            decisions = self._decide_and_record(tx, matter, event.id, now)
+            decisions: tuple[Decision, ...] = ()
+            for case_ref in self._cases_to_decide(tx, record_ref, data, matter, now):
+                decisions += self._decide_and_record(tx, case_ref, matter, event.id, now)
             result = "decided" if decisions else "awaiting_case"
             tx.mark_processed(event.id, event.type.value, record_ref, result, now)
-            return Handled(result=result, matter_ref=matter, decisions=decisions)
+            return Handled(result=result, matter_ref=record_ref, decisions=decisions)
+
+    @staticmethod
+    def _lock_matter(tx: LedgerTransaction, named: set[str]) -> set[str]:
+        """Lock every record of the matter these refs belong to, and return the matter.
+
+        The matter is read before locking, so it is read again after: links committed while
+        we waited are locked too (out of order: PostgreSQL resolves a deadlock by aborting one
+        side, which then retries).
+        """
+        matter = tx.matter(named)
+        tx.lock(matter)
+        while (grown := tx.matter(matter)) != matter:
+            tx.lock(grown - matter)
+            matter = grown
+        return matter
+
+    @staticmethod
+    def _cases_to_decide(
+        tx: LedgerTransaction,
+        record_ref: str,
+        data: CrimeRecorded | IncidentRecorded | ConsentUpdated,
+        matter: set[str],
+        now: datetime,
+    ) -> list[str]:
+        """A crime decides itself; anything else decides the matter's crimes, if it has any.
+
+        An incident that a crime was recorded from adds nothing of its own (rules.md), so its
+        open holds end; until the crime's record arrives there is nothing to decide.
+        """
+        if isinstance(data, CrimeRecorded):
+            return [record_ref]
+        matter = tx.matter(matter | {record_ref})
+        crimes = tx.crimes_among(matter)
+        if not crimes:
+            return [record_ref] if isinstance(data, IncidentRecorded) else [data.case_ref]
+        for case_ref, victim_id in tx.open_holds(matter - crimes):
+            tx.end_hold(case_ref, victim_id, now, "superseded_by_crime")
+        return sorted(crimes)
 
     # --- scheduled work -----------------------------------------------------------------------
 
     def expire_holds(self) -> int:
-        """Turn ended holds into decisions (usually leaflet tasks); returns the matters seen."""
+        """Turn ended holds into decisions (usually leaflet tasks); returns the cases seen.
+
+        Each case is its own transaction, and a case that fails for a reason other than an
+        outage is pushed back an hour and logged, so one bad case cannot stall the rest.
+        """
         now = self._clock()
-        matters = self._ledger.due_holds(now)
-        for matter in matters:
-            with self._ledger.transaction() as tx:
-                tx.lock(tx.members(matter))
-                decisions = self._decide_and_record(tx, matter, HOLD_EXPIRY_EVENT, now)
-                # A hold must never stay open past its end, whatever the policy said.
-                for victim_id, history in tx.load_state(matter).history.items():
-                    if history.hold is not None and history.hold.open and history.hold.until <= now:
-                        tx.end_hold(matter, victim_id, now, "expired")
+        cases = self._ledger.due_holds(now)
+        for case_ref in cases:
+            try:
+                decisions = self._expire_holds_of(case_ref, now)
+            except LedgerUnavailableError:
+                raise
+            except Exception as exc:
+                log.error("hold.expiry_failed", case_ref=case_ref, error_type=type(exc).__name__)
+                self._postpone_holds(case_ref, now + HOLD_RETRY_AFTER)
+                continue
             for decision in decisions:
                 self._count(decision)
                 log.info(
@@ -293,9 +331,31 @@ class ReferralService:
                     outcome=decision.outcome.value,
                     reason=decision.reason,
                 )
-        if matters:
+        if cases:
             self.flush(event_id=HOLD_EXPIRY_EVENT)
-        return len(matters)
+        return len(cases)
+
+    def _expire_holds_of(self, case_ref: str, now: datetime) -> tuple[Decision, ...]:
+        with self._ledger.transaction() as tx:
+            matter = self._lock_matter(tx, {case_ref})
+            decisions: tuple[Decision, ...] = ()
+            crimes = tx.crimes_among(matter)
+            if case_ref in crimes or not crimes:
+                decisions = self._decide_and_record(tx, case_ref, matter, HOLD_EXPIRY_EVENT, now)
+            # A hold must never stay open past its end, whatever the policy said.
+            for held_ref, victim_id in tx.open_holds({case_ref}):
+                state = tx.load_state(held_ref, matter).history.get(victim_id)
+                if state and state.hold and state.hold.until <= now:
+                    tx.end_hold(held_ref, victim_id, now, "expired")
+            return tuple(d for d in decisions if d.outcome is not Outcome.HOLD)
+
+    def _postpone_holds(self, case_ref: str, until: datetime) -> None:
+        try:
+            with self._ledger.transaction() as tx:
+                for held_ref, victim_id in tx.open_holds({case_ref}):
+                    tx.open_hold(held_ref, victim_id, until)
+        except LedgerUnavailableError:
+            log.warning("hold.postpone_failed", case_ref=case_ref)
 
     def flush(self, *, event_id: str | None = None, older_than: timedelta | None = None) -> int:
         """Publish unsent outbox rows (of one event, or all older than a grace period)."""
@@ -325,14 +385,16 @@ class ReferralService:
             headers=message.headers,
             message_id=message.message_id,
             content_type=CLOUDEVENTS_JSON,
+            # A message no queue receives must fail, not be confirmed and dropped by the broker.
+            mandatory=True,
         )
 
     # --- decisions into ledger rows and outbox messages ---------------------------------------
 
     def _decide_and_record(
-        self, tx: LedgerTransaction, matter: str, event_id: str, now: datetime
+        self, tx: LedgerTransaction, case_ref: str, matter: set[str], event_id: str, now: datetime
     ) -> tuple[Decision, ...]:
-        state = tx.load_state(matter)
+        state = tx.load_state(case_ref, matter)
         if state.snapshot is None:
             return ()
         case = snapshot_of(state.snapshot_kind, state.snapshot)
@@ -473,7 +535,10 @@ class ReferralService:
         if provider is None or referral_id is None:
             raise ValueError("withdraw decision without a provider or referral id")
         referral = next(r for r in history.referrals if r.referral_id == referral_id)
-        withdrawn_at = history.consent.recorded_at if history.consent is not None else now
+        victim = case.victim(decision.victim_id)
+        # The consent in effect said "withdrawn": its time and author, wherever it was recorded.
+        consent = effective_consent(victim, history.consent) if victim is not None else None
+        withdrawn_at = (consent.recorded_at if consent else None) or now
         payload = withdrawal_payload(referral.case_ref, decision, withdrawn_at, now)
         token = self._sealer.seal(provider, payload.model_dump(mode="json"))
         message_id = ids.withdrawal_id(referral_id)
@@ -507,10 +572,10 @@ class ReferralService:
                 case_ref=referral.case_ref,
                 victim_id=decision.victim_id,
                 provider=provider,
-                lawful_basis=history.consent.lawful_basis if history.consent else None,
+                lawful_basis=consent.basis if consent else None,
                 consent_state="withdrawn",
                 consent_recorded_at=withdrawn_at,
-                consent_recorded_by=history.consent.recorded_by if history.consent else None,
+                consent_recorded_by=consent.recorded_by if consent else None,
             ),
         )
 
@@ -564,14 +629,11 @@ def snapshot_of(kind: str | None, snapshot: Mapping[str, Any]) -> CaseSnapshot:
     return CaseSnapshot.from_incident(IncidentRecorded.model_validate(snapshot))
 
 
-def _refs_of(
-    data: CrimeRecorded | IncidentRecorded | ConsentUpdated, tx: LedgerTransaction
-) -> tuple[str, set[str]]:
-    """The record an event is about, and every ref whose matter it may touch (to lock)."""
+def _refs_named(data: CrimeRecorded | IncidentRecorded | ConsentUpdated) -> tuple[str, set[str]]:
+    """The record an event is about, and every ref the event itself names."""
     if isinstance(data, CrimeRecorded):
-        refs: Iterable[str] = (data.crime_ref, *data.linked_incident_refs)
-        return data.crime_ref, set(refs)
+        return data.crime_ref, {data.crime_ref, *data.linked_incident_refs}
     if isinstance(data, IncidentRecorded):
-        extra = (data.linked_crime_ref,) if data.linked_crime_ref else ()
-        return data.incident_ref, {data.incident_ref, tx.resolve(data.incident_ref), *extra}
-    return data.case_ref, {data.case_ref, tx.resolve(data.case_ref)}
+        linked = {data.linked_crime_ref} if data.linked_crime_ref else set()
+        return data.incident_ref, {data.incident_ref, *linked}
+    return data.case_ref, {data.case_ref}

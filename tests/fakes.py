@@ -116,6 +116,7 @@ class RecordingPublisher:
         headers: Mapping[str, Any],
         message_id: str,
         content_type: str,
+        mandatory: bool = False,
     ) -> None:
         message = PublishedMessage(
             exchange=exchange,

@@ -23,6 +23,7 @@ from referral_bridge.core.events import (
     Victim,
 )
 from referral_bridge.core.history import EMPTY_HISTORY, ConsentRecord, SentReferral, VictimHistory
+from referral_bridge.core.messages import effective_consent
 from referral_bridge.core.policy import Conditions, Policy, Regime, Rule
 
 #: What each reason code means, for `Decision.explanation`. Every code `decide` returns is here
@@ -326,17 +327,9 @@ def _age(born: date, on: date) -> int:
 
 
 def _effective_consent(victim: Victim, update: ConsentRecord | None) -> _Consent:
-    """The later of the snapshot's consent and the latest `consent.updated`.
-
-    A snapshot consent with no `recorded_at` loses to any update; on a tie the update wins,
-    because it was recorded for the purpose of changing consent.
-    """
-    snap = victim.consent
-    if update is None:
-        return _Consent(snap.referral, snap.recorded_at)
-    if snap.recorded_at is None or update.recorded_at >= snap.recorded_at:
-        return _Consent(ConsentState(update.referral.value), update.recorded_at)
-    return _Consent(snap.referral, snap.recorded_at)
+    """The consent in effect, as messages.effective_consent (one rule for deciding and stating)."""
+    consent = effective_consent(victim, update)
+    return _Consent(consent.referral, consent.recorded_at)
 
 
 def _previously_withdrawn(victim: Victim, past: VictimHistory) -> bool:

@@ -2,16 +2,61 @@
 
 from __future__ import annotations
 
-from datetime import date
+import re
+from datetime import date, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StringConstraints,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 NonEmpty = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 Ref = Annotated[
     str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_./:-]*$")
 ]
+
+
+_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$")
+_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+def _rfc3339(value: object) -> object:
+    """Contract §2: timestamps are RFC 3339 strings with an offset; no numbers, no bare dates."""
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str) or not _RFC3339.match(value):
+        raise PydanticCustomError(
+            "rfc3339_timestamp", "must be an RFC 3339 timestamp with an offset"
+        )
+    return value
+
+
+def _iso_date(value: object) -> object:
+    if isinstance(value, date) and not isinstance(value, datetime):
+        return value
+    if not isinstance(value, str) or not _ISO_DATE.match(value):
+        raise PydanticCustomError("iso_date", "must be a date as YYYY-MM-DD")
+    return value
+
+
+#: Inbound types are strict: a number is not a timestamp, "1" is not a version, "no" is not false.
+Timestamp = Annotated[AwareDatetime, BeforeValidator(_rfc3339)]
+Day = Annotated[date, BeforeValidator(_iso_date)]
+Flag = StrictBool
+Version = Annotated[StrictInt, Field(ge=1)]
+#: Free text is bounded so that nothing valid can fail to fit the ledger or a provider's system.
+Text = Annotated[str, StringConstraints(max_length=500)]
+ShortText = Annotated[str, StringConstraints(max_length=200)]
 
 
 class Strict(BaseModel):
@@ -80,12 +125,12 @@ class Flags(BaseModel):
     """Home Office crime flags; flags beyond the four named ones are kept as booleans."""
 
     model_config = ConfigDict(frozen=True, extra="allow")
-    __pydantic_extra__: dict[str, bool] = Field(init=False)
+    __pydantic_extra__: dict[str, StrictBool] = Field(init=False)
 
-    domestic_abuse: bool = False
-    hate: bool = False
-    terrorism: bool = False
-    trafficking: bool = False
+    domestic_abuse: Flag = False
+    hate: Flag = False
+    terrorism: Flag = False
+    trafficking: Flag = False
 
     def as_dict(self) -> dict[str, bool]:
         return {
@@ -102,57 +147,64 @@ class Officer(Strict):
 
 
 class Name(Strict):
-    title: str | None = None
-    given: str | None = None
+    title: Text | None = None
+    given: Text | None = None
     family: NonEmpty
-    contact_person: str | None = None
+    contact_person: Text | None = None
 
 
 class Address(Strict):
     lines: tuple[NonEmpty, ...] = Field(min_length=1, max_length=8)
-    postcode: str | None = None
+    postcode: Text | None = None
 
 
 class Contact(Strict):
-    phone: str | None = None
-    email: str | None = None
+    phone: Text | None = None
+    email: Text | None = None
     address: Address | None = None
     preferred: ContactMethod
-    safe_to_contact: bool
-    safe_contact_notes: str | None = None
+    safe_to_contact: Flag
+    safe_contact_notes: Text | None = None
 
 
 class Needs(Strict):
-    vulnerable: bool = False
-    intimidated: bool = False
-    persistently_targeted: bool = False
-    language: str | None = None
-    accessibility: str | None = None
+    vulnerable: Flag = False
+    intimidated: Flag = False
+    persistently_targeted: Flag = False
+    language: Annotated[str, StringConstraints(max_length=35)] | None = None
+    accessibility: Text | None = None
 
 
 class VictimConsent(Strict):
     referral: ConsentState
-    recorded_at: AwareDatetime | None = None
-    recorded_by: str | None = None
+    recorded_at: Timestamp | None = None
+    recorded_by: ShortText | None = None
 
 
 class Victim(Strict):
     victim_id: Ref
     kind: VictimKind
     name: Name
-    date_of_birth: date | None = None
-    deceased: bool = False
+    date_of_birth: Day | None = None
+    deceased: Flag = False
     relationship: Relationship | None = None
     contact: Contact
     needs: Needs
     consent: VictimConsent
 
 
+def _check_unique_victim_ids(victims: tuple[Victim, ...]) -> None:
+    """Each victim appears once: decisions and the ledger are per victim id."""
+    ids = [victim.victim_id for victim in victims]
+    if len(ids) != len(set(ids)):
+        raise PydanticCustomError("duplicate_victim_id", "the same victim_id is listed twice")
+
+
 class CrimeRecorded(Strict):
     crime_ref: Ref
-    version: int = Field(ge=1)
-    reported_at: AwareDatetime
-    recorded_at: AwareDatetime
+    version: Version
+    reported_at: Timestamp
+    recorded_at: Timestamp
     status: CrimeStatus
     offence: Offence
     flags: Flags = Flags()
@@ -160,25 +212,35 @@ class CrimeRecorded(Strict):
     victims: tuple[Victim, ...] = Field(max_length=200)
     linked_incident_refs: tuple[Ref, ...] = ()
 
+    @model_validator(mode="after")
+    def _unique_victims(self) -> CrimeRecorded:
+        _check_unique_victim_ids(self.victims)
+        return self
+
 
 class IncidentRecorded(Strict):
     incident_ref: Ref
-    version: int = Field(ge=1)
-    opened_at: AwareDatetime
+    version: Version
+    opened_at: Timestamp
     category: NonEmpty
-    crime_disclosed: bool
+    crime_disclosed: Flag
     linked_crime_ref: Ref | None = None
     officer: Officer
     victims: tuple[Victim, ...] = Field(max_length=200)
+
+    @model_validator(mode="after")
+    def _unique_victims(self) -> IncidentRecorded:
+        _check_unique_victim_ids(self.victims)
+        return self
 
 
 class ConsentUpdated(Strict):
     case_ref: Ref
     victim_id: Ref
     referral: ConsentChange
-    recorded_at: AwareDatetime
+    recorded_at: Timestamp
     recorded_by: NonEmpty
-    lawful_basis: str | None = None
+    lawful_basis: ShortText | None = None
 
 
 EventData = CrimeRecorded | IncidentRecorded | ConsentUpdated

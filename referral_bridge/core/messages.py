@@ -29,7 +29,12 @@ SUPPORT_FLAGS = frozenset(
 
 
 def effective_consent(victim: Victim, update: ConsentRecord | None) -> ReferralConsent:
-    """The consent a referral is based on: the later of the snapshot's and the latest update."""
+    """The consent in effect: the later (by recorded_at) of the snapshot's and the latest update.
+
+    A snapshot consent without `recorded_at` loses to any update; on a tie the update wins,
+    because it was recorded for the purpose of changing consent. `decide` uses this too, so the
+    consent a referral states is the consent that decided it.
+    """
     snapshot = victim.consent
     if update is not None and (
         snapshot.recorded_at is None or update.recorded_at >= snapshot.recorded_at
@@ -37,7 +42,7 @@ def effective_consent(victim: Victim, update: ConsentRecord | None) -> ReferralC
         return ReferralConsent(
             referral=ConsentState(update.referral.value),
             basis=update.lawful_basis
-            or ("consent" if update.referral.value == "given" else "legitimate_interest"),
+            or ("consent" if update.referral.value == "given" else "no_objection"),
             recorded_at=update.recorded_at,
             recorded_by=update.recorded_by,
         )

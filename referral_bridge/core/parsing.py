@@ -73,6 +73,10 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 # Our own wording per pydantic error type. pydantic's `msg` can quote the input (and `ctx` can
 # hold it), so neither is ever used.
 _ERROR_WORDING: dict[str, str] = {
+    # Raised by the contract models' own validators (core/events.py).
+    "rfc3339_timestamp": "must be an RFC 3339 timestamp with an offset",
+    "iso_date": "must be a date as YYYY-MM-DD",
+    "duplicate_victim_id": "the same victim_id is listed twice",
     "missing": "required field missing",
     "extra_forbidden": "unexpected field",
     "string_type": "must be a string",

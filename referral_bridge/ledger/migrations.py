@@ -44,6 +44,14 @@ def _v2_delivery_and_audit(connection: Connection) -> None:
         ],
     )
     t.audit.create(connection, checkfirst=True)
+    t.links.create(connection, checkfirst=True)
+    if inspect(connection).has_table(t.aliases.name):
+        rows = connection.execute(select(t.aliases.c.ref, t.aliases.c.matter_ref)).all()
+        if rows:
+            connection.execute(
+                t.links.insert(), [{"incident_ref": r.ref, "crime_ref": r.matter_ref} for r in rows]
+            )
+        t.aliases.drop(connection)
 
 
 #: Steps from version N-1 to N. Version 1 is the initial schema, created from the metadata.

@@ -83,12 +83,23 @@ records = Table(
     Column("updated_at", UtcDateTime(), nullable=False),
 )
 
-#: Incident refs that belong to a crime: the crime is the matter.
+#: Version 1: incident -> crime, one crime per incident. Replaced in version 2 by `links`; kept
+#: here only so the migration can read it.
 aliases = Table(
     "rb_aliases",
-    metadata,
+    MetaData(),
     Column("ref", String(64), primary_key=True),
     Column("matter_ref", String(64), nullable=False, index=True),
+)
+
+#: Version 2: an incident and a crime recorded from it (either side may name the link, and one
+#: incident may give rise to several crimes). Records joined by links are one matter: a victim
+#: is referred at most once per provider across all of them.
+links = Table(
+    "rb_links",
+    metadata,
+    Column("incident_ref", String(64), primary_key=True),
+    Column("crime_ref", String(64), primary_key=True, index=True),
 )
 
 #: The latest `consent.updated` per ref (as the source gave it) and victim.

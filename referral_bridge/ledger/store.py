@@ -93,9 +93,10 @@ class RecordedAction:
 
 @dataclass(frozen=True, slots=True)
 class CaseState:
-    """What the ledger knows about a matter: its snapshot (if any) and each victim's history."""
+    """What the ledger knows about a case: its snapshot (if any) and each victim's history
+    across the case's whole matter."""
 
-    matter_ref: str
+    case_ref: str
     snapshot: Mapping[str, Any] | None
     snapshot_kind: str | None
     history: Mapping[str, VictimHistory]
@@ -159,28 +160,41 @@ class LedgerTransaction:
                 t.records.update().where(t.records.c.record_ref == record_ref).values(**values)
             )
 
-    def resolve(self, ref: str) -> str:
-        """The matter a ref belongs to: the crime an incident was linked to, else the ref itself."""
-        matter = self._c.execute(
-            select(t.aliases.c.matter_ref).where(t.aliases.c.ref == ref)
-        ).scalar_one_or_none()
-        return matter or ref
-
-    def link(self, ref: str, matter_ref: str) -> None:
-        if ref == matter_ref:
+    def link(self, incident_ref: str, crime_ref: str) -> None:
+        """Record that a crime was recorded from an incident (idempotent)."""
+        if incident_ref == crime_ref:
             return
-        if self._c.execute(select(t.aliases.c.ref).where(t.aliases.c.ref == ref)).first() is None:
-            self._c.execute(t.aliases.insert().values(ref=ref, matter_ref=matter_ref))
-        else:
-            self._c.execute(
-                t.aliases.update().where(t.aliases.c.ref == ref).values(matter_ref=matter_ref)
-            )
+        key = (t.links.c.incident_ref == incident_ref) & (t.links.c.crime_ref == crime_ref)
+        if self._c.execute(select(t.links.c.crime_ref).where(key)).first() is None:
+            self._c.execute(t.links.insert().values(incident_ref=incident_ref, crime_ref=crime_ref))
 
-    def members(self, matter_ref: str) -> set[str]:
-        rows = self._c.execute(
-            select(t.aliases.c.ref).where(t.aliases.c.matter_ref == matter_ref)
+    def matter(self, refs: Iterable[str]) -> set[str]:
+        """Every ref joined to these by links, transitively: the records that are one matter."""
+        found = set(refs)
+        frontier = set(found)
+        while frontier:
+            rows = self._c.execute(
+                select(t.links.c.incident_ref, t.links.c.crime_ref).where(
+                    t.links.c.incident_ref.in_(frontier) | t.links.c.crime_ref.in_(frontier)
+                )
+            ).all()
+            linked = {ref for row in rows for ref in row} - found
+            found |= linked
+            frontier = linked
+        return found
+
+    def crimes_among(self, refs: Iterable[str]) -> set[str]:
+        """The refs that are crimes: recorded as crimes, or named as the crime side of a link."""
+        wanted = set(refs)
+        recorded = self._c.execute(
+            select(t.records.c.record_ref).where(
+                t.records.c.record_ref.in_(wanted), t.records.c.kind == "crime"
+            )
         ).scalars()
-        return {matter_ref, *rows}
+        named = self._c.execute(
+            select(t.links.c.crime_ref).where(t.links.c.crime_ref.in_(wanted))
+        ).scalars()
+        return {*recorded, *named}
 
     def save_consent(self, case_ref: str, victim_id: str, consent: ConsentRecord) -> bool:
         """Keep the latest consent per ref and victim; False if an equal or newer one is kept."""
@@ -202,21 +216,20 @@ class LedgerTransaction:
         self._c.execute(t.consents.update().where(key).values(**values))
         return True
 
-    def load_state(self, matter_ref: str) -> CaseState:
-        refs = self.members(matter_ref)
+    def load_state(self, case_ref: str, matter: set[str]) -> CaseState:
+        """The case's snapshot, with history gathered across every record of its matter."""
+        refs = matter | {case_ref}
         row = self._c.execute(
-            select(t.records.c.kind, t.records.c.snapshot).where(
-                t.records.c.record_ref == matter_ref
-            )
+            select(t.records.c.kind, t.records.c.snapshot).where(t.records.c.record_ref == case_ref)
         ).first()
         return CaseState(
-            matter_ref=matter_ref,
+            case_ref=case_ref,
             snapshot=row.snapshot if row else None,
             snapshot_kind=row.kind if row else None,
-            history=self._history(refs, matter_ref),
+            history=self._history(refs, case_ref),
         )
 
-    def _history(self, refs: set[str], matter_ref: str) -> dict[str, VictimHistory]:
+    def _history(self, refs: set[str], case_ref: str) -> dict[str, VictimHistory]:
         referrals: dict[str, list[SentReferral]] = defaultdict(list)
         leaflets: dict[str, list[IssuedLeaflet]] = defaultdict(list)
         withdrawals: dict[str, list[SentWithdrawal]] = defaultdict(list)
@@ -243,7 +256,7 @@ class LedgerTransaction:
                 withdrawals[a.victim_id].append(
                     SentWithdrawal(referral_id=a.related_id or "", provider=a.provider, at=a.at)
                 )
-        hold_rows = self._c.execute(select(t.holds).where(t.holds.c.case_ref == matter_ref))
+        hold_rows = self._c.execute(select(t.holds).where(t.holds.c.case_ref == case_ref))
         held = {h.victim_id: Hold(until=h.until, open=h.open) for h in hold_rows}
         consent: dict[str, ConsentRecord] = {}
         for c in self._c.execute(select(t.consents).where(t.consents.c.case_ref.in_(refs))):
@@ -298,6 +311,15 @@ class LedgerTransaction:
                 .where(key)
                 .values(until=until, open=True, ended_at=None, ended_reason=None)
             )
+
+    def open_holds(self, refs: Iterable[str]) -> list[tuple[str, str]]:
+        """(case ref, victim id) of every open hold under these refs."""
+        rows = self._c.execute(
+            select(t.holds.c.case_ref, t.holds.c.victim_id).where(
+                t.holds.c.case_ref.in_(set(refs)), t.holds.c.open
+            )
+        )
+        return [(row.case_ref, row.victim_id) for row in rows]
 
     def end_hold(self, case_ref: str, victim_id: str, at: datetime, reason: str) -> None:
         key = (t.holds.c.case_ref == case_ref) & (t.holds.c.victim_id == victim_id) & t.holds.c.open

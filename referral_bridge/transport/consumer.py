@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
 import structlog
 from kombu.connection import Connection
@@ -22,44 +20,17 @@ from referral_bridge.transport.embedded import BrokerSpec
 from referral_bridge.transport.errors import BrokerUnavailableError, TransportError
 from referral_bridge.transport.publisher import ORIGINAL_ROUTING_KEY_HEADER, Publisher
 from referral_bridge.transport.topology import Topology, declare, work_queue_entity
+from referral_bridge.verdicts import (
+    Ack,
+    DeadLetter,
+    Handler,
+    InboundMessage,
+    Retry,
+    Verdict,
+)
 
 log = structlog.get_logger(__name__)
 
-
-@dataclass(frozen=True, kw_only=True)
-class InboundMessage:
-    """One message as delivered: the body exactly as published, never decoded by kombu."""
-
-    body: bytes = field(repr=False)  # may hold personal data
-    headers: dict[str, Any] = field(repr=False)
-    routing_key: str
-    redelivered: bool
-    delivery_tag: Any
-
-
-@dataclass(frozen=True)
-class Ack:
-    """Every effect of the message is durable: remove it from the queue."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class DeadLetter:
-    """The message can never be processed: park its original bytes on the dead-letter queue."""
-
-    reason: DeadLetterReason
-    detail: str  # human-readable and free of personal data
-    attempts: int
-
-
-@dataclass(frozen=True)
-class Retry:
-    """A transient failure: put the message back to be delivered again later."""
-
-    detail: str
-
-
-Verdict = Ack | DeadLetter | Retry
-Handler = Callable[[InboundMessage], Verdict]
 
 REASON_HEADER = "x-rb-reason"
 DETAIL_HEADER = "x-rb-detail"

@@ -57,6 +57,7 @@ class RecordingPublisher:
         headers: Mapping[str, Any],
         message_id: str,
         content_type: str,
+        mandatory: bool = False,
     ) -> None:
         self.message_ids.append(message_id)
 

@@ -144,39 +144,50 @@ class TestRecords:
             tx.save_record(CRIME, "crime", 3, {"crime_ref": CRIME, "n": 3}, AT)
         with ledger.transaction() as tx:
             assert tx.record_version(CRIME) == 3
-            state = tx.load_state(CRIME)
+            state = tx.load_state(CRIME, {CRIME})
         assert state.snapshot == {"crime_ref": CRIME, "n": 3}
         assert state.snapshot_kind == "crime"
 
 
-class TestAliases:
-    def test_a_linked_incident_resolves_to_its_crime(self, ledger: Ledger) -> None:
+class TestLinks:
+    def test_a_linked_incident_and_its_crime_are_one_matter(self, ledger: Ledger) -> None:
         with ledger.transaction() as tx:
             tx.link(INCIDENT, CRIME)
         with ledger.transaction() as tx:
-            assert tx.resolve(INCIDENT) == CRIME
-            assert tx.resolve(CRIME) == CRIME
+            assert tx.matter({INCIDENT}) == {INCIDENT, CRIME}
+            assert tx.matter({CRIME}) == {INCIDENT, CRIME}
 
-    def test_an_unlinked_ref_resolves_to_itself(self, ledger: Ledger) -> None:
+    def test_an_unlinked_ref_is_a_matter_of_its_own(self, ledger: Ledger) -> None:
         with ledger.transaction() as tx:
-            assert tx.resolve(INCIDENT) == INCIDENT
+            assert tx.matter({INCIDENT}) == {INCIDENT}
 
-    def test_the_members_of_a_matter_are_the_crime_and_its_incidents(self, ledger: Ledger) -> None:
+    def test_a_self_link_and_a_repeated_link_change_nothing(self, ledger: Ledger) -> None:
         with ledger.transaction() as tx:
             tx.link(INCIDENT, CRIME)
-            tx.link("INC-2", CRIME)
-            tx.link(CRIME, CRIME)  # a self-link is ignored
+            tx.link(INCIDENT, CRIME)
+            tx.link(CRIME, CRIME)
         with ledger.transaction() as tx:
-            assert tx.members(CRIME) == {CRIME, INCIDENT, "INC-2"}
+            assert tx.matter({CRIME}) == {CRIME, INCIDENT}
 
-    def test_relinking_an_incident_moves_it_to_the_new_crime(self, ledger: Ledger) -> None:
+    def test_an_incident_that_gave_rise_to_two_crimes_joins_all_three(self, ledger: Ledger) -> None:
+        """Links are many-to-many and the matter is their transitive closure."""
         with ledger.transaction() as tx:
             tx.link(INCIDENT, CRIME)
-        with ledger.transaction() as tx:
             tx.link(INCIDENT, "LC-26-0000002")
+            tx.link("INC-2", "LC-26-0000002")
         with ledger.transaction() as tx:
-            assert tx.resolve(INCIDENT) == "LC-26-0000002"
-            assert tx.members(CRIME) == {CRIME}
+            assert tx.matter({CRIME}) == {CRIME, INCIDENT, "LC-26-0000002", "INC-2"}
+
+    def test_crimes_among_a_matter_are_those_recorded_or_named_as_crimes(
+        self, ledger: Ledger
+    ) -> None:
+        with ledger.transaction() as tx:
+            tx.link(INCIDENT, CRIME)
+            tx.save_record("LC-26-0000009", "crime", 1, {"n": 1}, AT)
+            tx.save_record("INC-9", "incident", 1, {"n": 1}, AT)
+        with ledger.transaction() as tx:
+            found = tx.crimes_among({INCIDENT, CRIME, "LC-26-0000009", "INC-9"})
+        assert found == {CRIME, "LC-26-0000009"}
 
 
 class TestConsents:
@@ -187,7 +198,7 @@ class TestConsents:
                 CRIME, VICTIM, consent(ConsentChange.WITHDRAWN, AT + timedelta(hours=1))
             )
         with ledger.transaction() as tx:
-            kept = tx.load_state(CRIME).history[VICTIM].consent
+            kept = tx.load_state(CRIME, {CRIME}).history[VICTIM].consent
         assert kept is not None
         assert kept.referral is ConsentChange.WITHDRAWN
 
@@ -198,7 +209,7 @@ class TestConsents:
             saved = tx.save_consent(
                 CRIME, VICTIM, consent(ConsentChange.GIVEN, AT - timedelta(hours=1))
             )
-            kept = tx.load_state(CRIME).history[VICTIM].consent
+            kept = tx.load_state(CRIME, {CRIME}).history[VICTIM].consent
         assert saved is False
         assert kept is not None
         assert (kept.referral, kept.recorded_at) == (ConsentChange.DECLINED, AT)
@@ -243,7 +254,7 @@ class TestHistory:
             tx.save_consent(INCIDENT, VICTIM, consent(ConsentChange.GIVEN, AT))
             tx.open_hold(CRIME, VICTIM, until)
         with ledger.transaction() as tx:
-            history = tx.load_state(CRIME).history[VICTIM]
+            history = tx.load_state(CRIME, tx.matter({CRIME})).history[VICTIM]
         assert [(r.referral_id, r.case_ref) for r in history.referrals] == [("r-inc", INCIDENT)]
         assert [(leaflet.task_id, leaflet.reason) for leaflet in history.leaflets] == [
             ("task-1", "declined")
@@ -257,14 +268,14 @@ class TestHistory:
         with ledger.transaction() as tx:
             tx.add_action(referral(case_ref="LC-OTHER"), AT)
         with ledger.transaction() as tx:
-            assert tx.load_state(CRIME).history == {}
+            assert tx.load_state(CRIME, {CRIME}).history == {}
 
     def test_an_ended_hold_is_loaded_as_closed(self, ledger: Ledger) -> None:
         with ledger.transaction() as tx:
             tx.open_hold(CRIME, VICTIM, AT)
             tx.end_hold(CRIME, VICTIM, AT, "expired")
         with ledger.transaction() as tx:
-            hold = tx.load_state(CRIME).history[VICTIM].hold
+            hold = tx.load_state(CRIME, {CRIME}).history[VICTIM].hold
         assert hold == Hold(until=AT, open=False)
 
     def test_times_come_back_timezone_aware_in_utc(self, ledger: Ledger) -> None:
@@ -272,7 +283,7 @@ class TestHistory:
         with ledger.transaction() as tx:
             tx.open_hold(CRIME, VICTIM, bst)
         with ledger.transaction() as tx:
-            hold = tx.load_state(CRIME).history[VICTIM].hold
+            hold = tx.load_state(CRIME, {CRIME}).history[VICTIM].hold
         assert hold is not None
         assert hold.until == bst
         assert hold.until.utcoffset() == timedelta(0)

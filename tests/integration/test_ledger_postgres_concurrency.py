@@ -235,13 +235,13 @@ def race(ledger_url: str, seed: int) -> Outcome:
 def outcome(workers: list[Worker]) -> Outcome:
     ledger = workers[0].ledger
     with ledger.engine.connect() as connection:
-        aliases = dict(connection.execute(select(t.aliases.c.ref, t.aliases.c.matter_ref)).all())
+        links = dict(connection.execute(select(t.links.c.incident_ref, t.links.c.crime_ref)).all())
         actions = connection.execute(select(t.actions)).all()
         processed = len(connection.execute(select(t.processed_events.c.event_id)).all())
     referrals: Counter[tuple[str, str, str]] = Counter()
     leaflets: Counter[tuple[str, str, str]] = Counter()
     for row in actions:
-        matter = aliases.get(row.case_ref, row.case_ref)
+        matter = links.get(row.case_ref, row.case_ref)
         if row.action == "referral":
             referrals[(row.victim_id, row.provider, matter)] += 1
         elif row.action == "leaflet":

@@ -333,7 +333,7 @@ class TestConsentAndHolds:
 
         assert publisher.sent == []
         with ledger.transaction() as tx:
-            hold = tx.load_state(CRIME_REF).history[VICTIM].hold
+            hold = tx.load_state(CRIME_REF, {CRIME_REF}).history[VICTIM].hold
         assert hold is not None
         assert hold.open
         assert hold.until == REPORTED_AT + timedelta(days=1)  # Tuesday, same wall-clock time
@@ -367,7 +367,7 @@ class TestConsentAndHolds:
         assert task.event["data"]["reason"] == "consent_not_obtained"
         assert task.event["data"]["victim_id"] == VICTIM
         with ledger.transaction() as tx:
-            hold = tx.load_state(CRIME_REF).history[VICTIM].hold
+            hold = tx.load_state(CRIME_REF, {CRIME_REF}).history[VICTIM].hold
         assert hold is not None
         assert not hold.open
         assert ledger.due_holds(clock.now()) == []
@@ -492,6 +492,71 @@ class TestLinkedCases:
         [created] = publisher.of_type(CREATED)
         assert created.message_id == ids.referral_id(LANCASHIRE, CRIME_REF, VICTIM)
         assert opened(created, keys, LANCASHIRE)["service"] == "sexual_violence"
+
+    def test_an_incident_that_gave_rise_to_two_crimes_never_refers_a_victim_twice(
+        self, service: ReferralService, publisher: RecordingPublisher, ledger: Ledger
+    ) -> None:
+        """Review finding 4: a second crime naming the incident must not split the matter."""
+        consenting = make_victim(consent=ConsentState.GIVEN, consent_at=REPORTED_AT)
+        service.handle(incident_message(make_incident(consenting)))
+        for crime_ref in (CRIME_REF, "LC-26-0000777"):
+            crime = make_crime(make_victim()).model_copy(
+                update={"crime_ref": crime_ref, "linked_incident_refs": (INCIDENT_REF,)}
+            )
+            assert service.handle(crime_message(crime)) == Ack()
+
+        later = START + timedelta(hours=2)
+        assert service.handle(consent_message("given", at=later, case_ref=CRIME_REF)) == Ack()
+        assert service.handle(consent_message("given", at=later, case_ref="LC-26-0000777")) == Ack()
+
+        assert [m.type for m in publisher.sent] == [CREATED]
+        referrals = [row for row in action_rows(ledger) if row[0] == "referral"]
+        assert [(ref, victim) for _, ref, victim, _ in referrals] == [(INCIDENT_REF, VICTIM)]
+
+    def test_an_open_hold_under_an_incident_ends_when_a_crime_is_recorded_from_it(
+        self, service: ReferralService, ledger: Ledger, clock: FakeClock
+    ) -> None:
+        """Review finding 5: the crime decides; the incident's own hold must not linger."""
+        with ledger.transaction() as tx:
+            tx.open_hold(INCIDENT_REF, VICTIM, REPORTED_AT + timedelta(days=1))
+        incident = make_incident().model_copy(update={"linked_crime_ref": CRIME_REF})
+
+        assert service.handle(incident_message(incident)) == Ack()
+
+        with ledger.transaction() as tx:
+            assert tx.open_holds({INCIDENT_REF}) == []
+
+
+class TestHoldExpiryFailures:
+    def test_a_case_that_fails_at_hold_expiry_is_postponed_and_the_others_still_end(
+        self, ledger: Ledger, keys: KeyMaterial, publisher: RecordingPublisher, clock: FakeClock
+    ) -> None:
+        """Review finding 1: one bad case must not stop every other hold from ending."""
+        service = make_service(
+            ledger=ledger, sealer=keys.sealer(), publisher=publisher, clock=clock
+        )
+        service.handle(crime_message(sexual_crime()))
+        other = sexual_crime().model_copy(update={"crime_ref": "LC-26-0000888"})
+        service.handle(crime_message(other))
+        with ledger.engine.begin() as connection:  # corrupt one stored snapshot
+            connection.execute(
+                t.records.update()
+                .where(t.records.c.record_ref == CRIME_REF)
+                .values(snapshot={"not": "a crime"})
+            )
+        clock.advance(timedelta(days=5))
+
+        service.expire_holds()
+
+        with ledger.transaction() as tx:
+            postponed = tx.load_state(CRIME_REF, {CRIME_REF}).history[VICTIM].hold
+            ended = tx.load_state("LC-26-0000888", {"LC-26-0000888"}).history[VICTIM].hold
+        assert postponed is not None
+        assert postponed.open
+        assert postponed.until > clock.now()
+        assert ended is not None
+        assert not ended.open
+        assert [m.type for m in publisher.sent] == [LEAFLET]
 
 
 # --- failures ---------------------------------------------------------------------------------

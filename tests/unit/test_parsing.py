@@ -302,7 +302,7 @@ class TestSchemaViolation:
 
     def test_the_detail_locates_the_bad_field(self) -> None:
         failure = rejection(encode(crime_event(victim(), victim(date_of_birth="29th Feb"))))
-        assert failure.detail == "data.victims[1].date_of_birth: invalid date"
+        assert failure.detail == "data.victims[1].date_of_birth: must be a date as YYYY-MM-DD"
 
 
 class TestDetailsHoldNoPersonalData:
@@ -338,7 +338,7 @@ class TestTranslateValidationError:
         with pytest.raises(ValidationError) as caught:
             Victim.model_validate(victim(date_of_birth=MARKER))
         translated = translate_validation_error(caught.value, prefix="victim")
-        assert translated == "victim.date_of_birth: invalid date"
+        assert translated == "victim.date_of_birth: must be a date as YYYY-MM-DD"
 
     def test_an_empty_prefix_gives_bare_locations(self) -> None:
         with pytest.raises(ValidationError) as caught:
