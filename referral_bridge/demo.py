@@ -19,8 +19,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from kombu.simple import SimpleQueue
-
 from referral_bridge.bootstrap import broker_of, topology_of
 from referral_bridge.ledger import Ledger
 from referral_bridge.sealing import generate_key_pair, load_key_set, open_event
@@ -133,32 +131,11 @@ def decisions_from_log(log_path: Path, limit: int) -> list[str]:
 
 
 def dead_letter_reasons(settings: Settings) -> Counter[str]:
-    """Count dead letters by reason and put each back (on the embedded broker, reading removes)."""
-    broker, topology = broker_of(settings), topology_of(settings)
-    seen: list[tuple[bytes, dict[str, Any]]] = []
-    connection = broker.connection()
-    try:
-        queue = SimpleQueue(connection, topology.dead_letter_queue, no_ack=False, serializer=None)  # type: ignore[no-untyped-call]  # kombu is untyped
-        while True:
-            try:
-                message = queue.get(block=False)  # type: ignore[no-untyped-call]
-            except queue.Empty:
-                break
-            seen.append((bytes(message.body), dict(message.headers)))
-            message.ack()
-        queue.close()  # type: ignore[no-untyped-call]
-    finally:
-        connection.release()  # type: ignore[no-untyped-call]
-    with Publisher(broker, topology) as publisher:
-        for body, headers in seen:
-            publisher.publish(
-                exchange="",
-                routing_key=topology.dead_letter_queue,
-                body=body,
-                headers=headers,
-                content_type="application/octet-stream",
-            )
-    return Counter(str(headers.get("x-rb-reason", "unknown")) for _, headers in seen)
+    """Dead letters by reason; browsing leaves every one in place."""
+    from referral_bridge.dlq import DeadLetterQueue, counts_by_reason
+
+    letters = DeadLetterQueue(broker_of(settings), topology_of(settings)).browse()
+    return Counter(counts_by_reason(letters))
 
 
 def open_one_referral(ledger: Ledger, data_dir: Path) -> dict[str, Any] | None:

@@ -36,6 +36,11 @@ REASON_HEADER = "x-rb-reason"
 DETAIL_HEADER = "x-rb-detail"
 FAILED_AT_HEADER = "x-rb-failed-at"
 ATTEMPTS_HEADER = "x-rb-attempts"
+#: Set by `dlq replay`: how often a dead letter was replayed, and when it first failed. A replayed
+#: message that fails again keeps both, so the history of a dead letter survives its replays.
+REPLAY_COUNT_HEADER = "x-rb-replay-count"
+FIRST_FAILED_AT_HEADER = "x-rb-first-failed-at"
+CARRIED_HEADERS = (REPLAY_COUNT_HEADER, FIRST_FAILED_AT_HEADER)
 
 
 def rfc3339_utc(moment: datetime) -> str:
@@ -218,6 +223,10 @@ class Consumer:
                     FAILED_AT_HEADER: rfc3339_utc(self._clock()),
                     ATTEMPTS_HEADER: attempts,
                 }
+                for name in CARRIED_HEADERS:
+                    value = inbound.headers.get(name)
+                    if isinstance(value, str | int) and not isinstance(value, bool):
+                        headers[name] = value
                 try:
                     self._publisher.publish_dead_letter(
                         inbound.body,

@@ -115,6 +115,30 @@ class TestEmbeddedFlows:
         assert parked.headers["x-rb-failed-at"].endswith("Z")
         assert embedded.depth(embedded.topology.work_queue) == 0
 
+    def test_a_replayed_message_that_fails_again_keeps_its_replay_history(
+        self, embedded: BrokerHarness
+    ) -> None:
+        """x-rb-replay-count and x-rb-first-failed-at survive a second trip to the DLQ."""
+        handler = RecordingHandler(
+            DeadLetter(reason=DeadLetterReason.PROCESSING_ERROR, detail="still failing", attempts=5)
+        )
+        embedded.publisher.publish(
+            exchange="",
+            routing_key=embedded.topology.work_queue,
+            body=b"{}",
+            headers={
+                "x-rb-original-routing-key": "crime.recorded",
+                "x-rb-replay-count": 2,
+                "x-rb-first-failed-at": "2026-11-20T10:00:00.000Z",
+            },
+        )
+        running = embedded.start_consumer(handler)
+        parked = embedded.fetch_eventually(embedded.topology.dead_letter_queue)
+        running.halt()
+        assert parked.headers["x-rb-replay-count"] == 2
+        assert parked.headers["x-rb-first-failed-at"] == "2026-11-20T10:00:00.000Z"
+        assert parked.headers["x-rb-reason"] == "processing_error"
+
     def test_retry_brings_the_message_back(self, embedded: BrokerHarness) -> None:
         """The requeued message returns unchanged, marked redelivered, with its routing key."""
         handler = RecordingHandler(Retry("database busy"), Ack())

@@ -1,0 +1,202 @@
+"""The audit trail of disclosures and operator actions: append to it, and query it.
+
+It answers a data protection officer's question "who was told what about this person, and why":
+the daemon appends a record when it hands over a referral or withdrawal (ledger/store.py), and the
+operator tools append one before revealing a dead letter and for each dead letter they purge.
+
+Records are only ever inserted: nothing in this module updates or deletes them. They hold ids
+(case, victim, message), provider names, consent facts and PII-free free text, never names.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine, select
+from sqlalchemy.exc import OperationalError
+
+from referral_bridge.errors import LedgerUnavailableError
+from referral_bridge.ledger.schema import audit as audit_table
+from referral_bridge.logging import scrub
+
+__all__ = [
+    "DEAD_LETTER_PURGED",
+    "DEAD_LETTER_REVEALED",
+    "AuditQuery",
+    "AuditRecord",
+    "AuditTrail",
+    "operator_name",
+]
+
+#: An operator saw a dead letter's original body (`dlq show --reveal`).
+DEAD_LETTER_REVEALED = "dead_letter_revealed"
+#: An operator deleted a dead letter (`dlq purge`).
+DEAD_LETTER_PURGED = "dead_letter_purged"
+
+_MAX_ACTOR = 200
+_MAX_DETAIL = 1000
+_MAX_MESSAGE_ID = 200
+_MAX_REF = 64
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuditRecord:
+    """One audit row; `id` is assigned by the ledger and None until appended."""
+
+    at: datetime
+    action: str
+    actor: str
+    message_id: str | None = None
+    provider: str | None = None
+    case_ref: str | None = None
+    victim_id: str | None = None
+    lawful_basis: str | None = None
+    consent_state: str | None = None
+    consent_recorded_at: datetime | None = None
+    consent_recorded_by: str | None = None
+    #: Free text without personal data (scrubbed again on the way in).
+    detail: str | None = None
+    id: int | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        """The record with timestamps as ISO 8601 strings, for `audit --json`."""
+        document = asdict(self)
+        for key in ("at", "consent_recorded_at"):
+            value = document[key]
+            document[key] = value.isoformat() if value is not None else None
+        return document
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuditQuery:
+    """Which records to return; unset criteria match everything. Times are inclusive/exclusive."""
+
+    case_ref: str | None = None
+    victim_id: str | None = None
+    provider: str | None = None
+    action: str | None = None
+    message_id: str | None = None
+    #: At or after this moment.
+    since: datetime | None = None
+    #: Before this moment.
+    until: datetime | None = None
+    limit: int | None = None
+
+
+class AuditTrail:
+    """The `rb_audit` table of a ledger, through SQLAlchemy Core; append and query only."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def append(self, record: AuditRecord) -> int:
+        """Insert one record in its own transaction; returns its id once it is committed.
+
+        Callers append *before* the action they record, so that nothing happens unaudited.
+        """
+        [record_id] = self.append_all([record])
+        return record_id
+
+    def append_all(self, records: Iterable[AuditRecord]) -> list[int]:
+        """Insert records in one transaction; returns their ids once committed."""
+        rows = [_row(record) for record in records]
+        if not rows:
+            return []
+        ids: list[int] = []
+        try:
+            with self._engine.begin() as connection:
+                for row in rows:
+                    result = connection.execute(audit_table.insert().values(**row))
+                    key = result.inserted_primary_key
+                    assert key is not None  # an INSERT of one row always has one
+                    ids.append(int(key[0]))
+        except OperationalError as exc:
+            raise LedgerUnavailableError(
+                f"cannot write the audit trail ({type(exc.orig).__name__}); nothing was done. "
+                "Check that the ledger database is running and writable, then try again"
+            ) from None
+        return ids
+
+    def query(self, query: AuditQuery) -> list[AuditRecord]:
+        """Matching records, oldest first."""
+        c = audit_table.c
+        statement = select(audit_table).order_by(c.at, c.id)
+        for column, wanted in (
+            (c.case_ref, query.case_ref),
+            (c.victim_id, query.victim_id),
+            (c.provider, query.provider),
+            (c.action, query.action),
+            (c.message_id, query.message_id),
+        ):
+            if wanted is not None:
+                statement = statement.where(column == wanted)
+        if query.since is not None:
+            statement = statement.where(c.at >= query.since)
+        if query.until is not None:
+            statement = statement.where(c.at < query.until)
+        if query.limit is not None:
+            statement = statement.limit(query.limit)
+        try:
+            with self._engine.connect() as connection:
+                return [_record(row._mapping) for row in connection.execute(statement)]
+        except OperationalError as exc:
+            raise LedgerUnavailableError(
+                f"cannot read the audit trail ({type(exc.orig).__name__}); check that the "
+                "ledger database is running and reachable"
+            ) from None
+
+
+def operator_name() -> str:
+    """Who is running an operator tool: $SUDO_USER behind sudo, else the login name."""
+    sudo_user = os.environ.get("SUDO_USER", "").strip()
+    if sudo_user:
+        return sudo_user
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # no passwd entry and no LOGNAME/USER: still record something
+        return f"uid {os.getuid()}"
+
+
+def _row(record: AuditRecord) -> dict[str, Any]:
+    return {
+        "at": record.at,
+        "action": record.action,
+        "actor": record.actor[:_MAX_ACTOR],
+        "message_id": _clip(record.message_id, _MAX_MESSAGE_ID),
+        "provider": record.provider,
+        "case_ref": _clip(record.case_ref, _MAX_REF),
+        "victim_id": _clip(record.victim_id, _MAX_REF),
+        "lawful_basis": record.lawful_basis,
+        "consent_state": record.consent_state,
+        "consent_recorded_at": record.consent_recorded_at,
+        "consent_recorded_by": record.consent_recorded_by,
+        # Operators type this: it must not become a back door for personal data.
+        "detail": _clip(scrub(record.detail), _MAX_DETAIL) if record.detail is not None else None,
+    }
+
+
+def _clip(value: str | None, length: int) -> str | None:
+    return value[:length] if value is not None else None
+
+
+def _record(row: Any) -> AuditRecord:
+    return AuditRecord(
+        id=row["id"],
+        at=row["at"],
+        action=row["action"],
+        actor=row["actor"],
+        message_id=row["message_id"],
+        provider=row["provider"],
+        case_ref=row["case_ref"],
+        victim_id=row["victim_id"],
+        lawful_basis=row["lawful_basis"],
+        consent_state=row["consent_state"],
+        consent_recorded_at=row["consent_recorded_at"],
+        consent_recorded_by=row["consent_recorded_by"],
+        detail=row["detail"],
+    )
