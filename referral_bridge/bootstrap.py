@@ -21,6 +21,14 @@ from tenacity import (
 from referral_bridge.core.calendar import WorkingDayCalendar
 from referral_bridge.core.events import DeadLetterReason
 from referral_bridge.core.policy import Policy, PolicyError, load_policy_text
+from referral_bridge.delivery import (
+    AmqpRoute,
+    DeliveryEngine,
+    DeliveryPolicy,
+    HttpsRoute,
+    ReferralsBrokerPublisher,
+    Route,
+)
 from referral_bridge.errors import ConfigError, LedgerUnavailableError
 from referral_bridge.ledger import Ledger
 from referral_bridge.metrics import BridgeMetrics
@@ -29,9 +37,9 @@ from referral_bridge.sealing import (
     PrivateKey,
     SealingError,
     load_key_set,
-    load_private_key,
     seal,
 )
+from referral_bridge.sealing.rotation import load_signing_key
 from referral_bridge.service import ReferralService, Routes
 from referral_bridge.settings import Settings
 from referral_bridge.transport.embedded import BrokerSpec, broker_spec
@@ -46,7 +54,10 @@ def utc_now() -> datetime:
 
 
 class ProviderSealer:
-    """Seals payloads with the bridge's signing key to each provider's current public key."""
+    """Seals payloads with the bridge's signing key to each provider's current public key.
+
+    The signing key is the current key of the bridge's signing set (a private JWK or JWKS).
+    """
 
     def __init__(self, signing_key: PrivateKey, provider_keys: Mapping[str, KeySet]) -> None:
         self._signing_key = signing_key
@@ -78,7 +89,7 @@ def load_keys(settings: Settings) -> Keys:
     problems: list[str] = []
     signing_key: PrivateKey | None = None
     try:
-        signing_key = load_private_key(settings.keys.signing_key)
+        signing_key = load_signing_key(settings.keys.signing_key)
     except SealingError as exc:
         problems.append(f"keys.signing_key: {exc}")
     provider_keys: dict[str, KeySet] = {}
@@ -132,13 +143,56 @@ class Bridge:
     publisher: Publisher
     service: ReferralService
     metrics: BridgeMetrics
+    delivery: DeliveryEngine
 
     def count_dead_letter(self, reason: DeadLetterReason) -> None:
         self.metrics.dead_letters.labels(reason=reason.value).inc()
 
     def close(self) -> None:
+        self.delivery.close()
         self.publisher.close()
         self.ledger.dispose()
+
+
+def provider_routes(
+    settings: Settings, publisher: Publisher, topology: Topology
+) -> dict[str, Route]:
+    """One route per provider: HTTPS, AMQP on its own broker, or AMQP on the force broker.
+
+    Nothing connects here: clients and broker connections open on first use.
+    """
+    force = AmqpRoute(publisher, name="amqp-force")
+    routes: dict[str, Route] = {}
+    for provider_id, provider in settings.providers.items():
+        if provider.delivery == "https":
+            assert provider.url is not None  # ProviderSection validates this
+            try:
+                routes[provider_id] = HttpsRoute.build(
+                    provider=provider_id,
+                    url=provider.url,
+                    ca_bundle=provider.ca_bundle,
+                    client_cert=provider.client_cert,
+                    client_key=provider.client_key,
+                    connect_timeout=provider.connect_timeout_seconds,
+                    read_timeout=provider.read_timeout_seconds,
+                )
+            except (OSError, ValueError) as exc:
+                raise ConfigError(
+                    [
+                        f"providers.{provider_id}: the CA bundle or client certificate cannot "
+                        f"be loaded ({type(exc).__name__}: {exc}); check the paths and that "
+                        "they are PEM files"
+                    ]
+                ) from None
+        elif provider.broker_url:
+            routes[provider_id] = AmqpRoute(
+                ReferralsBrokerPublisher(provider.broker_url, exchange=topology.referrals_exchange),
+                name="amqp-provider",
+                owns_publisher=True,
+            )
+        else:
+            routes[provider_id] = force
+    return routes
 
 
 def validate(settings: Settings) -> tuple[Policy, Keys]:
@@ -176,11 +230,26 @@ def build(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -> Bri
     """Build the bridge; raises ConfigError, LedgerUnavailableError or LedgerSchemaError."""
     policy, keys = validate(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    ledger = Ledger.open(settings.ledger_url)
     broker = broker_of(settings)
     topology = topology_of(settings)
     publisher = Publisher(broker, topology)
+    # Before the ledger opens: a bad CA bundle or client certificate is a ConfigError.
+    routes = provider_routes(settings, publisher, topology)
+    try:
+        ledger = Ledger.open(settings.ledger_url)
+    except BaseException:
+        for route in routes.values():
+            route.close()
+        raise
     metrics = BridgeMetrics()
+    delivery = DeliveryEngine(
+        ledger=ledger,
+        default_route=AmqpRoute(publisher, name="amqp-force"),
+        routes=routes,
+        policy=DeliveryPolicy.from_settings(settings.delivery),
+        clock=clock,
+        metrics=metrics,
+    )
     service = ReferralService(
         ledger=ledger,
         policy=policy,
@@ -195,6 +264,7 @@ def build(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -> Bri
         max_message_bytes=settings.bridge.max_message_bytes,
         max_processing_attempts=settings.bridge.max_processing_attempts,
         metrics=metrics,
+        delivery=delivery,
     )
     return Bridge(
         settings=settings,
@@ -206,4 +276,5 @@ def build(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -> Bri
         publisher=publisher,
         service=service,
         metrics=metrics,
+        delivery=delivery,
     )

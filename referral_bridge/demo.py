@@ -61,6 +61,8 @@ def prepare(data_dir: Path) -> Path:
         'data_dir = "."\n'
         f"policy_file = {json.dumps(str(REPO / 'config' / 'policy.toml'))}\n"
         "scheduler_interval_seconds = 1.0\n\n"
+        # The demo's worker stops at the end: no metrics endpoint competing for a port.
+        '[metrics]\nlisten = ""\n\n'
         '[keys]\nsigning_key = "keys/bridge-demo.private.jwk"\n\n' + providers,
         encoding="utf-8",
     )

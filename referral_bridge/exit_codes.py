@@ -4,9 +4,13 @@ RET_OK = 0
 #: Something failed that is not one of the cases below (a bug: see the log).
 RET_FAILURE = 1
 RET_USAGE = 2
-#: The configuration, policy or a key file is invalid or unsafe: fix it and start again.
+#: The configuration, policy or a key file is invalid or unsafe, the broker refused the login (in
+#: check-config), or the ledger schema is newer than this bridge: fix it and start again
+#: (systemd does not retry: RestartPreventExitStatus=3). `check-config` returns it when anything
+#: needs fixing.
 RET_CONFIG = 3
 #: The broker or the ledger cannot be reached: systemd restarts the bridge after a pause.
+#: `check-config` returns it when nothing needs changing but a service does not answer.
 RET_CONNECT = 4
 #: A sealed referral could not be opened: bad signature, unknown key or tampering.
 RET_VERIFY = 5

@@ -40,6 +40,12 @@ from referral_bridge.core.messages import (
 )
 from referral_bridge.core.parsing import InvalidMessage, parse_inbound
 from referral_bridge.core.policy import Policy
+from referral_bridge.delivery import (
+    FALLBACK_EVENT,
+    AmqpRoute,
+    DeliveryEngine,
+    OutboxPublisher,
+)
 from referral_bridge.errors import LedgerUnavailableError
 from referral_bridge.ledger import (
     AuditFacts,
@@ -48,6 +54,7 @@ from referral_bridge.ledger import (
     OutboxMessage,
     RecordedAction,
 )
+from referral_bridge.ledger.store import PendingDelivery
 from referral_bridge.metrics import BridgeMetrics
 from referral_bridge.transport.errors import TransportError
 from referral_bridge.verdicts import Ack, DeadLetter, InboundMessage, Retry, Verdict
@@ -71,22 +78,6 @@ class Sealer(Protocol):
     """Signs and encrypts a payload for one provider (see referral_bridge.sealing)."""
 
     def seal(self, provider: str, payload: Mapping[str, Any]) -> str: ...
-
-
-class OutboxPublisher(Protocol):
-    """Publishes one message and returns only once the broker has it (confirms where supported)."""
-
-    def publish(
-        self,
-        *,
-        exchange: str,
-        routing_key: str,
-        body: bytes,
-        headers: Mapping[str, Any],
-        message_id: str,
-        content_type: str,
-        mandatory: bool = False,
-    ) -> None: ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -124,6 +115,7 @@ class ReferralService:
         max_processing_attempts: int,
         ledger_attempts: int = 3,
         metrics: BridgeMetrics | None = None,
+        delivery: DeliveryEngine | None = None,
     ) -> None:
         self._ledger = ledger
         self._policy = policy
@@ -139,6 +131,18 @@ class ReferralService:
         self._metrics = metrics or BridgeMetrics()
         # Failures per event id in this process; bounded so a flood of bad events cannot grow it.
         self._failures: OrderedDict[str, int] = OrderedDict()
+        # Without an engine from bootstrap, everything goes through `publisher` (force broker).
+        self._delivery = delivery or DeliveryEngine(
+            ledger=ledger,
+            default_route=AmqpRoute(publisher, name="amqp-force"),
+            clock=clock,
+            metrics=self._metrics,
+        )
+        self._delivery.fallbacks = self
+
+    @property
+    def delivery(self) -> DeliveryEngine:
+        return self._delivery
 
     # --- the per-message path -----------------------------------------------------------------
 
@@ -191,12 +195,14 @@ class ReferralService:
                 reason=decision.reason,
                 provider=decision.provider,
             )
+        # The event's effects are committed, outbox rows included: whatever delivery does now,
+        # the inbound message is done. A message not delivered here is parked in the ledger and
+        # the scheduler delivers it, so a provider that is down never holds the queue up.
         try:
             sent = self.flush(event_id=event.id)
         except (TransportError, LedgerUnavailableError) as exc:
-            # The outbox keeps the messages; redelivery of this event republishes them.
-            bound.warning("outbox.publish_failed", error_type=type(exc).__name__)
-            return Retry(detail="publishing the outbox failed")
+            bound.warning("delivery.deferred", error_type=type(exc).__name__)
+            sent = 0
         bound.info(
             "event.processed", outcome=handled.result, case_ref=handled.matter_ref, count=sent
         )
@@ -358,36 +364,70 @@ class ReferralService:
             log.warning("hold.postpone_failed", case_ref=case_ref)
 
     def flush(self, *, event_id: str | None = None, older_than: timedelta | None = None) -> int:
-        """Publish unsent outbox rows (of one event, or all older than a grace period)."""
-        created_before = self._clock() - older_than if older_than is not None else None
-        sent = 0
-        while True:
-            batch = self._ledger.unpublished(
-                event_id=event_id, created_before=created_before, limit=200
-            )
-            if not batch:
-                return sent
-            published: list[str] = []
-            try:
-                for message in batch:
-                    self._publish(message)
-                    published.append(message.message_id)
-            finally:
-                # One commit for the batch: a crash before it only means republishing (same ids).
-                self._ledger.mark_published(published, self._clock())
-            sent += len(published)
+        """Deliver due outbox rows (of one event, or all) and return how many were delivered.
 
-    def _publish(self, message: OutboxMessage) -> None:
-        self._publisher.publish(
-            exchange=message.exchange,
-            routing_key=message.routing_key,
-            body=message.body,
-            headers=message.headers,
-            message_id=message.message_id,
-            content_type=CLOUDEVENTS_JSON,
-            # A message no queue receives must fail, not be confirmed and dropped by the broker.
-            mandatory=True,
+        `older_than` leaves alone rows younger than it that were never tried (the worker that
+        wrote them is delivering them); parked rows are delivered once due, whatever their age.
+        Route failures park rows rather than raise; LedgerUnavailableError may be raised.
+        """
+        created_before = self._clock() - older_than if older_than is not None else None
+        report = self._delivery.deliver_due(event_id=event_id, created_before=created_before)
+        return report.delivered
+
+    def issue_overdue_fallbacks(self) -> int:
+        """Leaflet tasks for referrals still undelivered at their deadline (once each)."""
+        return self._delivery.issue_overdue_fallbacks()
+
+    def issue_fallback(
+        self, tx: LedgerTransaction, delivery: PendingDelivery, reason: str, now: datetime
+    ) -> str | None:
+        """Record a leaflet task so the officer gives the victim the provider's details instead.
+
+        Called by the delivery engine inside its transaction (with the rejection, or for a
+        passed deadline). Idempotent: a task already issued for this case, victim and reason
+        is reused. Returns the task id, or None if the case's snapshot is not in the ledger.
+        """
+        provider = delivery.message.provider
+        case_ref, victim_id = delivery.case_ref, delivery.victim_id
+        if provider is None or case_ref is None or victim_id is None:
+            return None
+        matter = self._lock_matter(tx, {case_ref})
+        task_id = ids.leaflet_task_id(case_ref, victim_id, reason)
+        if tx.has_action(task_id):
+            return task_id
+        state = tx.load_state(case_ref, matter)
+        if state.snapshot is None:
+            return None
+        case = snapshot_of(state.snapshot_kind, state.snapshot)
+        # The victim was promised a provider's contact by the deadline: the officer acts within
+        # a working day, and never earlier than the original deadline would have required.
+        due_by = self._calendar.add_working_days(now, 1)
+        if delivery.message.deadline is not None and delivery.message.deadline > now:
+            due_by = min(due_by, delivery.message.deadline)
+        decision = Decision(
+            case_ref=case_ref,
+            victim_id=victim_id,
+            outcome=Outcome.LEAFLET,
+            rule=None,
+            regime=None,
+            reason=reason,
+            explanation=(
+                f"Referral {delivery.message_id} to {provider} "
+                + (
+                    "was refused by the provider"
+                    if reason == "provider_rejected"
+                    else "was still undelivered at its deadline"
+                )
+                + f"; leaflet task {task_id} due by {due_by.isoformat()}."
+            ),
+            provider=provider,
+            task_id=task_id,
+            due_by=due_by,
         )
+        self._leaflet(tx, case, decision, FALLBACK_EVENT, now)
+        tx.add_decision(FALLBACK_EVENT, decision, now)
+        self._count(decision)
+        return task_id
 
     # --- decisions into ledger rows and outbox messages ---------------------------------------
 

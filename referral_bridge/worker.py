@@ -1,58 +1,239 @@
-"""The long-running worker: consume, run the hold scheduler, flush the outbox, stop cleanly."""
+"""The long-running worker: consume, run the hold scheduler, flush the outbox, stop cleanly.
+
+Around the consumer it keeps systemd informed (READY once consuming, STOPPING on SIGTERM,
+WATCHDOG while the consumer loop comes round) and serves /metrics, /healthz and /readyz.
+"""
 
 from __future__ import annotations
 
+import faulthandler
+import functools
 import signal
+import sys
 import threading
+from collections.abc import Callable
 from types import FrameType
 
 import structlog
+from prometheus_client import CollectorRegistry
+from prometheus_client.process_collector import ProcessCollector
 
 from referral_bridge.bootstrap import Bridge
+from referral_bridge.core.events import DeadLetterReason, EventType
+from referral_bridge.health import (
+    PROBE_CACHE_SECONDS,
+    CachedCheck,
+    CheckResult,
+    HealthServer,
+    Heartbeat,
+    Readiness,
+    broker_check,
+    consumer_check,
+    ledger_check,
+    parse_listen,
+)
+from referral_bridge.ledger_gauges import LedgerGauges
+from referral_bridge.metrics import BridgeMetrics
 from referral_bridge.scheduler import Scheduler
+from referral_bridge.systemd import Notifier, Watchdog, watchdog_interval
 from referral_bridge.transport.consumer import Consumer
 
 log = structlog.get_logger("referral_bridge.worker")
 
 
-def install_stop_signals(stop: threading.Event) -> None:
-    """SIGTERM and SIGINT ask the worker to stop after the message in hand."""
+@functools.cache
+def process_notifier() -> Notifier:
+    """The process's one Notifier, so the signal handler and `run` send STOPPING=1 only once."""
+    return Notifier.from_environment()
+
+
+def install_stop_signals(stop: threading.Event, *, notifier: Notifier | None = None) -> None:
+    """SIGTERM and SIGINT ask the worker to stop after the message in hand.
+
+    systemd hears STOPPING=1 at once, so `systemctl status` shows the drain rather than a hang.
+    """
+    notify = notifier if notifier is not None else process_notifier()
 
     def request_stop(signum: int, _frame: FrameType | None) -> None:
         log.info("worker.stopping", reason=signal.Signals(signum).name)
+        notify.stopping("stopping: finishing the message in hand, then flushing the outbox")
         stop.set()
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
 
 
-def run(bridge: Bridge, stop: threading.Event) -> None:
-    """Consume until `stop` is set; publish everything left in the outbox before returning."""
-    settings = bridge.settings
-    if bridge.broker.embedded:
-        log.warning(
-            "broker.embedded",
-            detail="using the embedded broker under the data directory: for trying the bridge "
-            "only, not for production (a crash loses in-flight messages; no publisher confirms)",
-            path=str(settings.data_dir),
+class LoopTick:
+    """The consumer's idle callback: records that the loop is alive, then runs the scheduler.
+
+    The consumer calls it each time round its loop (after every message, and at least once per
+    drain timeout when idle), only while it is connected and consuming. So the heartbeat and the
+    watchdog stop together with the loop: a hung handler or a lost broker stops the pings.
+    """
+
+    def __init__(
+        self,
+        *,
+        scheduler: Callable[[], None],
+        heartbeat: Heartbeat,
+        watchdog: Watchdog,
+        on_first: Callable[[], object],
+    ) -> None:
+        self._scheduler = scheduler
+        self._heartbeat = heartbeat
+        self._watchdog = watchdog
+        self._on_first: Callable[[], object] | None = on_first
+
+    def __call__(self) -> None:
+        self._heartbeat.beat()
+        if self._on_first is not None:
+            on_first, self._on_first = self._on_first, None
+            on_first()
+        self._watchdog.beat()
+        self._scheduler()
+
+
+def readiness_of(bridge: Bridge, heartbeat: Heartbeat) -> Readiness:
+    """The checks behind /readyz: consumer loop, broker, ledger, keys."""
+    provider_count = len(bridge.keys.provider_keys)
+    return Readiness(
+        {
+            "consumer": consumer_check(heartbeat),
+            "broker": CachedCheck(
+                broker_check(bridge.broker, bridge.topology.work_queue), ttl=PROBE_CACHE_SECONDS
+            ),
+            "ledger": CachedCheck(ledger_check(bridge.ledger.engine), ttl=PROBE_CACHE_SECONDS),
+            # Built once at start-up: the bridge does not run without them.
+            "keys": lambda: CheckResult(
+                True, f"signing key and {provider_count} provider key set(s) loaded"
+            ),
+        }
+    )
+
+
+def initialise_known_series(metrics: BridgeMetrics) -> None:
+    """Export 0 for every label value known in advance, so that the first dead letter of a kind
+    shows as an increase (an alert on `increase(...)` never fires for a series born at 1)."""
+    for reason in DeadLetterReason:
+        metrics.dead_letters.labels(reason=reason.value)
+    for event_type in EventType:
+        metrics.events_consumed.labels(type=event_type.value)
+
+
+def exposition_registry(bridge: Bridge) -> CollectorRegistry:
+    """Everything /metrics shows: the bridge's counters, the ledger gauges, the process."""
+    initialise_known_series(bridge.metrics)
+    registry = CollectorRegistry()
+    registry.register(bridge.metrics.registry)
+    registry.register(
+        LedgerGauges(
+            engine=bridge.ledger.engine,
+            broker=bridge.broker,
+            dead_letter_queue=bridge.topology.dead_letter_queue,
         )
-    # Crash recovery: whatever an earlier run committed but did not publish goes out first.
-    recovered = bridge.service.flush()
+    )
+    registry.register(ProcessCollector(registry=None))
+    return registry
+
+
+def start_health_server(
+    bridge: Bridge, readiness: Readiness, notifier: Notifier
+) -> HealthServer | None:
+    """Serve the endpoint if configured; a port already in use is logged, not fatal.
+
+    Referring victims matters more than being observed: a second worker on the same host with
+    the same configuration still works, and Prometheus alerts on the target it cannot scrape.
+    A malformed address is a configuration error (raised as ConfigError, exit 3).
+    """
+    address = parse_listen(bridge.settings.metrics.listen)
+    if address is None:
+        log.info("health.disabled", detail="metrics.listen is empty")
+        return None
+    host, port = address
+    server = HealthServer(
+        host=host, port=port, registry=exposition_registry(bridge), readiness=readiness
+    )
+    try:
+        server.start()
+    except OSError as exc:
+        log.warning(
+            "health.unavailable",
+            url_host=f"{host}:{port}",
+            error_type=type(exc).__name__,
+            detail=f"cannot listen ({exc.strerror}); running without /metrics and /readyz: "
+            'set [metrics] listen to a free address, or to "" to turn the endpoint off',
+        )
+        notifier.status(f"running without metrics: cannot listen on {host}:{port}")
+        return None
+    # Tests ask for port 0 and read the one the kernel chose from this line.
     log.info(
-        "worker.started",
-        transport="embedded" if bridge.broker.embedded else "amqp",
-        queue=bridge.topology.work_queue,
-        count=recovered,
+        "health.listening", url_host=f"{host}:{server.port}", detail="/metrics /healthz /readyz"
     )
-    consumer = Consumer(
-        bridge.broker,
-        bridge.topology,
-        handler=bridge.service.handle,
-        publisher=bridge.publisher,
-        prefetch=settings.broker.prefetch,
-        idle_callback=Scheduler(bridge, interval=settings.bridge.scheduler_interval_seconds),
-        on_dead_lettered=bridge.count_dead_letter,
-    )
-    consumer.run(stop)
-    flushed = bridge.service.flush()
-    log.info("worker.stopped", count=flushed)
+    return server
+
+
+def run(bridge: Bridge, stop: threading.Event, *, notifier: Notifier | None = None) -> None:
+    """Consume until `stop` is set; publish everything left in the outbox before returning.
+
+    READY=1 goes to systemd from the consumer's first idle callback, that is once the consumer
+    is connected and consuming, so `systemctl start` returns only when the bridge is working.
+    """
+    notifier = notifier if notifier is not None else process_notifier()
+    settings = bridge.settings
+    watchdog = Watchdog(notifier, watchdog_interval())
+    if watchdog.enabled and not faulthandler.is_enabled():
+        # On a watchdog timeout systemd sends SIGABRT: the journal then shows where it hung.
+        faulthandler.enable(file=sys.stderr, all_threads=True)
+    heartbeat = Heartbeat()
+    server = start_health_server(bridge, readiness_of(bridge, heartbeat), notifier)
+    try:
+        if bridge.broker.embedded:
+            log.warning(
+                "broker.embedded",
+                detail="using the embedded broker under the data directory: for trying the "
+                "bridge only, not for production (a crash loses in-flight messages; no "
+                "publisher confirms)",
+                path=str(settings.data_dir),
+            )
+        # Crash recovery: whatever an earlier run committed but did not publish goes out first.
+        notifier.status("publishing what an earlier run left in the outbox")
+        recovered = bridge.service.flush()
+        log.info(
+            "worker.started",
+            transport="embedded" if bridge.broker.embedded else "amqp",
+            queue=bridge.topology.work_queue,
+            count=recovered,
+        )
+        notifier.status("connecting to the broker")
+
+        def consuming() -> None:
+            notifier.ready(f"consuming {bridge.topology.work_queue}")
+            log.info(
+                "worker.ready",
+                detail=f"watchdog every {watchdog.interval:g} s" if watchdog.enabled else "",
+            )
+
+        consumer = Consumer(
+            bridge.broker,
+            bridge.topology,
+            handler=bridge.service.handle,
+            publisher=bridge.publisher,
+            prefetch=settings.broker.prefetch,
+            idle_callback=LoopTick(
+                scheduler=Scheduler(bridge, interval=settings.bridge.scheduler_interval_seconds),
+                heartbeat=heartbeat,
+                watchdog=watchdog,
+                on_first=consuming,
+            ),
+            on_dead_lettered=bridge.count_dead_letter,
+        )
+        try:
+            consumer.run(stop)
+        finally:
+            # Also when the consumer gave up on the broker: systemd sees the stop begin.
+            notifier.stopping("stopping: flushing the outbox")
+        flushed = bridge.service.flush()
+        log.info("worker.stopped", count=flushed)
+    finally:
+        if server is not None:
+            server.stop()

@@ -18,6 +18,22 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return RET_OK
 
 
+def cmd_rotate(args: argparse.Namespace) -> int:
+    from referral_bridge.sealing.rotation import add_public_key, rotate_key_set
+
+    if args.add:
+        rotated = add_public_key(Path(args.set), Path(args.add))
+    else:
+        rotated = rotate_key_set(
+            Path(args.set), args.kid, public_out=Path(args.public_out) if args.public_out else None
+        )
+    print(f"key set:  {rotated.path} (kids: {', '.join(rotated.kids)})")
+    print(f"current:  {rotated.current}")
+    if rotated.public_path is not None:
+        print(f"public:   {rotated.public_path} (give this to the other side)")
+    return RET_OK
+
+
 def register(commands: SubParsers) -> None:
     keys = commands.add_parser("keys", help="key files").add_subparsers(
         dest="keys_command", required=True
@@ -28,3 +44,18 @@ def register(commands: SubParsers) -> None:
         "--out", required=True, help="folder to write KID.private.jwk and KID.public.jwk"
     )
     generate.set_defaults(func=cmd_generate)
+
+    rotate = keys.add_parser(
+        "rotate",
+        help="add a key to a key set and mark it current, keeping the old keys for opening",
+    )
+    rotate.add_argument("--set", required=True, help="the JWKS file (a single JWK is converted)")
+    which = rotate.add_mutually_exclusive_group(required=True)
+    which.add_argument("--kid", help="generate a new P-256 key with this kid (private sets)")
+    which.add_argument(
+        "--add", metavar="KEYFILE", help="add the public key(s) another party sent (public sets)"
+    )
+    rotate.add_argument(
+        "--public-out", help="with --kid: also write the set's public JWKS to this file"
+    )
+    rotate.set_defaults(func=cmd_rotate)

@@ -1,9 +1,173 @@
-"""`referral-bridge provider …` (being built: see the issue that introduces it)."""
+"""`referral-bridge provider …`: the reference inbox, and delivery tools for operators.
+
+`inbox` runs the reference HTTPS receiver a provider can use or copy. `deliveries` lists what is
+parked or rejected (ids, provider, attempts, last error: never personal data). `resend` puts a
+rejected message back in line once the provider has fixed its side.
+"""
 
 from __future__ import annotations
 
-from referral_bridge.commands import SubParsers
+import argparse
+import getpass
+import json
+import signal
+import sys
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+
+from referral_bridge.commands import SubParsers, settings_from, with_config
+from referral_bridge.exit_codes import RET_FAILURE, RET_OK, RET_USAGE
+
+
+def cmd_inbox(args: argparse.Namespace) -> int:
+    from referral_bridge.provider_inbox import InboxServer, InboxStore, ReferralInbox
+    from referral_bridge.sealing import load_key_set
+
+    host, _, port = args.listen.rpartition(":")
+    if not host or not port.isdigit():
+        print(f"referral-bridge: --listen {args.listen!r} is not HOST:PORT", file=sys.stderr)
+        return RET_USAGE
+    store = InboxStore(Path(args.store))
+    inbox = ReferralInbox(
+        decryption_keys=load_key_set(Path(args.keys)),
+        verification_keys=load_key_set(Path(args.verify_with)),
+        store=store,
+        store_plaintext=args.store_plaintext,
+    )
+    server = InboxServer(
+        inbox,
+        certfile=Path(args.cert),
+        keyfile=Path(args.key),
+        host=host,
+        port=int(port),
+        client_ca=Path(args.client_ca) if args.client_ca else None,
+        path=args.path,
+    )
+    stop = threading.Event()
+
+    def request_stop(_signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    server.start()
+    print(f"listening on {server.url} (stop with Ctrl-C)", file=sys.stderr)
+    try:
+        stop.wait()
+    finally:
+        server.stop()
+        store.close()
+    return RET_OK
+
+
+def cmd_deliveries(args: argparse.Namespace) -> int:
+    from referral_bridge.ledger import Ledger
+
+    ledger = Ledger.open(settings_from(args).ledger_url)
+    try:
+        rows = ledger.deliveries(state=args.state, provider=args.provider, limit=args.limit)
+    finally:
+        ledger.dispose()
+    records = [
+        {
+            "message_id": r.message_id,
+            "kind": r.message.kind,
+            "provider": r.message.provider,
+            "case_ref": r.case_ref,
+            "victim_id": r.victim_id,
+            "created_at": r.created_at.isoformat(),
+            "attempts": r.attempts,
+            "next_attempt_at": r.next_attempt_at.isoformat() if r.next_attempt_at else None,
+            "rejected_at": r.rejected_at.isoformat() if r.rejected_at else None,
+            "deadline": r.message.deadline.isoformat() if r.message.deadline else None,
+            "fallback_task_id": r.fallback_task_id,
+            "delivered_at": r.published_at.isoformat() if r.published_at else None,
+            "last_error": r.last_error,
+        }
+        for r in rows
+    ]
+    if args.json:
+        json.dump({"deliveries": records}, sys.stdout, indent=2)
+        print()
+        return RET_OK
+    for record in records:
+        state = (
+            "rejected"
+            if record["rejected_at"]
+            else "delivered"
+            if record["delivered_at"]
+            else "pending"
+        )
+        print(
+            f"{record['message_id']}  {record['kind']:<12} {record['provider'] or '-':<28} "
+            f"{state:<9} attempts={record['attempts']} case={record['case_ref']} "
+            f"next={record['next_attempt_at'] or '-'} error={record['last_error'] or '-'}"
+        )
+    if not records:
+        print("nothing to show", file=sys.stderr)
+    return RET_OK
+
+
+def cmd_resend(args: argparse.Namespace) -> int:
+    from referral_bridge.ledger import Ledger
+
+    ledger = Ledger.open(settings_from(args).ledger_url)
+    try:
+        result = ledger.resend(
+            args.message_id, at=datetime.now(UTC), actor=args.actor or getpass.getuser()
+        )
+    finally:
+        ledger.dispose()
+    messages = {
+        "resent": "queued for delivery: the running bridge sends it within a scheduler interval",
+        "not_found": "no outbox message has this id; check it with `provider deliveries`",
+        "delivered": "already delivered; nothing to do",
+        "not_rejected": "not rejected: it is still being retried (see `provider deliveries`)",
+        "withdrawn": "refused: consent for this referral was withdrawn, so it must not be sent",
+    }
+    print(f"{args.message_id}: {messages[result.outcome]}")
+    return RET_OK if result.outcome == "resent" else RET_FAILURE
 
 
 def register(commands: SubParsers) -> None:
-    """Adds nothing yet."""
+    provider = commands.add_parser(
+        "provider", help="the reference provider inbox, and delivery tools"
+    ).add_subparsers(dest="provider_command", required=True)
+
+    inbox = provider.add_parser("inbox", help="run the reference HTTPS receiver (provider side)")
+    inbox.add_argument("--listen", default="127.0.0.1:8443", help="HOST:PORT (default %(default)s)")
+    inbox.add_argument("--cert", required=True, help="server certificate chain (PEM)")
+    inbox.add_argument("--key", required=True, help="server TLS private key (PEM)")
+    inbox.add_argument("--client-ca", help="require client certificates issued by this CA (mTLS)")
+    inbox.add_argument("--keys", required=True, help="the provider's private key set (JWK/JWKS)")
+    inbox.add_argument(
+        "--verify-with", required=True, help="the force's public signing key set (JWK/JWKS)"
+    )
+    inbox.add_argument("--store", required=True, help="SQLite file for accepted referrals")
+    inbox.add_argument(
+        "--store-plaintext",
+        action="store_true",
+        help="also store the decrypted referral (personal data on disk: only if you must)",
+    )
+    inbox.add_argument("--path", help="accept POSTs only on this path (default: any path)")
+    inbox.set_defaults(func=cmd_inbox)
+
+    deliveries = with_config(
+        provider.add_parser("deliveries", help="list parked, rejected or all deliveries")
+    )
+    deliveries.add_argument(
+        "--state", choices=("undelivered", "rejected", "all"), default="undelivered"
+    )
+    deliveries.add_argument("--provider", help="only this provider id")
+    deliveries.add_argument("--limit", type=int, default=200)
+    deliveries.add_argument("--json", action="store_true")
+    deliveries.set_defaults(func=cmd_deliveries)
+
+    resend = with_config(
+        provider.add_parser("resend", help="deliver a rejected message again (audited)")
+    )
+    resend.add_argument("message_id", help="the referral or withdrawal id")
+    resend.add_argument("--actor", help="who asks, for the audit trail (default: your login)")
+    resend.set_defaults(func=cmd_resend)

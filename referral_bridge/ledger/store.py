@@ -16,7 +16,19 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, func, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    Row,
+    and_,
+    create_engine,
+    event,
+    func,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -74,6 +86,38 @@ class OutboxMessage:
     provider: str | None = None
     deadline: datetime | None = None
     audit: AuditFacts | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PendingDelivery:
+    """An outbox row still to deliver, with its delivery state and the case it belongs to."""
+
+    message: OutboxMessage
+    #: From the rb_actions row of the same message id (None if there is none).
+    case_ref: str | None
+    victim_id: str | None
+    #: A withdrawal: the referral it withdraws.
+    related_id: str | None
+    created_at: datetime
+    attempts: int
+    next_attempt_at: datetime | None
+    last_error: str | None
+    rejected_at: datetime | None
+    fallback_task_id: str | None
+    published_at: datetime | None = None
+
+    @property
+    def message_id(self) -> str:
+        return self.message.message_id
+
+
+@dataclass(frozen=True, slots=True)
+class ResendResult:
+    """What `Ledger.resend` did: `resent` or why not (`not_found`, `delivered`, `not_rejected`,
+    `withdrawn`)."""
+
+    outcome: str
+    provider: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -361,6 +405,40 @@ class LedgerTransaction:
             )
         )
 
+    # --- delivery (issue 3) -------------------------------------------------------------------
+
+    def has_action(self, message_id: str) -> bool:
+        """Whether an action with this message id is recorded (fallback tasks are issued once)."""
+        row = self._c.execute(
+            select(t.actions.c.id).where(t.actions.c.message_id == message_id)
+        ).first()
+        return row is not None
+
+    def reject_delivery(self, message_id: str, at: datetime, error: str) -> None:
+        """Record that the receiver refused the message for good; the row stays for an operator."""
+        self._c.execute(
+            update(t.outbox)
+            .where(t.outbox.c.message_id == message_id)
+            .values(
+                rejected_at=at,
+                last_error=error[:500],
+                next_attempt_at=None,
+                attempts=t.outbox.c.attempts + 1,
+            )
+        )
+
+    def set_fallback_task(self, message_id: str, task_id: str) -> None:
+        self._c.execute(
+            update(t.outbox)
+            .where(t.outbox.c.message_id == message_id)
+            .values(fallback_task_id=task_id)
+        )
+
+    def pending_delivery(self, message_id: str) -> PendingDelivery | None:
+        """One outbox row with its delivery state, read inside this transaction."""
+        row = self._c.execute(_delivery_query().where(t.outbox.c.message_id == message_id)).first()
+        return _pending(row) if row is not None else None
+
 
 def _sqlite_engine(url: str) -> Engine:
     database = make_url(url).database
@@ -506,6 +584,190 @@ class Ledger:
         except OperationalError as exc:
             raise LedgerUnavailableError(_describe(exc, self.engine)) from None
 
+    # --- delivery (issue 3) -------------------------------------------------------------------
+
+    def due_deliveries(
+        self,
+        now: datetime,
+        *,
+        event_id: str | None = None,
+        created_before: datetime | None = None,
+        after: tuple[datetime, str] | None = None,
+        limit: int = 200,
+    ) -> list[PendingDelivery]:
+        """Undelivered, unrejected rows whose next attempt is due, oldest first.
+
+        `created_before` applies only to rows never parked: a row another worker has just
+        committed is left to that worker, while a parked row is due whatever its age. `after`
+        is a (created_at, message_id) cursor for paging through a pass.
+        """
+        query = _delivery_query().where(
+            t.outbox.c.published_at.is_(None),
+            t.outbox.c.rejected_at.is_(None),
+            or_(t.outbox.c.next_attempt_at.is_(None), t.outbox.c.next_attempt_at <= now),
+        )
+        if event_id is not None:
+            query = query.where(t.outbox.c.event_id == event_id)
+        if created_before is not None:
+            query = query.where(
+                or_(
+                    t.outbox.c.next_attempt_at.is_not(None),
+                    t.outbox.c.created_at < created_before,
+                )
+            )
+        if after is not None:
+            query = query.where(_after(after))
+        query = query.order_by(t.outbox.c.created_at, t.outbox.c.message_id).limit(limit)
+        with self._reading() as connection:
+            return [_pending(row) for row in connection.execute(query)]
+
+    def waiting_on(self, delivery: PendingDelivery) -> str | None:
+        """The message id that must be delivered before this one, if any.
+
+        Per case and destination (exchange and routing key, i.e. one provider or the officers'
+        tasks) messages go in created_at order, and a withdrawal never overtakes the referral it
+        withdraws. Rejected rows hold nothing up: they wait for an operator.
+        """
+        message = delivery.message
+        with self._reading() as connection:
+            if delivery.related_id is not None:
+                referral = connection.execute(
+                    select(t.outbox.c.message_id).where(
+                        t.outbox.c.message_id == delivery.related_id,
+                        t.outbox.c.published_at.is_(None),
+                        t.outbox.c.rejected_at.is_(None),
+                    )
+                ).scalar_one_or_none()
+                if referral is not None:
+                    return str(referral)
+            if delivery.case_ref is None:
+                return None
+            earlier = connection.execute(
+                select(t.outbox.c.message_id)
+                .join(t.actions, t.actions.c.message_id == t.outbox.c.message_id)
+                .where(
+                    t.actions.c.case_ref == delivery.case_ref,
+                    t.outbox.c.exchange == message.exchange,
+                    t.outbox.c.routing_key == message.routing_key,
+                    t.outbox.c.published_at.is_(None),
+                    t.outbox.c.rejected_at.is_(None),
+                    # Strictly earlier: rows written together are independent of each other.
+                    t.outbox.c.created_at < delivery.created_at,
+                    # A referral never waits for its own withdrawal (clocks of several workers
+                    # may disagree), or the two would wait for each other for ever.
+                    or_(
+                        t.actions.c.related_id.is_(None),
+                        t.actions.c.related_id != message.message_id,
+                    ),
+                )
+                .limit(1)
+            ).scalar_one_or_none()
+            return str(earlier) if earlier is not None else None
+
+    def park_delivery(
+        self,
+        message_id: str,
+        *,
+        at: datetime,
+        next_attempt_at: datetime,
+        error: str,
+        count_attempt: bool = True,
+    ) -> None:
+        """Record a failed attempt and when to try again; the row stays in the outbox.
+
+        `count_attempt=False` defers a row that was not tried (its provider's circuit is open).
+        """
+        attempts = t.outbox.c.attempts + 1 if count_attempt else t.outbox.c.attempts
+        self._write(
+            update(t.outbox)
+            .where(t.outbox.c.message_id == message_id, t.outbox.c.published_at.is_(None))
+            .values(next_attempt_at=next_attempt_at, last_error=error[:500], attempts=attempts)
+        )
+
+    def overdue_deliveries(self, now: datetime, *, limit: int = 200) -> list[PendingDelivery]:
+        """Referrals still undelivered at their deadline that have no fallback task yet."""
+        query = (
+            _delivery_query()
+            .where(
+                t.outbox.c.published_at.is_(None),
+                t.outbox.c.rejected_at.is_(None),
+                t.outbox.c.fallback_task_id.is_(None),
+                t.outbox.c.deadline.is_not(None),
+                t.outbox.c.deadline <= now,
+            )
+            .order_by(t.outbox.c.deadline, t.outbox.c.message_id)
+            .limit(limit)
+        )
+        with self._reading() as connection:
+            return [_pending(row) for row in connection.execute(query)]
+
+    def deliveries(
+        self, *, state: str = "undelivered", provider: str | None = None, limit: int = 200
+    ) -> list[PendingDelivery]:
+        """Rows for operators: `undelivered` (parked or waiting), `rejected`, or `all`."""
+        query = _delivery_query()
+        if state == "undelivered":
+            query = query.where(t.outbox.c.published_at.is_(None), t.outbox.c.rejected_at.is_(None))
+        elif state == "rejected":
+            query = query.where(t.outbox.c.rejected_at.is_not(None))
+        if provider is not None:
+            query = query.where(t.outbox.c.provider == provider)
+        query = query.order_by(t.outbox.c.created_at, t.outbox.c.message_id).limit(limit)
+        with self._reading() as connection:
+            return [_pending(row) for row in connection.execute(query)]
+
+    def resend(self, message_id: str, *, at: datetime, actor: str) -> ResendResult:
+        """Put a rejected message back in line for delivery, and audit who asked.
+
+        Refused for a referral whose withdrawal exists: consent has gone, so it must not be sent.
+        """
+        try:
+            with self.engine.begin() as connection:
+                row = connection.execute(
+                    select(t.outbox).where(t.outbox.c.message_id == message_id)
+                ).first()
+                if row is None:
+                    return ResendResult("not_found")
+                if row.published_at is not None:
+                    return ResendResult("delivered", row.provider)
+                if row.rejected_at is None:
+                    return ResendResult("not_rejected", row.provider)
+                withdrawn = connection.execute(
+                    select(t.actions.c.id).where(
+                        t.actions.c.action == "withdrawal", t.actions.c.related_id == message_id
+                    )
+                ).first()
+                if withdrawn is not None:
+                    return ResendResult("withdrawn", row.provider)
+                connection.execute(
+                    update(t.outbox)
+                    .where(t.outbox.c.message_id == message_id)
+                    .values(rejected_at=None, next_attempt_at=None)
+                )
+                facts = _audit_facts(row.audit)
+                connection.execute(
+                    t.audit.insert().values(
+                        at=at,
+                        action=f"{row.kind}_resend",
+                        actor=actor,
+                        message_id=message_id,
+                        provider=row.provider,
+                        case_ref=facts.case_ref if facts else None,
+                        victim_id=facts.victim_id if facts else None,
+                        detail=f"resend after rejection ({(row.last_error or '')[:200]})",
+                    )
+                )
+                return ResendResult("resent", row.provider)
+        except OperationalError as exc:
+            raise LedgerUnavailableError(_describe(exc, self.engine)) from None
+
+    def _write(self, statement: Any) -> None:
+        try:
+            with self.engine.begin() as connection:
+                connection.execute(statement)
+        except OperationalError as exc:
+            raise LedgerUnavailableError(_describe(exc, self.engine)) from None
+
     def due_holds(self, now: datetime, limit: int = 200) -> list[str]:
         """Matters with a hold that has ended by `now` and is still open."""
         query = (
@@ -597,6 +859,50 @@ def _audit_row(
         "consent_recorded_by": facts.consent_recorded_by,
         "detail": f"delivered by {route}",
     }
+
+
+def _delivery_query() -> Any:
+    return select(
+        t.outbox,
+        t.actions.c.case_ref,
+        t.actions.c.victim_id,
+        t.actions.c.related_id,
+    ).outerjoin(t.actions, t.actions.c.message_id == t.outbox.c.message_id)
+
+
+def _pending(row: Row[Any]) -> PendingDelivery:
+    return PendingDelivery(
+        message=OutboxMessage(
+            message_id=row.message_id,
+            event_id=row.event_id,
+            kind=row.kind,
+            exchange=row.exchange,
+            routing_key=row.routing_key,
+            headers=row.headers,
+            body=row.body,
+            provider=row.provider,
+            deadline=row.deadline,
+            audit=_audit_facts(row.audit),
+        ),
+        case_ref=row.case_ref,
+        victim_id=row.victim_id,
+        related_id=row.related_id,
+        created_at=row.created_at,
+        attempts=row.attempts,
+        next_attempt_at=row.next_attempt_at,
+        last_error=row.last_error,
+        rejected_at=row.rejected_at,
+        fallback_task_id=row.fallback_task_id,
+        published_at=row.published_at,
+    )
+
+
+def _after(cursor: tuple[datetime, str]) -> ColumnElement[bool]:
+    at, message_id = cursor
+    return or_(
+        t.outbox.c.created_at > at,
+        and_(t.outbox.c.created_at == at, t.outbox.c.message_id > message_id),
+    )
 
 
 def _describe(exc: DBAPIError, engine: Engine) -> str:

@@ -317,6 +317,7 @@ class BridgeEnv:
         max_message_bytes: int = 1024 * 1024,
         prefetch: int = 16,
         scheduler_interval: float = 1.0,
+        metrics_listen: str = "",
     ) -> BridgeEnv:
         root.mkdir(parents=True, exist_ok=True)
         keys = root / "keys"
@@ -347,6 +348,8 @@ class BridgeEnv:
             f'tasks_exchange = "{topology.tasks_exchange}"\n'
             f'dead_letter_queue = "{topology.dead_letter_queue}"\n\n'
             f"[ledger]\nurl = {json.dumps(ledger_url)}\n\n"
+            # Off by default: concurrent workers would otherwise compete for one port.
+            f"[metrics]\nlisten = {json.dumps(metrics_listen)}\n\n"
             f'[keys]\nsigning_key = "keys/{BRIDGE_KID}.private.jwk"\n' + providers,
             encoding="utf-8",
         )

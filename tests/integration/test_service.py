@@ -26,8 +26,9 @@ from referral_bridge.core.events import (
 )
 from referral_bridge.core.parsing import parse_inbound
 from referral_bridge.errors import LedgerUnavailableError
-from referral_bridge.ledger import Ledger, OutboxMessage
+from referral_bridge.ledger import Ledger
 from referral_bridge.ledger import schema as t
+from referral_bridge.ledger.store import PendingDelivery
 from referral_bridge.sealing import open_event
 from referral_bridge.service import ReferralService
 from referral_bridge.transport import Ack, DeadLetter, Retry
@@ -638,9 +639,10 @@ class TestLedgerUnavailable:
         assert "secret-pw" not in verdict.detail
         assert publisher.sent == []
 
-    def test_a_ledger_outage_after_commit_gives_retry_and_the_outbox_is_kept(
+    def test_a_ledger_outage_after_commit_still_acks_and_the_outbox_is_kept(
         self, ledger_url: str, keys: KeyMaterial, publisher: RecordingPublisher, clock: FakeClock
     ) -> None:
+        # Issue 3: the event's effects are committed, so it is acked; the scheduler delivers.
         flaky = OutageAfterCommitLedger.open(ledger_url)
         try:
             service = make_service(
@@ -651,69 +653,79 @@ class TestLedgerUnavailable:
         finally:
             flaky.dispose()
 
-        assert isinstance(verdict, Retry)
+        assert verdict == Ack()
         assert [m.message_id for m in kept] == [ids.referral_id(LANCASHIRE, CRIME_REF, VICTIM)]
 
 
 class OutageAfterCommitLedger(Ledger):
-    """A ledger whose database goes away once, just when the outbox is read for publishing."""
+    """A ledger whose database goes away once, just when the outbox is read for delivery."""
 
     outages = 1
 
-    def unpublished(
+    def due_deliveries(
         self,
+        now: datetime,
         *,
         event_id: str | None = None,
         created_before: datetime | None = None,
-        limit: int = 500,
-    ) -> list[OutboxMessage]:
+        after: tuple[datetime, str] | None = None,
+        limit: int = 200,
+    ) -> list[PendingDelivery]:
         if self.outages > 0:
             self.outages -= 1
             raise LedgerUnavailableError("ledger unavailable (test outage)")
-        return super().unpublished(event_id=event_id, created_before=created_before, limit=limit)
+        return super().due_deliveries(
+            now, event_id=event_id, created_before=created_before, after=after, limit=limit
+        )
+
+
+#: RecordingPublisher failures that exhaust the default in-place attempts, so a row is parked.
+IN_PLACE_ATTEMPTS = 3
 
 
 class TestPublishFailures:
-    def test_a_publisher_failure_gives_retry_and_keeps_the_outbox_row(
+    def test_a_publisher_failure_parks_the_row_and_still_acks(
         self, ledger: Ledger, keys: KeyMaterial, clock: FakeClock
     ) -> None:
-        publisher = RecordingPublisher(fail_times=1)
+        publisher = RecordingPublisher(fail_times=IN_PLACE_ATTEMPTS)
         service = make_service(
             ledger=ledger, sealer=keys.sealer(), publisher=publisher, clock=clock
         )
 
         verdict = service.handle(crime_message(make_crime()))
 
-        assert isinstance(verdict, Retry)
+        assert verdict == Ack()
         assert publisher.sent == []
-        assert [m.message_id for m in ledger.unpublished()] == [
-            ids.referral_id(LANCASHIRE, CRIME_REF, VICTIM)
-        ]
+        [parked] = ledger.deliveries(state="undelivered")
+        assert parked.message_id == ids.referral_id(LANCASHIRE, CRIME_REF, VICTIM)
+        assert parked.next_attempt_at is not None
+        assert parked.next_attempt_at > clock.now()
+        assert (parked.last_error or "").startswith("publish_refused:")
 
-    def test_a_later_flush_publishes_what_a_failed_publish_left(
+    def test_a_publish_that_fails_once_is_retried_in_place(
         self, ledger: Ledger, keys: KeyMaterial, clock: FakeClock
     ) -> None:
         publisher = RecordingPublisher(fail_times=1)
+        service = make_service(
+            ledger=ledger, sealer=keys.sealer(), publisher=publisher, clock=clock
+        )
+
+        assert service.handle(crime_message(make_crime())) == Ack()
+        assert [m.type for m in publisher.sent] == [CREATED]
+        assert ledger.unpublished() == []
+
+    def test_a_later_flush_publishes_a_parked_row_once_it_is_due(
+        self, ledger: Ledger, keys: KeyMaterial, clock: FakeClock
+    ) -> None:
+        publisher = RecordingPublisher(fail_times=IN_PLACE_ATTEMPTS)
         service = make_service(
             ledger=ledger, sealer=keys.sealer(), publisher=publisher, clock=clock
         )
         service.handle(crime_message(make_crime()))
 
+        assert service.flush() == 0
+        clock.advance(timedelta(minutes=2))
         assert service.flush() == 1
-        assert [m.type for m in publisher.sent] == [CREATED]
-        assert ledger.unpublished() == []
-
-    def test_redelivery_after_a_failed_publish_publishes_and_acks(
-        self, ledger: Ledger, keys: KeyMaterial, clock: FakeClock
-    ) -> None:
-        publisher = RecordingPublisher(fail_times=1)
-        service = make_service(
-            ledger=ledger, sealer=keys.sealer(), publisher=publisher, clock=clock
-        )
-        message = crime_message(make_crime(), event_id="event-1")
-        service.handle(message)
-
-        assert service.handle(message) == Ack()
         assert [m.type for m in publisher.sent] == [CREATED]
         assert ledger.unpublished() == []
 

@@ -275,7 +275,8 @@ class TestScheduledWork:
     def test_flush_with_a_grace_period_leaves_messages_younger_than_it(
         self, ledger: CountingLedger, sealer: RecordingSealer, clock: FakeClock
     ) -> None:
-        publisher = RecordingPublisher(fail_times=1)
+        # Every in-place attempt fails, so the message is parked (delivery semantics, issue 3).
+        publisher = RecordingPublisher(fail_times=3)
         service = make_service(ledger=ledger, sealer=sealer, publisher=publisher, clock=clock)
         service.handle(crime_message())
 

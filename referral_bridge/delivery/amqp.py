@@ -1,0 +1,199 @@
+# mypy: disallow-untyped-calls=False
+# kombu ships py.typed but leaves most functions unannotated; calling them is this module's job.
+"""AMQP delivery: to the referrals exchange (provider id as routing key) with publisher confirms.
+
+On the force broker the bridge's own Publisher is used. A provider may instead take referrals on
+a broker of its own (`broker_url`): ReferralsBrokerPublisher talks to that broker and declares
+only the referrals exchange there, never the bridge's inbound queues.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import structlog
+from amqp.exceptions import MessageNacked
+from kombu.connection import Connection
+from kombu.entity import Exchange
+from kombu.exceptions import OperationalError
+from kombu.messaging import Producer
+
+from referral_bridge.delivery.errors import TransientDeliveryError
+from referral_bridge.ledger.store import OutboxMessage
+from referral_bridge.transport.errors import (
+    BrokerUnavailableError,
+    PublishError,
+    TransportError,
+)
+
+log = structlog.get_logger("referral_bridge.delivery.amqp")
+
+CLOUDEVENTS_JSON = "application/cloudevents+json"
+PERSISTENT = 2
+
+
+class OutboxPublisher(Protocol):
+    """Publishes one message and returns only once the broker has it (confirms where supported)."""
+
+    def publish(
+        self,
+        *,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        headers: Mapping[str, Any],
+        message_id: str,
+        content_type: str,
+        mandatory: bool = False,
+    ) -> None: ...
+
+
+class AmqpRoute:
+    """Delivers by publishing to the message's exchange and routing key, mandatory and confirmed.
+
+    A message no queue receives fails (mandatory) rather than being confirmed and dropped. Every
+    broker failure is transient: the broker or the provider's queue may come back.
+    """
+
+    audit_route = "amqp"
+
+    def __init__(
+        self, publisher: OutboxPublisher, *, name: str = "amqp-force", owns_publisher: bool = False
+    ) -> None:
+        self.name = name
+        self._publisher = publisher
+        self._owns = owns_publisher
+
+    def deliver(self, message: OutboxMessage) -> None:
+        try:
+            self._publisher.publish(
+                exchange=message.exchange,
+                routing_key=message.routing_key,
+                body=message.body,
+                headers=message.headers,
+                message_id=message.message_id,
+                content_type=CLOUDEVENTS_JSON,
+                mandatory=True,
+            )
+        except BrokerUnavailableError as exc:
+            raise TransientDeliveryError(
+                "broker_unavailable", f"{self.name}: broker unreachable ({type(exc).__name__})"
+            ) from exc
+        except PublishError as exc:
+            raise TransientDeliveryError(
+                "publish_refused",
+                f"{self.name}: the broker refused, nacked or could not route the message to "
+                f"{message.exchange!r} / {message.routing_key!r}",
+            ) from exc
+        except TransportError as exc:
+            raise TransientDeliveryError(
+                "broker_error", f"{self.name}: {type(exc).__name__}"
+            ) from exc
+
+    def close(self) -> None:
+        if self._owns:
+            close = getattr(self._publisher, "close", None)
+            if callable(close):
+                close()
+
+
+class ReferralsBrokerPublisher:
+    """Publishes to a provider-facing RabbitMQ with confirms; declares only the referrals exchange.
+
+    Publishes are serialised by a lock. A lost connection is dropped and re-opened on the next
+    publish: the delivery engine's retries and parking do the waiting, not this class.
+    """
+
+    def __init__(self, url: str, *, exchange: str, confirm_timeout: float = 30.0) -> None:
+        self._url = url
+        self._exchange = Exchange(
+            exchange, type="topic", durable=True, auto_delete=False, delivery_mode=PERSISTENT
+        )
+        self._confirm_timeout = confirm_timeout
+        self._lock = threading.Lock()
+        self._connection: Connection | None = None
+        self._producer: Producer | None = None
+        self._returned: list[str] = []
+
+    @property
+    def display_url(self) -> str:
+        return str(Connection(self._url).as_uri())
+
+    def publish(
+        self,
+        *,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        headers: Mapping[str, Any],
+        message_id: str,
+        content_type: str,
+        mandatory: bool = False,
+    ) -> None:
+        with self._lock:
+            connection = self._connection or Connection(
+                self._url, transport_options={"confirm_publish": True}, connect_timeout=10.0
+            )
+            try:
+                producer = self._ensure_producer(connection)
+                self._returned.clear()
+                producer.publish(
+                    body,
+                    exchange=exchange,
+                    routing_key=routing_key,
+                    headers=dict(headers),
+                    content_type=content_type,
+                    content_encoding="utf-8",
+                    delivery_mode=PERSISTENT,
+                    mandatory=mandatory,
+                    confirm_timeout=self._confirm_timeout,
+                    message_id=message_id,
+                )
+            except MessageNacked as exc:
+                self._drop(connection)
+                raise PublishError(
+                    f"the provider broker nacked a message for {exchange!r} / {routing_key!r}"
+                ) from exc
+            except connection.channel_errors as exc:
+                self._drop(connection)
+                raise PublishError(
+                    f"the provider broker refused a message for {exchange!r} / {routing_key!r}: "
+                    f"{type(exc).__name__}; check the exchange and the bridge's permissions there"
+                ) from exc
+            except (OperationalError, OSError, *connection.connection_errors) as exc:
+                self._drop(connection)
+                raise BrokerUnavailableError(
+                    f"provider broker at {self.display_url} unreachable ({type(exc).__name__})"
+                ) from exc
+            if self._returned:
+                raise PublishError(
+                    f"no queue on the provider broker receives {exchange!r} / {routing_key!r}; "
+                    "the provider must declare and bind its queue"
+                )
+
+    def close(self) -> None:
+        with self._lock:
+            if self._connection is not None:
+                self._drop(self._connection)
+
+    def _ensure_producer(self, connection: Connection) -> Producer:
+        if self._producer is not None and connection is self._connection:
+            return self._producer
+        self._connection = connection
+        connection.ensure_connection(max_retries=0)
+        channel = connection.channel()
+        # Without a handler py-amqp raises from inside the confirm wait and loses the ack.
+        channel.events["basic_return"].add(self._on_return)
+        self._exchange.declare(channel=channel)
+        self._producer = Producer(channel, auto_declare=False)
+        return self._producer
+
+    def _on_return(self, exc: Exception, exchange: str, routing_key: str, message: Any) -> None:
+        self._returned.append(type(exc).__name__)
+
+    def _drop(self, connection: Connection) -> None:
+        self._connection = None
+        self._producer = None
+        connection.collect()

@@ -1,0 +1,373 @@
+"""The delivery engine: takes due outbox rows to their routes, in order, without ever blocking.
+
+One attempt at a message means a few quick tries in place (tenacity, exponential backoff with
+jitter). If they all fail for a transient reason, the message is parked in the ledger
+(`next_attempt_at`, `last_error`) with a backoff that grows each time, and the pass moves on.
+A rejection keeps the row for an operator and issues a fallback leaflet task; so does a referral
+still undelivered at its Victims' Code deadline (once), while it keeps being retried.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Protocol
+
+import structlog
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from referral_bridge.delivery.circuit import CircuitBreaker, CircuitState
+from referral_bridge.delivery.errors import DeliveryRejectedError, TransientDeliveryError
+from referral_bridge.delivery.policy import DeliveryPolicy, park_delay
+from referral_bridge.delivery.routes import Route
+from referral_bridge.ledger.store import Ledger, LedgerTransaction, PendingDelivery
+from referral_bridge.metrics import BridgeMetrics
+
+log = structlog.get_logger("referral_bridge.delivery")
+
+#: Synthetic event id under which fallback leaflet tasks are recorded and queued.
+FALLBACK_EVENT = "delivery:fallback"
+REASON_REJECTED = "provider_rejected"
+REASON_UNREACHABLE = "provider_unreachable"
+#: Circuit key for messages without a provider (officers' tasks on the force broker).
+TASKS_KEY = "officer-tasks"
+_PAGE = 200
+
+
+class FallbackIssuer(Protocol):
+    """Records a fallback leaflet task for an undeliverable referral inside `tx`.
+
+    Returns the task id (also when it was issued before), or None when no task can be built
+    (e.g. the case's snapshot is gone). Implemented by the service, which owns the policy.
+    """
+
+    def issue_fallback(
+        self, tx: LedgerTransaction, delivery: PendingDelivery, reason: str, now: datetime
+    ) -> str | None: ...
+
+
+class Result(StrEnum):
+    DELIVERED = "delivered"
+    PARKED = "parked"
+    REJECTED = "rejected"
+    WAITING = "waiting"
+    CIRCUIT_OPEN = "circuit_open"
+
+
+@dataclass
+class PassReport:
+    """What one delivery pass did, by result."""
+
+    counts: dict[Result, int] = field(default_factory=dict)
+    fallbacks: int = 0
+
+    def add(self, result: Result) -> None:
+        self.counts[result] = self.counts.get(result, 0) + 1
+
+    @property
+    def delivered(self) -> int:
+        return self.counts.get(Result.DELIVERED, 0)
+
+
+class DeliveryEngine:
+    """Delivers outbox rows by route; one instance per process, used from one thread."""
+
+    def __init__(
+        self,
+        *,
+        ledger: Ledger,
+        default_route: Route,
+        routes: Mapping[str, Route] | None = None,
+        policy: DeliveryPolicy | None = None,
+        clock: Callable[[], datetime],
+        metrics: BridgeMetrics | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self._ledger = ledger
+        self._default = default_route
+        self._routes = dict(routes or {})
+        self._policy = policy or DeliveryPolicy()
+        self._clock = clock
+        self._metrics = metrics or BridgeMetrics()
+        self._sleep = sleep
+        self._rand = rand
+        self._breakers: dict[str, CircuitBreaker] = {}
+        #: Set by the service that owns the policy; without it no fallback tasks are issued.
+        self.fallbacks: FallbackIssuer | None = None
+
+    # --- public -------------------------------------------------------------------------------
+
+    def route_for(self, provider: str | None) -> Route:
+        return self._routes.get(provider, self._default) if provider else self._default
+
+    def circuit(self, provider: str | None) -> CircuitBreaker:
+        key = provider or TASKS_KEY
+        breaker = self._breakers.get(key)
+        if breaker is None:
+            breaker = CircuitBreaker(
+                failures=self._policy.circuit_failures,
+                open_for=self._policy.circuit_open,
+                clock=self._clock,
+            )
+            self._breakers[key] = breaker
+        return breaker
+
+    def deliver_due(
+        self, *, event_id: str | None = None, created_before: datetime | None = None
+    ) -> PassReport:
+        """One pass over the due rows (of one event, or all), oldest first; never raises for a
+        route's failure. Raises LedgerUnavailableError if the ledger goes away."""
+        report = PassReport()
+        now = self._clock()
+        cursor: tuple[datetime, str] | None = None
+        waiting: list[PendingDelivery] = []
+        while True:
+            page = self._ledger.due_deliveries(
+                now, event_id=event_id, created_before=created_before, after=cursor, limit=_PAGE
+            )
+            for delivery in page:
+                if self._attempt(delivery, report) is Result.WAITING:
+                    waiting.append(delivery)
+            if len(page) < _PAGE:
+                break
+            cursor = (page[-1].created_at, page[-1].message_id)
+        # What waited on a message delivered later in this pass need not wait for the next one.
+        if report.delivered:
+            for delivery in waiting:
+                report.counts[Result.WAITING] -= 1
+                self._attempt(delivery, report)
+        if report.fallbacks and event_id != FALLBACK_EVENT:
+            fallback = self.deliver_due(event_id=FALLBACK_EVENT)
+            for result, count in fallback.counts.items():
+                report.counts[result] = report.counts.get(result, 0) + count
+        return report
+
+    def issue_overdue_fallbacks(self) -> int:
+        """A leaflet task, once, for each referral still undelivered at its deadline.
+
+        The referral keeps being retried: the provider may yet take it. Returns tasks issued.
+        """
+        if self.fallbacks is None:
+            return 0
+        issued = 0
+        now = self._clock()
+        for delivery in self._ledger.overdue_deliveries(now):
+            with self._ledger.transaction() as tx:
+                current = tx.pending_delivery(delivery.message_id)
+                if current is None or current.published_at or current.rejected_at:
+                    continue
+                if current.fallback_task_id is not None:
+                    continue
+                task_id = self.fallbacks.issue_fallback(tx, current, REASON_UNREACHABLE, now)
+                if task_id is None:
+                    continue
+                tx.set_fallback_task(current.message_id, task_id)
+            issued += 1
+            self._fallback_issued(current, task_id, REASON_UNREACHABLE)
+        if issued:
+            self.deliver_due(event_id=FALLBACK_EVENT)
+        return issued
+
+    def close(self) -> None:
+        for route in {id(r): r for r in [self._default, *self._routes.values()]}.values():
+            route.close()
+
+    # --- one message --------------------------------------------------------------------------
+
+    def _attempt(self, delivery: PendingDelivery, report: PassReport) -> Result:
+        result = self._attempt_one(delivery, report)
+        report.add(result)
+        return result
+
+    def _attempt_one(self, delivery: PendingDelivery, report: PassReport) -> Result:
+        message = delivery.message
+        breaker = self.circuit(message.provider)
+        if not breaker.allows():
+            # Not tried: a row never attempted is deferred to the probe time, so the scheduler
+            # (which leaves fresh untried rows to their worker for a grace period) picks it up.
+            if delivery.next_attempt_at is None and breaker.reopens_at is not None:
+                self._ledger.park_delivery(
+                    message.message_id,
+                    at=self._clock(),
+                    next_attempt_at=breaker.reopens_at,
+                    error="circuit_open: not tried while the provider's circuit is open",
+                    count_attempt=False,
+                )
+            return Result.CIRCUIT_OPEN
+        blocker = self._ledger.waiting_on(delivery)
+        if blocker is not None:
+            log.debug("delivery.waiting", message_id=message.message_id, detail=f"after {blocker}")
+            return Result.WAITING
+        route = self.route_for(message.provider)
+        probing = breaker.state is CircuitState.HALF_OPEN
+        try:
+            self._try_in_place(route, delivery, breaker, attempts=1 if probing else None)
+        except DeliveryRejectedError as exc:
+            self._close_circuit(breaker, message.provider)
+            self._reject(delivery, exc, route, report)
+            return Result.REJECTED
+        except TransientDeliveryError as exc:
+            self._park(delivery, exc, route)
+            return Result.PARKED
+        self._ledger.mark_published([message.message_id], self._clock(), route=route.audit_route)
+        self._close_circuit(breaker, message.provider)
+        if message.provider is not None:
+            self._metrics.delivered.labels(provider=message.provider, kind=message.kind).inc()
+        log.debug(
+            "delivery.delivered",
+            message_id=message.message_id,
+            provider=message.provider,
+            transport=route.name,
+        )
+        return Result.DELIVERED
+
+    def _try_in_place(
+        self,
+        route: Route,
+        delivery: PendingDelivery,
+        breaker: CircuitBreaker,
+        *,
+        attempts: int | None,
+    ) -> None:
+        policy = self._policy
+        base_wait = wait_exponential_jitter(
+            multiplier=policy.in_place_initial_seconds,
+            max=policy.in_place_max_seconds,
+            jitter=policy.in_place_initial_seconds,
+        )
+
+        def wait(state: RetryCallState) -> float:
+            error = state.outcome.exception() if state.outcome else None
+            asked = error.retry_after if isinstance(error, TransientDeliveryError) else None
+            return max(base_wait(state), asked or 0.0)
+
+        def worth_retrying(error: BaseException) -> bool:
+            if not isinstance(error, TransientDeliveryError) or not breaker.allows():
+                return False
+            # A receiver asking for a longer pause than in-place retries allow gets it by parking.
+            return error.retry_after is None or error.retry_after <= policy.in_place_max_seconds
+
+        provider = delivery.message.provider
+        for attempt in Retrying(
+            stop=stop_after_attempt(attempts or policy.attempts_in_place),
+            wait=wait,
+            retry=retry_if_exception(worth_retrying),
+            sleep=self._sleep,
+            reraise=True,
+        ):
+            with attempt:
+                try:
+                    route.deliver(delivery.message)
+                except TransientDeliveryError as exc:
+                    self._metrics.delivery_failures.labels(
+                        provider=provider or TASKS_KEY, outcome="transient"
+                    ).inc()
+                    if breaker.record_failure():
+                        self._circuit_opened(breaker, provider, exc)
+                    raise
+
+    # --- outcomes -----------------------------------------------------------------------------
+
+    def _park(self, delivery: PendingDelivery, error: TransientDeliveryError, route: Route) -> None:
+        now = self._clock()
+        policy = self._policy
+        delay = park_delay(
+            delivery.attempts + 1,
+            initial=policy.park_initial.total_seconds(),
+            maximum=policy.park_max.total_seconds(),
+            jitter=policy.park_jitter,
+            rand=self._rand,
+        )
+        if error.retry_after is not None:
+            delay = max(delay, min(error.retry_after, policy.park_max.total_seconds()))
+        next_attempt = now + timedelta(seconds=delay)
+        self._ledger.park_delivery(
+            delivery.message_id, at=now, next_attempt_at=next_attempt, error=error.summary
+        )
+        log.warning(
+            "delivery.parked",
+            message_id=delivery.message_id,
+            provider=delivery.message.provider,
+            transport=route.name,
+            reason=error.code,
+            attempts=delivery.attempts + 1,
+            retry_in_s=round(delay, 3),
+        )
+
+    def _reject(
+        self,
+        delivery: PendingDelivery,
+        error: DeliveryRejectedError,
+        route: Route,
+        report: PassReport,
+    ) -> None:
+        now = self._clock()
+        message = delivery.message
+        provider = message.provider or TASKS_KEY
+        self._metrics.delivery_failures.labels(provider=provider, outcome="rejected").inc()
+        task_id: str | None = None
+        with self._ledger.transaction() as tx:
+            tx.reject_delivery(message.message_id, now, error.summary)
+            wants_fallback = (
+                message.kind == "referral"
+                and self.fallbacks is not None
+                and delivery.fallback_task_id is None
+            )
+            if wants_fallback and self.fallbacks is not None:
+                task_id = self.fallbacks.issue_fallback(tx, delivery, REASON_REJECTED, now)
+                if task_id is not None:
+                    tx.set_fallback_task(message.message_id, task_id)
+        log.error(
+            "delivery.rejected",
+            message_id=message.message_id,
+            provider=message.provider,
+            transport=route.name,
+            reason=error.code,
+            detail="kept for an operator: inspect with `referral-bridge provider deliveries "
+            "--state rejected`, resend with `referral-bridge provider resend MESSAGE_ID`",
+        )
+        if task_id is not None:
+            report.fallbacks += 1
+            self._fallback_issued(delivery, task_id, REASON_REJECTED)
+
+    def _fallback_issued(self, delivery: PendingDelivery, task_id: str, reason: str) -> None:
+        provider = delivery.message.provider or TASKS_KEY
+        self._metrics.fallback_tasks.labels(provider=provider, reason=reason).inc()
+        log.warning(
+            "delivery.fallback_issued",
+            message_id=delivery.message_id,
+            provider=delivery.message.provider,
+            case_ref=delivery.case_ref,
+            victim_id=delivery.victim_id,
+            reason=reason,
+            task_id=task_id,
+        )
+
+    def _circuit_opened(
+        self, breaker: CircuitBreaker, provider: str | None, error: TransientDeliveryError
+    ) -> None:
+        key = provider or TASKS_KEY
+        self._metrics.delivery_failures.labels(provider=key, outcome="circuit_opened").inc()
+        reopens = breaker.reopens_at
+        log.error(
+            "delivery.circuit_opened",
+            provider=key,
+            count=breaker.failures,
+            reason=error.code,
+            detail=f"no attempts until {reopens.isoformat() if reopens else '?'}, then one probe",
+        )
+
+    def _close_circuit(self, breaker: CircuitBreaker, provider: str | None) -> None:
+        if breaker.record_success():
+            log.info("delivery.circuit_closed", provider=provider or TASKS_KEY)

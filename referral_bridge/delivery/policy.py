@@ -1,0 +1,54 @@
+"""How hard and how often to try: the numbers behind in-place retries, parking and circuits."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+
+from referral_bridge.settings import DeliverySection
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeliveryPolicy:
+    """Delivery timing; `from_settings` maps the `[delivery]` section onto it."""
+
+    #: Quick attempts in place (inside handle or a scheduler pass) before a message is parked.
+    attempts_in_place: int = 3
+    #: Exponential wait between in-place attempts, with jitter, in seconds.
+    in_place_initial_seconds: float = 0.1
+    in_place_max_seconds: float = 1.0
+    #: A parked message waits this long after its first parking, doubling up to the maximum.
+    park_initial: timedelta = timedelta(seconds=30)
+    park_max: timedelta = timedelta(hours=1)
+    #: Up to this fraction is added at random to each parking, so parked work does not stampede.
+    park_jitter: float = 0.1
+    #: Consecutive failed attempts that open a provider's circuit, and how long it stays open.
+    circuit_failures: int = 5
+    circuit_open: timedelta = timedelta(seconds=60)
+
+    @classmethod
+    def from_settings(cls, section: DeliverySection) -> DeliveryPolicy:
+        return cls(
+            attempts_in_place=section.attempts_in_place,
+            park_initial=timedelta(seconds=section.park_initial_seconds),
+            park_max=timedelta(seconds=max(section.park_max_seconds, section.park_initial_seconds)),
+            circuit_failures=section.circuit_failures,
+            circuit_open=timedelta(seconds=section.circuit_open_seconds),
+        )
+
+
+def park_delay(
+    parkings: int,
+    *,
+    initial: float,
+    maximum: float,
+    jitter: float = 0.0,
+    rand: Callable[[], float] = lambda: 0.0,
+) -> float:
+    """Seconds until a message parked for the `parkings`-th time (1, 2, …) is tried again.
+
+    `initial * 2**(parkings - 1)`, plus up to `jitter` of itself at random, never above `maximum`.
+    """
+    base = initial * 2.0 ** min(max(parkings - 1, 0), 62)
+    return min(maximum, base * (1.0 + jitter * rand()))

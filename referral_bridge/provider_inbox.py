@@ -1,0 +1,406 @@
+"""The reference HTTPS receiver a provider (or a test) runs: `referral-bridge provider inbox`.
+
+It shows the provider's side of contract §4 working end to end: it verifies each referral's
+signature against the force's public key set, decrypts it with the provider's own key set
+(chosen by `kid`), drops repeats by id (409), and stores each accepted referral durably in
+SQLite *as the sealed token* before answering 201. Plain text reaches the disk only when
+`store_plaintext` is asked for. Answers: 201 accepted, 409 already held, 4xx refused for good
+(the bridge then gives the officer a leaflet task), 503 when it cannot store right now.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import socket
+import sqlite3
+import ssl
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from referral_bridge.sealing import KeySet, SealingError, open_event
+
+log = structlog.get_logger("referral_bridge.provider_inbox")
+
+CLOUDEVENTS_JSON = "application/cloudevents+json"
+REFERRAL_CREATED = "victim.referral.created"
+REFERRAL_WITHDRAWN = "victim.referral.withdrawn"
+#: A sealed referral is a few kilobytes; anything far larger is not one.
+MAX_BODY_BYTES = 1024 * 1024
+#: An idle keep-alive connection is closed after this, so stopped clients free their thread.
+CONNECTION_TIMEOUT_SECONDS = 30.0
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS inbox (
+    message_id   TEXT PRIMARY KEY,
+    event_type   TEXT NOT NULL,
+    referral_id  TEXT NOT NULL,
+    received_at  TEXT NOT NULL,
+    recipient_kid TEXT NOT NULL,
+    envelope     TEXT NOT NULL,
+    token        TEXT NOT NULL,
+    plaintext    TEXT
+)
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class InboxRecord:
+    """One accepted referral or withdrawal, as stored: sealed, with PII-free metadata."""
+
+    message_id: str
+    event_type: str
+    #: The referral's id; for a withdrawal, the referral it withdraws.
+    referral_id: str
+    received_at: datetime
+    #: The provider key the referral was encrypted to (its kid).
+    recipient_kid: str
+    envelope: str
+    token: str
+    plaintext: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """An HTTP answer: status and a small JSON body (codes and ids only)."""
+
+    status: int
+    code: str
+    message_id: str | None = None
+
+    def body(self) -> bytes:
+        document: dict[str, Any] = {"status": self.code}
+        if self.message_id is not None:
+            document["id"] = self.message_id
+        return json.dumps(document).encode()
+
+
+class InboxStore:
+    """Accepted messages in SQLite (WAL, synchronous=FULL): committed before 201 is answered."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute(_SCHEMA)
+        # The file holds sealed tokens (and plain text if asked): owner-only, like a key file.
+        self.path.chmod(0o600)
+
+    def add(self, record: InboxRecord) -> bool:
+        """Store the record; False if a message with its id is already held."""
+        with self._lock:
+            cursor = self._db.execute(
+                "INSERT OR IGNORE INTO inbox VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record.message_id,
+                    record.event_type,
+                    record.referral_id,
+                    record.received_at.isoformat(),
+                    record.recipient_kid,
+                    record.envelope,
+                    record.token,
+                    record.plaintext,
+                ),
+            )
+            return cursor.rowcount == 1
+
+    def message_ids(self) -> list[str]:
+        with self._lock:
+            rows = self._db.execute("SELECT message_id FROM inbox ORDER BY received_at").fetchall()
+        return [str(row[0]) for row in rows]
+
+    def get(self, message_id: str) -> InboxRecord | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT * FROM inbox WHERE message_id = ?", (message_id,)
+            ).fetchone()
+        if row is None:
+            return None
+        return InboxRecord(
+            message_id=row[0],
+            event_type=row[1],
+            referral_id=row[2],
+            received_at=datetime.fromisoformat(row[3]),
+            recipient_kid=row[4],
+            envelope=row[5],
+            token=row[6],
+            plaintext=row[7],
+        )
+
+    def count(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT count(*) FROM inbox").fetchone()[0])
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+class ReferralInbox:
+    """What the receiver does with one request body, independent of HTTP."""
+
+    def __init__(
+        self,
+        *,
+        decryption_keys: KeySet,
+        verification_keys: KeySet,
+        store: InboxStore,
+        store_plaintext: bool = False,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        if not decryption_keys.is_private:
+            raise ValueError("the inbox needs the provider's private key set to decrypt")
+        self._decryption_keys = decryption_keys
+        self._verification_keys = verification_keys
+        self._store = store
+        self._store_plaintext = store_plaintext
+        self._clock = clock
+
+    def receive(
+        self, body: bytes, *, content_type: str | None, idempotency_key: str | None
+    ) -> Answer:
+        media_type = (content_type or "").split(";")[0].strip().lower()
+        if media_type != CLOUDEVENTS_JSON:
+            return Answer(415, "unsupported_media_type")
+        try:
+            event = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return Answer(400, "invalid_json")
+        if not isinstance(event, dict) or event.get("specversion") != "1.0":
+            return Answer(400, "not_cloudevent")
+        message_id, event_type = event.get("id"), event.get("type")
+        if not isinstance(message_id, str) or not message_id:
+            return Answer(400, "not_cloudevent")
+        if event_type not in (REFERRAL_CREATED, REFERRAL_WITHDRAWN):
+            return Answer(400, "unknown_type", message_id)
+        if idempotency_key is not None and idempotency_key != message_id:
+            return Answer(400, "idempotency_key_mismatch", message_id)
+        try:
+            _, payload = open_event(
+                body,
+                decryption_keys=self._decryption_keys,
+                verification_keys=self._verification_keys,
+            )
+        except SealingError as exc:
+            # The error's class says what failed (unknown key, tampering, bad signature…).
+            return Answer(400, _code(exc), message_id)
+        referral_id = payload.get("referral_id")
+        if not isinstance(referral_id, str):
+            return Answer(400, "no_referral_id", message_id)
+        if event_type == REFERRAL_CREATED and referral_id != message_id:
+            # The envelope is not signed; the signed payload's id is the one that counts.
+            return Answer(400, "id_mismatch", message_id)
+        token = str(event["data"])
+        record = InboxRecord(
+            message_id=message_id,
+            event_type=event_type,
+            referral_id=referral_id,
+            received_at=self._clock(),
+            recipient_kid=_kid(token),
+            envelope=json.dumps({k: v for k, v in event.items() if k != "data"}),
+            token=token,
+            plaintext=json.dumps(payload) if self._store_plaintext else None,
+        )
+        try:
+            added = self._store.add(record)
+        except sqlite3.Error as exc:
+            log.error("inbox.store_failed", message_id=message_id, error_type=type(exc).__name__)
+            return Answer(503, "store_unavailable", message_id)
+        if not added:
+            return Answer(409, "duplicate", message_id)
+        return Answer(201, "accepted", message_id)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+    inbox: ReferralInbox
+    path: str | None
+    fault: Callable[[], int | None] | None
+    connections: set[socket.socket]
+    connections_lock: threading.Lock
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self.connections_lock:
+            self.connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self.connections_lock:
+            self.connections.discard(request)
+        super().shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A failed TLS handshake (no or untrusted client certificate) or a dropped client:
+        # log the kind only; the default prints a traceback to stderr.
+        log.warning("inbox.connection_failed", url_host=str(client_address[0]))
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.1"
+    timeout = CONNECTION_TIMEOUT_SECONDS
+
+    def do_POST(self) -> None:
+        server = self.server
+        if server.path is not None and self.path != server.path:
+            self._answer(Answer(404, "not_found"), drain=True)
+            return
+        length_text = self.headers.get("Content-Length")
+        if length_text is None or not length_text.isdigit():
+            self._answer(Answer(411, "length_required"), close=True)
+            return
+        length = int(length_text)
+        if length > MAX_BODY_BYTES:
+            self._answer(Answer(413, "too_large"), close=True)
+            return
+        body = self.rfile.read(length)
+        if server.fault is not None:
+            status = server.fault()
+            if status is not None:
+                self._answer(Answer(status, "injected_fault"))
+                return
+        answer = server.inbox.receive(
+            body,
+            content_type=self.headers.get("Content-Type"),
+            idempotency_key=self.headers.get("Idempotency-Key"),
+        )
+        level = log.info if answer.status < 400 else log.warning
+        level(
+            "inbox.answered", status=answer.status, reason=answer.code, message_id=answer.message_id
+        )
+        self._answer(answer)
+
+    def do_GET(self) -> None:
+        self._answer(Answer(405, "method_not_allowed"), drain=True)
+
+    def _answer(self, answer: Answer, *, close: bool = False, drain: bool = False) -> None:
+        if drain:
+            length = self.headers.get("Content-Length")
+            if length and length.isdigit() and int(length) <= MAX_BODY_BYTES:
+                self.rfile.read(int(length))
+            else:
+                close = True
+        body = answer.body()
+        self.send_response(answer.status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        if answer.status == 503:
+            self.send_header("Retry-After", "1")
+        if close:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Silence the default access log; answers are logged as structured events."""
+
+
+class InboxServer:
+    """The HTTPS endpoint around a ReferralInbox; start and stop it as often as a test likes."""
+
+    def __init__(
+        self,
+        inbox: ReferralInbox,
+        *,
+        certfile: Path,
+        keyfile: Path,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        client_ca: Path | None = None,
+        path: str | None = None,
+        fault: Callable[[], int | None] | None = None,
+    ) -> None:
+        self.inbox = inbox
+        self.host = host
+        self.port = port
+        self.path = path
+        #: Test hook: called per request; a status it returns is answered instead of storing.
+        self.fault = fault
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(str(certfile), str(keyfile))
+        if client_ca is not None:
+            context.verify_mode = ssl.CERT_REQUIRED
+            context.load_verify_locations(cafile=str(client_ca))
+        self._context = context
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"https://{self.host}:{self.port}{self.path or '/referrals'}"
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
+    def start(self) -> None:
+        """Listen (port 0 picks a free port, kept across restarts) and serve in a thread."""
+        if self._server is not None:
+            return
+        server = _Server((self.host, self.port), _Handler, bind_and_activate=False)
+        server.allow_reuse_address = True
+        server.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.server_bind()
+        server.server_activate()
+        # The handshake happens in the handler thread, so one slow client cannot stall accept().
+        server.socket = self._context.wrap_socket(
+            server.socket, server_side=True, do_handshake_on_connect=False
+        )
+        server.inbox = self.inbox
+        server.path = self.path
+        server.fault = self._fault
+        server.connections = set()
+        server.connections_lock = threading.Lock()
+        self.port = int(server.server_address[1])
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self._thread.start()
+        log.info("inbox.listening", url_host=f"{self.host}:{self.port}")
+
+    def stop(self) -> None:
+        """Stop listening and cut every open connection, as a crashed or stopped server would."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        with server.connections_lock:
+            connections = list(server.connections)
+        for connection in connections:
+            with contextlib.suppress(OSError):  # already closed by its client
+                connection.shutdown(socket.SHUT_RDWR)
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        log.info("inbox.stopped", url_host=f"{self.host}:{self.port}")
+
+    def _fault(self) -> int | None:
+        return self.fault() if self.fault is not None else None
+
+
+def _code(exc: SealingError) -> str:
+    """`UnknownKeyError` -> `unknown_key`: a stable, PII-free refusal reason."""
+    name = type(exc).__name__.removesuffix("Error")
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in name).lstrip("_")
+
+
+def _kid(token: str) -> str:
+    """The kid in a JWE compact token's protected header (open_event has checked it)."""
+    segment = token.split(".")[0]
+    header = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+    return str(header.get("kid", ""))

@@ -1,0 +1,155 @@
+"""The delivery engine's small parts, alone: backoff, circuit breaker, HTTP answers, AMQP errors."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from referral_bridge.delivery import (
+    AmqpRoute,
+    CircuitBreaker,
+    CircuitState,
+    DeliveryRejectedError,
+    TransientDeliveryError,
+    park_delay,
+)
+from referral_bridge.delivery.https import classify, parse_retry_after
+from referral_bridge.ledger import OutboxMessage
+from tests.fakes import FakeClock, RecordingPublisher
+
+NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
+
+
+class TestParkDelay:
+    def test_the_first_parking_waits_the_initial_delay(self) -> None:
+        assert park_delay(1, initial=30, maximum=3600) == 30
+
+    def test_each_parking_doubles_the_wait(self) -> None:
+        assert [park_delay(n, initial=30, maximum=3600) for n in (1, 2, 3, 4)] == [
+            30,
+            60,
+            120,
+            240,
+        ]
+
+    def test_the_wait_never_exceeds_the_maximum(self) -> None:
+        assert park_delay(40, initial=30, maximum=3600, jitter=0.5, rand=lambda: 1.0) == 3600
+
+    def test_jitter_adds_at_most_its_fraction(self) -> None:
+        assert park_delay(
+            1, initial=100, maximum=3600, jitter=0.1, rand=lambda: 1.0
+        ) == pytest.approx(110)
+
+
+class TestCircuitBreaker:
+    def make(self, clock: FakeClock) -> CircuitBreaker:
+        return CircuitBreaker(failures=3, open_for=timedelta(seconds=60), clock=clock.now)
+
+    def test_it_opens_after_the_configured_consecutive_failures(self) -> None:
+        breaker = self.make(FakeClock(NOW))
+
+        opened = [breaker.record_failure() for _ in range(3)]
+
+        assert opened == [False, False, True]
+        assert breaker.state is CircuitState.OPEN
+        assert not breaker.allows()
+
+    def test_a_success_resets_the_count(self) -> None:
+        breaker = self.make(FakeClock(NOW))
+        breaker.record_failure()
+        breaker.record_failure()
+        breaker.record_success()
+
+        assert not breaker.record_failure()
+
+    def test_it_half_opens_for_a_probe_after_the_open_period(self) -> None:
+        clock = FakeClock(NOW)
+        breaker = self.make(clock)
+        for _ in range(3):
+            breaker.record_failure()
+
+        clock.advance(timedelta(seconds=60))
+
+        assert breaker.state is CircuitState.HALF_OPEN
+        assert breaker.allows()
+
+    def test_a_failed_probe_opens_it_for_another_full_period(self) -> None:
+        clock = FakeClock(NOW)
+        breaker = self.make(clock)
+        for _ in range(3):
+            breaker.record_failure()
+        clock.advance(timedelta(seconds=61))
+
+        assert breaker.record_failure()
+        clock.advance(timedelta(seconds=59))
+        assert breaker.state is CircuitState.OPEN
+
+    def test_a_successful_probe_closes_it(self) -> None:
+        clock = FakeClock(NOW)
+        breaker = self.make(clock)
+        for _ in range(3):
+            breaker.record_failure()
+        clock.advance(timedelta(seconds=61))
+
+        assert breaker.record_success()
+        assert breaker.state is CircuitState.CLOSED
+
+
+class TestHttpAnswers:
+    @pytest.mark.parametrize("status", [200, 201, 202, 204, 409])
+    def test_2xx_and_409_mean_delivered(self, status: int) -> None:
+        classify(status, None, "p")
+
+    @pytest.mark.parametrize("status", [400, 401, 403, 404, 410, 413, 415, 422])
+    def test_other_4xx_mean_rejected(self, status: int) -> None:
+        with pytest.raises(DeliveryRejectedError) as caught:
+            classify(status, None, "p")
+        assert caught.value.code == f"http_{status}"
+
+    @pytest.mark.parametrize("status", [408, 429, 500, 502, 503, 504, 302])
+    def test_5xx_429_408_and_redirects_are_transient(self, status: int) -> None:
+        with pytest.raises(TransientDeliveryError):
+            classify(status, None, "p")
+
+    def test_a_429_carries_its_retry_after(self) -> None:
+        with pytest.raises(TransientDeliveryError) as caught:
+            classify(429, "120", "p")
+        assert caught.value.retry_after == 120.0
+
+    def test_retry_after_as_an_http_date_is_read(self) -> None:
+        assert parse_retry_after("Mon, 23 Nov 2026 10:01:00 GMT", now=NOW) == 60.0
+
+    def test_an_unreadable_retry_after_is_ignored(self) -> None:
+        assert parse_retry_after("soon", now=NOW) is None
+
+
+MESSAGE = OutboxMessage(
+    message_id="m-1",
+    event_id="e-1",
+    kind="referral",
+    exchange="victim-services.referrals",
+    routing_key="lancashire-victim-services",
+    headers={},
+    body=b"{}",
+    provider="lancashire-victim-services",
+)
+
+
+class TestAmqpRoute:
+    def test_it_publishes_mandatory_to_the_messages_exchange_and_routing_key(self) -> None:
+        publisher = RecordingPublisher()
+
+        AmqpRoute(publisher).deliver(MESSAGE)
+
+        [sent] = publisher.sent
+        assert (sent.exchange, sent.routing_key, sent.message_id) == (
+            "victim-services.referrals",
+            "lancashire-victim-services",
+            "m-1",
+        )
+
+    def test_a_broker_refusal_is_transient(self) -> None:
+        with pytest.raises(TransientDeliveryError) as caught:
+            AmqpRoute(RecordingPublisher(fail_times=1)).deliver(MESSAGE)
+        assert caught.value.code == "publish_refused"
