@@ -98,7 +98,7 @@ class ProviderSection(_Section):
 
 
 class DeliverySection(_Section):
-    """Retries that never block other work (issue #3)."""
+    """Retries that never block other work: in place first, then parked in the ledger."""
 
     #: Quick attempts in place before a delivery is parked.
     attempts_in_place: Annotated[int, Field(ge=1, le=10)] = 3
@@ -111,7 +111,7 @@ class DeliverySection(_Section):
 
 
 class MetricsSection(_Section):
-    """Prometheus metrics and health endpoints (issue #4)."""
+    """Prometheus metrics and the health endpoints."""
 
     #: host:port for /metrics, /healthz and /readyz; empty disables the endpoint.
     listen: str = "127.0.0.1:9464"

@@ -405,7 +405,7 @@ class LedgerTransaction:
             )
         )
 
-    # --- delivery (issue 3) -------------------------------------------------------------------
+    # --- delivery to providers -------------------------------------------------------------------
 
     def has_action(self, message_id: str) -> bool:
         """Whether an action with this message id is recorded (fallback tasks are issued once)."""
@@ -584,7 +584,7 @@ class Ledger:
         except OperationalError as exc:
             raise LedgerUnavailableError(_describe(exc, self.engine)) from None
 
-    # --- delivery (issue 3) -------------------------------------------------------------------
+    # --- delivery to providers -------------------------------------------------------------------
 
     def due_deliveries(
         self,
