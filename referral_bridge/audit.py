@@ -4,14 +4,15 @@ It answers a data protection officer's question "who was told what about this pe
 the daemon appends a record when it hands over a referral or withdrawal (ledger/store.py), and the
 operator tools append one before revealing a dead letter and for each dead letter they purge.
 
-Records are only ever inserted: nothing in this module updates or deletes them. They hold ids
+Records are only ever inserted: nothing in this module updates or deletes them, and database
+triggers (ledger/migrations.py) refuse UPDATE and DELETE on `rb_audit` from anyone. They hold ids
 (case, victim, message), provider names, consent facts and PII-free free text, never names.
 """
 
 from __future__ import annotations
 
-import getpass
 import os
+import pwd
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -26,6 +27,7 @@ from referral_bridge.logging import scrub
 
 __all__ = [
     "DEAD_LETTER_PURGED",
+    "DEAD_LETTER_PURGE_FAILED",
     "DEAD_LETTER_REVEALED",
     "AuditQuery",
     "AuditRecord",
@@ -35,8 +37,10 @@ __all__ = [
 
 #: An operator saw a dead letter's original body (`dlq show --reveal`).
 DEAD_LETTER_REVEALED = "dead_letter_revealed"
-#: An operator deleted a dead letter (`dlq purge`).
+#: An operator deleted a dead letter (`dlq purge`); recorded just before the removal.
 DEAD_LETTER_PURGED = "dead_letter_purged"
+#: The removal after a DEAD_LETTER_PURGED record failed: the dead letter is still queued.
+DEAD_LETTER_PURGE_FAILED = "dead_letter_purge_failed"
 
 _MAX_ACTOR = 200
 _MAX_DETAIL = 1000
@@ -152,14 +156,22 @@ class AuditTrail:
 
 
 def operator_name() -> str:
-    """Who is running an operator tool: $SUDO_USER behind sudo, else the login name."""
-    sudo_user = os.environ.get("SUDO_USER", "").strip()
-    if sudo_user:
-        return sudo_user
+    """Who is running an operator tool: the real user's login name, plus who ran sudo.
+
+    The name comes from the password database for the real uid, not from LOGNAME or USER, which
+    anyone can set. Behind sudo that is root (or the target user), and `SUDO_USER`, which sudo
+    sets, is appended as "(sudo by NAME)": an environment variable, so a claim recorded beside
+    the uid's own name rather than in its place.
+    """
+    uid = os.getuid()
     try:
-        return getpass.getuser()
-    except (OSError, KeyError):  # no passwd entry and no LOGNAME/USER: still record something
-        return f"uid {os.getuid()}"
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:  # no passwd entry (e.g. an arbitrary uid in a container)
+        name = f"uid {uid}"
+    sudo_user = "".join(c for c in os.environ.get("SUDO_USER", "") if c.isprintable()).strip()
+    if sudo_user:
+        return f"{name} (sudo by {sudo_user[:64]})"
+    return name
 
 
 def _row(record: AuditRecord) -> dict[str, Any]:

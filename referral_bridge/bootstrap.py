@@ -41,7 +41,7 @@ from referral_bridge.sealing import (
 )
 from referral_bridge.sealing.rotation import load_signing_key
 from referral_bridge.service import ReferralService, Routes
-from referral_bridge.settings import Settings
+from referral_bridge.settings import ProviderSection, Settings
 from referral_bridge.transport.embedded import BrokerSpec, broker_spec
 from referral_bridge.transport.publisher import Publisher
 from referral_bridge.transport.topology import Topology
@@ -155,17 +155,19 @@ class Bridge:
 
 
 def provider_routes(
-    settings: Settings, publisher: Publisher, topology: Topology
+    settings: Settings, publisher: Publisher, topology: Topology, *, force: Route | None = None
 ) -> dict[str, Route]:
     """One route per provider: HTTPS, AMQP on its own broker, or AMQP on the force broker.
 
-    Nothing connects here: clients and broker connections open on first use.
+    `force` is the force-broker route to share (also the engine's default); one is built if not
+    given. Nothing connects here: clients and broker connections open on first use.
     """
-    force = AmqpRoute(publisher, name="amqp-force")
+    force = force or AmqpRoute(publisher, name="amqp-force")
     routes: dict[str, Route] = {}
     for provider_id, provider in settings.providers.items():
         if provider.delivery == "https":
             assert provider.url is not None  # ProviderSection validates this
+            _warn_if_retries_clamped(settings, provider_id)
             try:
                 routes[provider_id] = HttpsRoute.build(
                     provider=provider_id,
@@ -186,13 +188,41 @@ def provider_routes(
                 ) from None
         elif provider.broker_url:
             routes[provider_id] = AmqpRoute(
-                ReferralsBrokerPublisher(provider.broker_url, exchange=topology.referrals_exchange),
+                ReferralsBrokerPublisher(
+                    provider.broker_url,
+                    exchange=topology.referrals_exchange,
+                    ca_bundle=provider.broker_ca_bundle,
+                ),
                 name="amqp-provider",
                 owns_publisher=True,
             )
         else:
             routes[provider_id] = force
     return routes
+
+
+def _warn_if_retries_clamped(settings: Settings, provider_id: str) -> None:
+    """Say at start-up when a provider's in-place retries cannot all fit in a delivery pass.
+
+    They are not refused: the pass budget clamps them at run time (a retry starts only if a whole
+    attempt still fits), so a stalled provider is parked after one attempt, and a fast failure
+    (connection refused, 503) is still retried in place.
+    """
+    provider = settings.providers[provider_id]
+    attempt = provider.connect_timeout_seconds + provider.read_timeout_seconds
+    attempts = settings.delivery.attempts_in_place
+    budget = ProviderSection.ATTEMPT_LIMIT_SECONDS
+    if attempts * attempt > budget:
+        # Expected with the defaults and harmless: informative, not a warning.
+        log.info(
+            "delivery.in_place_retries_clamped",
+            provider=provider_id,
+            attempts_in_place=attempts,
+            attempt_s=attempt,
+            budget_s=budget,
+            detail="a retry in place starts only if a whole attempt fits in the pass budget; "
+            "a timed-out delivery is parked at once",
+        )
 
 
 def validate(settings: Settings) -> tuple[Policy, Keys]:
@@ -234,7 +264,8 @@ def build(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -> Bri
     topology = topology_of(settings)
     publisher = Publisher(broker, topology)
     # Before the ledger opens: a bad CA bundle or client certificate is a ConfigError.
-    routes = provider_routes(settings, publisher, topology)
+    force = AmqpRoute(publisher, name="amqp-force")
+    routes = provider_routes(settings, publisher, topology, force=force)
     try:
         ledger = Ledger.open(settings.ledger_url)
     except BaseException:
@@ -244,7 +275,7 @@ def build(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -> Bri
     metrics = BridgeMetrics()
     delivery = DeliveryEngine(
         ledger=ledger,
-        default_route=AmqpRoute(publisher, name="amqp-force"),
+        default_route=force,
         routes=routes,
         policy=DeliveryPolicy.from_settings(settings.delivery),
         clock=clock,

@@ -343,12 +343,16 @@ class DeadLetterQueue:
         selection: DeadLetterFilter,
         *,
         before_remove: Callable[[DeadLetterMessage], None],
+        on_remove_failed: Callable[[DeadLetterMessage], None] | None = None,
         dry_run: bool = False,
         on_progress: Progress | None = None,
     ) -> PurgeReport:
         """Remove the matching dead letters for good, calling `before_remove` first for each.
 
         `before_remove` writes the audit record; if it raises, that message and the rest stay.
+        The record comes first so that nothing is ever removed unaudited; if the removal then
+        fails (the broker went away: the message stays queued), `on_remove_failed` records that,
+        so the trail does not claim a purge that did not happen, and the error propagates.
         Raises DeadLetterNotFoundError, before doing anything, if an id in `selection` is unknown.
         """
         with self.session() as session:
@@ -360,7 +364,13 @@ class DeadLetterQueue:
             gone: list[str] = []
             for done, letter in enumerate(selected, start=1):
                 before_remove(letter)
-                if session.remove(letter):
+                try:
+                    removed = session.remove(letter)
+                except Exception:
+                    if on_remove_failed is not None:
+                        self._record_failed_removal(on_remove_failed, letter)
+                    raise
+                if removed:
                     purged.append(letter.id)
                     log.info("dlq.purged", message_id=letter.id, reason=letter.reason)
                 else:
@@ -369,6 +379,21 @@ class DeadLetterQueue:
                     on_progress(done, len(selected))
             return PurgeReport(
                 selected=tuple(selected), purged=tuple(purged), already_gone=tuple(gone)
+            )
+
+    @staticmethod
+    def _record_failed_removal(
+        record: Callable[[DeadLetterMessage], None], letter: DeadLetterMessage
+    ) -> None:
+        try:
+            record(letter)
+        except Exception as exc:
+            # The removal's own error is what the operator must see; this one is logged, and the
+            # trail then holds a purge record for a message still queued (`dlq list` shows it).
+            log.error(
+                "dlq.purge_failure_not_audited",
+                message_id=letter.id,
+                error_type=type(exc).__name__,
             )
 
     def _republish(self, publisher: Publisher, letter: DeadLetterMessage) -> None:
@@ -474,11 +499,16 @@ class _AmqpSession:
             return False
         try:
             message.ack()
-        except (OperationalError, *self._connection.connection_errors) as exc:
+        except (
+            OperationalError,
+            *self._connection.connection_errors,
+            # e.g. RabbitMQ's consumer timeout closed the channel under a long session.
+            *self._connection.channel_errors,
+        ) as exc:
             raise BrokerUnavailableError(
-                f"lost the broker at {self._spec.display_url} while removing a dead letter; it "
-                "is back on the dead-letter queue (if it was replayed too, replaying it again "
-                "is harmless)"
+                f"lost the broker or the channel at {self._spec.display_url} while removing a "
+                "dead letter; it is back on the dead-letter queue (if it was replayed too, "
+                "replaying it again is harmless). Run the command again"
             ) from exc
         return True
 

@@ -7,18 +7,28 @@ the models:
 
 - under a personal field, every value except null is masked (strings, numbers and booleans
   alike), keeping only the shape: object keys that are contract field names, list lengths;
-- a value is shown only where the models positively say the field is not personal and the value
-  is a scalar where a scalar is expected;
+- a value is shown only where the models positively say the field is not personal *and* the value
+  is valid for that field's own type: an enum or literal member, a `Ref` matching its pattern, an
+  RFC 3339 timestamp, a boolean, a small whole number, or, for a field typed as plain text, one
+  code-like token (no spaces; see `_CODE_LIKE`). A body that fails validation is exactly one whose
+  producer may have put a name or a phone number in the wrong field, so a value that does not fit
+  its field is masked (`MASKED_INVALID`), and so is free text with spaces (`MASKED_FREE_TEXT`),
+  which can name anyone. `offence.label` (`FREE_TEXT_FIELDS`) is masked whatever it holds: it is
+  the force's description, not victim data, but it is text by design and a misplaced surname
+  would be one word; `ho_class` and `category` identify the offence, and the detail header
+  names the failing field;
 - anything the models do not know (extra fields of a body that fails validation, `data` of an
   unknown event type, an object where a string was expected) is masked as if it were personal;
-- object keys that do not look like contract field names are masked too, because a producer could
-  put personal data in a key by mistake (the same rule as the dead-letter detail's, parsing.py).
+- object keys the contract does not define are masked too (`[masked key N]`), extra flag names
+  included, because a producer could put personal data in a key by mistake;
+- nesting deeper than `MAX_DEPTH` is masked whole, so a hostile body cannot exhaust the stack.
 
 A body that is not UTF-8 JSON cannot be walked and is described by its size and SHA-256 only.
 """
 
 from __future__ import annotations
 
+import enum
 import functools
 import hashlib
 import json
@@ -26,9 +36,11 @@ import re
 import types
 import typing
 from dataclasses import dataclass, field
+from datetime import date, datetime
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic.fields import FieldInfo
 
 from referral_bridge.core.events import (
     DATA_MODELS,
@@ -36,14 +48,22 @@ from referral_bridge.core.events import (
     ConsentUpdated,
     EventType,
     Needs,
+    Offence,
     Officer,
     Victim,
     VictimConsent,
 )
+from referral_bridge.logging import scrub
 
 __all__ = [
+    "FREE_TEXT_FIELDS",
     "MASKED",
+    "MASKED_FREE_TEXT",
+    "MASKED_INVALID",
+    "MASKED_LOOKS_PERSONAL",
+    "MASKED_TOO_DEEP",
     "MASKED_UNKNOWN",
+    "MAX_DEPTH",
     "PERSONAL_FIELDS",
     "MaskedBody",
     "is_personal",
@@ -55,6 +75,16 @@ __all__ = [
 MASKED = "[masked: personal]"
 #: What a value the contract does not describe is shown as (it might be personal).
 MASKED_UNKNOWN = "[masked: not in the contract]"
+#: A value in a non-personal field that is not valid for that field (it might be misplaced data).
+MASKED_INVALID = "[masked: not valid for this field]"
+#: Free text (more than one code-like token) in a non-personal field: it could name anyone.
+MASKED_FREE_TEXT = "[masked: free text]"
+#: A value that fits its field but looks like an e-mail, phone number, postcode, date or number.
+MASKED_LOOKS_PERSONAL = "[masked: looks personal]"
+#: Whatever lies deeper than MAX_DEPTH levels.
+MASKED_TOO_DEEP = "[masked: nested too deep]"
+#: Levels of nesting walked; the contract needs fewer than ten.
+MAX_DEPTH = 32
 
 #: Every personal field of an inbound event, as (model, field name); everything below it is masked.
 PERSONAL_FIELDS: frozenset[tuple[type[BaseModel], str]] = frozenset(
@@ -74,8 +104,14 @@ PERSONAL_FIELDS: frozenset[tuple[type[BaseModel], str]] = frozenset(
     }
 )
 
-# The same rule as parsing.py's for locations: a key is shown only if it looks like a field name.
-_SAFE_KEY = re.compile(r"[a-z_][a-z0-9_-]{0,39}")
+#: Non-personal fields that are descriptive text by design: masked whatever their shape, since
+#: even one word there could be a misplaced surname (the other plain-text fields hold codes).
+FREE_TEXT_FIELDS: frozenset[tuple[type[BaseModel], str]] = frozenset({(Offence, "label")})
+
+#: A plain-text value is shown only as one token like an id, code or URN: no spaces, no '@'.
+_CODE_LIKE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/+-]{0,199}")
+#: Whole numbers are shown only below this: a phone number or a date as digits is longer.
+_MAX_SHOWN_NUMBER = 1_000_000
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -99,9 +135,10 @@ def mask_body(body: bytes) -> MaskedBody:
     size, digest = len(body), hashlib.sha256(body).hexdigest()
     try:
         document = json.loads(body.decode("utf-8"))
+        masked = mask_document(document)
     except (UnicodeDecodeError, ValueError, RecursionError):
         return MaskedBody(size=size, sha256=digest)
-    return MaskedBody(size=size, sha256=digest, document=mask_document(document), is_json=True)
+    return MaskedBody(size=size, sha256=digest, document=masked, is_json=True)
 
 
 def mask_document(document: Any) -> Any:
@@ -111,24 +148,28 @@ def mask_document(document: Any) -> Any:
     masked whole when the type is not one the bridge knows.
     """
     if not isinstance(document, dict):
-        return _mask_subtree(document, MASKED_UNKNOWN)
+        return _mask_subtree(document, MASKED_UNKNOWN, 0)
     event_type = document.get("type")
     data_model: type[BaseModel] | None = None
     if isinstance(event_type, str) and event_type in {t.value for t in EventType}:
         data_model = DATA_MODELS[EventType(event_type)]
-    masked = _mask_model(document, CloudEvent, skip=frozenset({"data"}))
+    masked = _mask_model(document, CloudEvent, 0, skip=frozenset({"data"}))
     if "data" in document:
         data = document["data"]
         masked["data"] = (
-            _mask_value(data, data_model)
+            _mask_value(data, data_model, 1)
             if data_model is not None
-            else _mask_subtree(data, MASKED_UNKNOWN)
+            else _mask_subtree(data, MASKED_UNKNOWN, 1)
         )
     return masked
 
 
 def _mask_model(
-    value: dict[str, Any], model: type[BaseModel], *, skip: frozenset[str] = frozenset()
+    value: dict[str, Any],
+    model: type[BaseModel],
+    depth: int,
+    *,
+    skip: frozenset[str] = frozenset(),
 ) -> dict[str, Any]:
     fields = model.model_fields
     extra = _extra_annotation(model)
@@ -139,63 +180,85 @@ def _mask_model(
             continue
         info = fields.get(key)
         if info is not None:
-            masked[key] = (
-                _mask_subtree(item, MASKED)
-                if is_personal(model, key)
-                else _mask_value(item, info.annotation)
-            )
+            if is_personal(model, key):
+                masked[key] = _mask_subtree(item, MASKED, depth + 1)
+            elif (model, key) in FREE_TEXT_FIELDS and item is not None:
+                masked[key] = _mask_subtree(item, MASKED_FREE_TEXT, depth + 1)
+            else:
+                masked[key] = _mask_value(item, _field_annotation(info), depth + 1)
             continue
-        shown_key = key if _SAFE_KEY.fullmatch(key) else None
-        if shown_key is None:
-            hidden_keys += 1
-            shown_key = f"[masked key {hidden_keys}]"
-        # Extra fields the model allows (flags) are typed; any other extra field is unknown.
-        masked[shown_key] = (
-            _mask_value(item, extra) if extra is not None else _mask_subtree(item, MASKED_UNKNOWN)
+        # A key the model does not define: its name could be data (e.g. an extra flag's name).
+        hidden_keys += 1
+        masked[f"[masked key {hidden_keys}]"] = (
+            _mask_value(item, extra, depth + 1)
+            if extra is not None
+            else _mask_subtree(item, MASKED_UNKNOWN, depth + 1)
         )
     return masked
 
 
-def _mask_value(value: Any, annotation: Any) -> Any:
+def _mask_value(value: Any, annotation: Any, depth: int) -> Any:
     """Show `value` only as far as `annotation` (a non-personal field's type) vouches for it."""
-    annotation = _strip_annotated(annotation)
     if value is None:
         return None
-    origin = typing.get_origin(annotation)
+    if depth > MAX_DEPTH:
+        return MASKED_TOO_DEEP
+    bare = _strip_annotated(annotation)
+    origin = typing.get_origin(bare)
     if origin in (Union, types.UnionType):
-        alternatives = [a for a in typing.get_args(annotation) if a is not type(None)]
+        alternatives = [a for a in typing.get_args(bare) if a is not type(None)]
         if len(alternatives) == 1:
-            return _mask_value(value, alternatives[0])
-        if any(_is_scalar_type(a) and _fits(value, a) for a in alternatives):
-            return value
-        return _mask_subtree(value, MASKED_UNKNOWN)
+            return _mask_value(value, alternatives[0], depth)
+        for alternative in alternatives:
+            if _is_scalar_type(alternative) and _valid(value, alternative):
+                return _scalar(value, alternative)
+        return _mask_subtree(value, MASKED_UNKNOWN, depth)
     if origin in (tuple, list, frozenset, set):
-        args = [a for a in typing.get_args(annotation) if a is not Ellipsis]
+        args = [a for a in typing.get_args(bare) if a is not Ellipsis]
         if not isinstance(value, list) or len(args) != 1:
-            return _mask_subtree(value, MASKED_UNKNOWN)
-        return [_mask_value(item, args[0]) for item in value]
+            return _mask_subtree(value, MASKED_UNKNOWN, depth)
+        return [_mask_value(item, args[0], depth + 1) for item in value]
     if origin is dict:
-        _, item_type = typing.get_args(annotation)
+        _, item_type = typing.get_args(bare)
         if not isinstance(value, dict):
-            return _mask_subtree(value, MASKED_UNKNOWN)
-        return _mask_mapping(value, lambda item: _mask_value(item, item_type))
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            return _mask_subtree(value, MASKED_UNKNOWN, depth)
+        return _mask_mapping(value, lambda item: _mask_value(item, item_type, depth + 1))
+    if isinstance(bare, type) and issubclass(bare, BaseModel):
         if not isinstance(value, dict):
-            return _mask_subtree(value, MASKED_UNKNOWN)
-        return _mask_model(value, annotation)
-    if _is_scalar_type(annotation) and _fits(value, annotation):
+            return _mask_subtree(value, MASKED_UNKNOWN, depth)
+        return _mask_model(value, bare, depth)
+    if not _is_scalar_type(bare) or isinstance(value, dict | list):
+        return _mask_subtree(value, MASKED_UNKNOWN, depth)
+    return _scalar(value, annotation)
+
+
+def _scalar(value: Any, annotation: Any) -> Any:
+    """A JSON scalar in a non-personal field: the value if it fits the field and looks safe."""
+    if not _valid(value, annotation):
+        return MASKED_INVALID
+    if isinstance(value, bool):
         return value
-    return _mask_subtree(value, MASKED_UNKNOWN)
+    if isinstance(value, int | float):
+        return value if abs(value) < _MAX_SHOWN_NUMBER else MASKED_LOOKS_PERSONAL
+    if not isinstance(value, str):
+        return MASKED_INVALID
+    if _is_closed_set_or_time(annotation):
+        return value  # an enum or literal member, or a timestamp: nothing else validates
+    if not _CODE_LIKE.fullmatch(value):
+        return MASKED_FREE_TEXT if _is_plain_text(annotation) else MASKED_LOOKS_PERSONAL
+    return value if scrub(value) == value else MASKED_LOOKS_PERSONAL
 
 
-def _mask_subtree(value: Any, label: str) -> Any:
-    """Mask every value below here except null; keep the shape (safe keys, list lengths)."""
+def _mask_subtree(value: Any, label: str, depth: int) -> Any:
+    """Mask every value below here except null; keep the shape (contract keys, list lengths)."""
     if value is None:
         return None
+    if depth > MAX_DEPTH:
+        return MASKED_TOO_DEEP
     if isinstance(value, list):
-        return [_mask_subtree(item, label) for item in value]
+        return [_mask_subtree(item, label, depth + 1) for item in value]
     if isinstance(value, dict):
-        return _mask_mapping(value, lambda item: _mask_subtree(item, label))
+        return _mask_mapping(value, lambda item: _mask_subtree(item, label, depth + 1))
     return label
 
 
@@ -203,11 +266,18 @@ def _mask_mapping(value: dict[str, Any], mask: typing.Callable[[Any], Any]) -> d
     masked: dict[str, Any] = {}
     hidden_keys = 0
     for key, item in value.items():
-        if not _SAFE_KEY.fullmatch(key):
+        if key not in _contract_field_names():
             hidden_keys += 1
             key = f"[masked key {hidden_keys}]"
         masked[key] = mask(item)
     return masked
+
+
+def _field_annotation(info: FieldInfo) -> Any:
+    """A field's type with its constraints: pydantic moves them from the annotation to metadata."""
+    if not info.metadata:
+        return info.annotation
+    return Annotated[(info.annotation, *info.metadata)]
 
 
 def _strip_annotated(annotation: Any) -> Any:
@@ -216,15 +286,54 @@ def _strip_annotated(annotation: Any) -> Any:
     return annotation
 
 
-def _fits(value: Any, annotation: Any) -> bool:
-    """Whether a JSON scalar is of the kind a scalar field expects (a string is not a flag)."""
-    annotation = _strip_annotated(annotation)
-    if annotation is bool:
-        return isinstance(value, bool)
-    if annotation in (int, float):
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    # Strings, enums, dates, timestamps and literals all arrive as JSON strings.
-    return isinstance(value, str)
+def _valid(value: Any, annotation: Any) -> bool:
+    """Whether a JSON scalar validates against a field's own type and constraints.
+
+    As the bridge validates a body (parsing.py): the parsed JSON in pydantic's Python mode.
+    """
+    adapter = _adapter(annotation)
+    if adapter is None:
+        return False
+    try:
+        adapter.validate_python(value)
+    except (ValidationError, ValueError, TypeError):
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_adapter(annotation: Any) -> TypeAdapter[Any] | None:
+    try:
+        return TypeAdapter(annotation)
+    except Exception:  # a type pydantic cannot validate on its own: show nothing of it
+        return None
+
+
+def _adapter(annotation: Any) -> TypeAdapter[Any] | None:
+    try:
+        return _cached_adapter(annotation)
+    except TypeError:  # unhashable metadata: build it each time (rare, and only in the CLI)
+        return _cached_adapter.__wrapped__(annotation)
+
+
+def _is_plain_text(annotation: Any) -> bool:
+    """A `str` field with no pattern: its values are free text unless proven otherwise."""
+    if _strip_annotated(annotation) is not str:
+        return False
+    return not any(getattr(m, "pattern", None) for m in _metadata(annotation))
+
+
+def _is_closed_set_or_time(annotation: Any) -> bool:
+    bare = _strip_annotated(annotation)
+    if typing.get_origin(bare) is Literal:
+        return True
+    return isinstance(bare, type) and issubclass(bare, enum.Enum | datetime | date)
+
+
+def _metadata(annotation: Any) -> tuple[Any, ...]:
+    if typing.get_origin(annotation) is Annotated:
+        return tuple(typing.get_args(annotation)[1:])
+    return ()
 
 
 def _is_scalar_type(annotation: Any) -> bool:
@@ -248,3 +357,27 @@ def _extra_annotation(model: type[BaseModel]) -> Any:
     if typing.get_origin(extra) is dict:
         return typing.get_args(extra)[1]
     return Any
+
+
+@functools.cache
+def _contract_field_names() -> frozenset[str]:
+    """Every field name of the inbound models: the only object keys shown where no model applies."""
+    names: set[str] = set()
+    pending: list[type[BaseModel]] = [CloudEvent, *DATA_MODELS.values()]
+    seen: set[type[BaseModel]] = set()
+    while pending:
+        model = pending.pop()
+        if model in seen:
+            continue
+        seen.add(model)
+        for name, info in model.model_fields.items():
+            names.add(name)
+            pending += _models_in(info.annotation)
+    return frozenset(names)
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    annotation = _strip_annotated(annotation)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in typing.get_args(annotation) for m in _models_in(arg)]

@@ -2,8 +2,9 @@
 
 It shows the provider's side of contract §4 working end to end: it verifies each referral's
 signature against the force's public key set, decrypts it with the provider's own key set
-(chosen by `kid`), drops repeats by id (409), and stores each accepted referral durably in
-SQLite *as the sealed token* before answering 201. Plain text reaches the disk only when
+(chosen by `kid`), checks that the signed payload is addressed to this provider and matches the
+(unsigned) envelope's type and id, drops repeats by id (409), and stores each accepted referral
+durably in SQLite *as the sealed token* before answering 201. Plain text reaches the disk only when
 `store_plaintext` is asked for. Answers: 201 accepted, 409 already held, 4xx refused for good
 (the bridge then gives the officer a leaflet task), 503 when it cannot store right now.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import os
 import socket
 import sqlite3
 import ssl
@@ -26,6 +28,7 @@ from typing import Any
 
 import structlog
 
+from referral_bridge.core import ids
 from referral_bridge.sealing import KeySet, SealingError, open_event
 
 log = structlog.get_logger("referral_bridge.provider_inbox")
@@ -90,12 +93,20 @@ class InboxStore:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute(_SCHEMA)
-        # The file holds sealed tokens (and plain text if asked): owner-only, like a key file.
-        self.path.chmod(0o600)
+        # The files hold sealed tokens (and plain text if asked): owner-only, like a key file.
+        # Created under umask 077, so the -wal and -shm files SQLite makes are 0600 from the
+        # start; files left by an older version are tightened.
+        previous = os.umask(0o077)
+        try:
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute(_SCHEMA)
+        finally:
+            os.umask(previous)
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                Path(f"{self.path}{suffix}").chmod(0o600)
 
     def add(self, record: InboxRecord) -> bool:
         """Store the record; False if a message with its id is already held."""
@@ -153,6 +164,7 @@ class ReferralInbox:
     def __init__(
         self,
         *,
+        provider: str,
         decryption_keys: KeySet,
         verification_keys: KeySet,
         store: InboxStore,
@@ -161,6 +173,8 @@ class ReferralInbox:
     ) -> None:
         if not decryption_keys.is_private:
             raise ValueError("the inbox needs the provider's private key set to decrypt")
+        #: This provider's id: a referral addressed to another provider is refused.
+        self.provider = provider
         self._decryption_keys = decryption_keys
         self._verification_keys = verification_keys
         self._store = store
@@ -195,12 +209,10 @@ class ReferralInbox:
         except SealingError as exc:
             # The error's class says what failed (unknown key, tampering, bad signature…).
             return Answer(400, _code(exc), message_id)
-        referral_id = payload.get("referral_id")
-        if not isinstance(referral_id, str):
-            return Answer(400, "no_referral_id", message_id)
-        if event_type == REFERRAL_CREATED and referral_id != message_id:
-            # The envelope is not signed; the signed payload's id is the one that counts.
-            return Answer(400, "id_mismatch", message_id)
+        refusal = self._check_payload(payload, event_type, message_id)
+        if refusal is not None:
+            return Answer(400, refusal, message_id)
+        referral_id = str(payload["referral_id"])
         token = str(event["data"])
         record = InboxRecord(
             message_id=message_id,
@@ -220,6 +232,34 @@ class ReferralInbox:
         if not added:
             return Answer(409, "duplicate", message_id)
         return Answer(201, "accepted", message_id)
+
+    def _check_payload(self, payload: Any, event_type: str, message_id: str) -> str | None:
+        """Why the signed payload does not fit the envelope or this provider, or None.
+
+        The envelope (type and id) is not signed, so it is checked against what is: a sealed
+        referral replayed as a withdrawal, or a referral another provider re-encrypted to us,
+        must be refused.
+        """
+        if not isinstance(payload, dict):
+            return "not_a_referral"
+        referral_id = payload.get("referral_id")
+        if not isinstance(referral_id, str) or not referral_id:
+            return "no_referral_id"
+        withdrawal_shape = "withdrawn_at" in payload and "victim" not in payload
+        if withdrawal_shape != (event_type == REFERRAL_WITHDRAWN):
+            return "type_mismatch"
+        # A referral names its provider (signed). A withdrawal (contract §4) names none: its id
+        # must be the withdrawal id of the referral it withdraws, which named this provider.
+        if (event_type == REFERRAL_CREATED or "provider" in payload) and payload.get(
+            "provider"
+        ) != self.provider:
+            return "wrong_provider"
+        expected_id = (
+            referral_id if event_type == REFERRAL_CREATED else ids.withdrawal_id(referral_id)
+        )
+        if message_id != expected_id:
+            return "id_mismatch"
+        return None
 
 
 class _Server(ThreadingHTTPServer):

@@ -36,10 +36,19 @@ class Scheduler:
         if self._monotonic() < self._next:
             return
         self._next = self._monotonic() + self._interval
-        try:
-            self._bridge.service.expire_holds()
-            self._bridge.service.issue_overdue_fallbacks()
-            self._bridge.service.flush(older_than=OUTBOX_GRACE)
-        except (LedgerUnavailableError, TransportError) as exc:
-            # Nothing is lost: holds and outbox rows stay in the ledger for the next tick.
-            log.warning("scheduler.deferred", error_type=type(exc).__name__)
+        service = self._bridge.service
+        steps: tuple[tuple[str, Callable[[], object]], ...] = (
+            ("expire_holds", service.expire_holds),
+            ("issue_overdue_fallbacks", service.issue_overdue_fallbacks),
+            ("flush", lambda: service.flush(older_than=OUTBOX_GRACE)),
+        )
+        # Each step on its own: one that fails must not skip the others, nor leave the idle
+        # callback (the consumer would re-raise it and the worker would exit, then crash-loop on
+        # the same row). Nothing is lost: holds and outbox rows stay for the next tick.
+        for name, step in steps:
+            try:
+                step()
+            except (LedgerUnavailableError, TransportError) as exc:
+                log.warning("scheduler.deferred", step=name, error_type=type(exc).__name__)
+            except Exception as exc:  # logged by type only: its text could hold anything
+                log.error("scheduler.step_failed", step=name, error_type=type(exc).__name__)

@@ -54,7 +54,11 @@ from referral_bridge.ledger import (
     OutboxMessage,
     RecordedAction,
 )
-from referral_bridge.ledger.store import PendingDelivery
+from referral_bridge.ledger.store import (
+    CANCELLED_NOTHING_TO_WITHDRAW,
+    CANCELLED_WITHDRAWN,
+    PendingDelivery,
+)
 from referral_bridge.metrics import BridgeMetrics
 from referral_bridge.transport.errors import TransportError
 from referral_bridge.verdicts import Ack, DeadLetter, InboundMessage, Retry, Verdict
@@ -196,12 +200,19 @@ class ReferralService:
                 provider=decision.provider,
             )
         # The event's effects are committed, outbox rows included: whatever delivery does now,
-        # the inbound message is done. A message not delivered here is parked in the ledger and
-        # the scheduler delivers it, so a provider that is down never holds the queue up.
+        # the inbound message is done and is acked. One attempt per row here, no retries in
+        # place: a row not delivered is parked and the scheduler delivers it, so a provider that
+        # is down or stalled never holds the queue up. Nothing raised by delivery may turn a
+        # committed event into a Retry (it would be redelivered and posted again, for ever).
         try:
-            sent = self.flush(event_id=event.id)
-        except (TransportError, LedgerUnavailableError) as exc:
-            bound.warning("delivery.deferred", error_type=type(exc).__name__)
+            sent = self.flush(event_id=event.id, retry_in_place=False)
+        except Exception as exc:
+            level = (
+                bound.warning
+                if isinstance(exc, (TransportError, LedgerUnavailableError))
+                else bound.error
+            )
+            level("delivery.deferred", error_type=type(exc).__name__)
             sent = 0
         bound.info(
             "event.processed", outcome=handled.result, case_ref=handled.matter_ref, count=sent
@@ -363,15 +374,25 @@ class ReferralService:
         except LedgerUnavailableError:
             log.warning("hold.postpone_failed", case_ref=case_ref)
 
-    def flush(self, *, event_id: str | None = None, older_than: timedelta | None = None) -> int:
+    def flush(
+        self,
+        *,
+        event_id: str | None = None,
+        older_than: timedelta | None = None,
+        retry_in_place: bool = True,
+    ) -> int:
         """Deliver due outbox rows (of one event, or all) and return how many were delivered.
 
         `older_than` leaves alone rows younger than it that were never tried (the worker that
         wrote them is delivering them); parked rows are delivered once due, whatever their age.
-        Route failures park rows rather than raise; LedgerUnavailableError may be raised.
+        `retry_in_place=False` makes one attempt per row. The pass stops starting attempts when
+        its time budget is spent. Route failures park rows rather than raise;
+        LedgerUnavailableError may be raised.
         """
         created_before = self._clock() - older_than if older_than is not None else None
-        report = self._delivery.deliver_due(event_id=event_id, created_before=created_before)
+        report = self._delivery.deliver_due(
+            event_id=event_id, created_before=created_before, retry_in_place=retry_in_place
+        )
         return report.delivered
 
     def issue_overdue_fallbacks(self) -> int:
@@ -582,6 +603,7 @@ class ReferralService:
         payload = withdrawal_payload(referral.case_ref, decision, withdrawn_at, now)
         token = self._sealer.seal(provider, payload.model_dump(mode="json"))
         message_id = ids.withdrawal_id(referral_id)
+        # The action is recorded either way, so the withdrawal is decided once.
         tx.add_action(
             RecordedAction(
                 case_ref=case.case_ref,
@@ -618,6 +640,21 @@ class ReferralService:
                 consent_recorded_by=consent.recorded_by if consent else None,
             ),
         )
+        # A referral not yet handed over must never be: consent has gone (rules.md withdraws
+        # only what was sent). It is cancelled (no delivery, no fallback task at its deadline,
+        # no resend), and so is the withdrawal: the provider never had anything to withdraw.
+        # Should a worker hand the referral over at this very moment all the same, marking it
+        # delivered revives the withdrawal (Ledger.mark_published), so it still follows.
+        if tx.cancel_undelivered(referral_id, now, CANCELLED_WITHDRAWN):
+            tx.cancel_undelivered(message_id, now, CANCELLED_NOTHING_TO_WITHDRAW)
+            log.info(
+                "referral.cancelled",
+                case_ref=referral.case_ref,
+                victim_id=decision.victim_id,
+                provider=provider,
+                message_id=referral_id,
+                reason="consent_withdrawn_before_delivery",
+            )
 
     def _enqueue(
         self,

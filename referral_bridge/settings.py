@@ -12,7 +12,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -70,14 +70,24 @@ class KeysSection(_Section):
 
 
 class ProviderSection(_Section):
+    #: Longest one delivery attempt may take (https: connect + read timeout), in seconds. It is
+    #: also the delivery engine's pass budget: passes run on the consumer thread, which pings the
+    #: systemd watchdog (WatchdogSec=120), so a pass (budget + one attempt) stays well inside it.
+    ATTEMPT_LIMIT_SECONDS: ClassVar[float] = 20.0
+    #: Hosts a plain `amqp://` broker_url may name (tests and local brokers only).
+    LOOPBACK_HOSTS: ClassVar[frozenset[str]] = frozenset({"127.0.0.1", "localhost", "::1"})
+
     #: The provider's public key set (JWK or JWKS); referrals are encrypted to its current key.
     public_keys: Path
     #: Optional display name for summaries; never personal data.
     name: str | None = None
     #: How referrals reach the provider: over AMQP (default) or HTTPS POST.
     delivery: Literal["amqp", "https"] = "amqp"
-    #: amqp: a provider-facing broker; empty means the force broker (`[broker] url`).
+    #: amqp: a provider-facing broker; empty means the force broker (`[broker] url`). Must be
+    #: `amqps://` (server certificate and host name verified); plain `amqp://` only on loopback.
     broker_url: str = ""
+    #: amqp: CA bundle the provider broker's certificate must chain to (default: system CAs).
+    broker_ca_bundle: Path | None = None
     #: https: the provider's endpoint, e.g. "https://referrals.provider.example/v1/referrals".
     url: str | None = None
     #: https: CA bundle the provider's server certificate must chain to (default: system CAs).
@@ -94,6 +104,31 @@ class ProviderSection(_Section):
             raise ValueError('delivery = "https" needs url = "https://..."')
         if (self.client_cert is None) != (self.client_key is None):
             raise ValueError("client_cert and client_key go together (mutual TLS)")
+        attempt = self.connect_timeout_seconds + self.read_timeout_seconds
+        if self.delivery == "https" and attempt > self.ATTEMPT_LIMIT_SECONDS:
+            raise ValueError(
+                f"connect_timeout_seconds + read_timeout_seconds is {attempt:g}: one delivery "
+                f"attempt may take at most {self.ATTEMPT_LIMIT_SECONDS:g} s (delivery runs on the "
+                "thread that feeds the systemd watchdog); lower the timeouts"
+            )
+        if self.broker_url:
+            from urllib.parse import urlsplit
+
+            try:
+                parts = urlsplit(self.broker_url)
+                host = parts.hostname
+            except ValueError:
+                raise ValueError("broker_url is not a URL (amqps://user@host:5671/vhost)") from None
+            if parts.scheme != "amqps" and not (
+                parts.scheme == "amqp" and host in self.LOOPBACK_HOSTS
+            ):
+                raise ValueError(
+                    "broker_url must be amqps:// (TLS, the server certificate and host name "
+                    "verified): plain amqp:// would send the bridge's broker password and the "
+                    "referrals' metadata in clear; it is allowed only for 127.0.0.1/localhost"
+                )
+        if self.broker_ca_bundle is not None and not self.broker_url:
+            raise ValueError("broker_ca_bundle needs broker_url (the provider-facing broker)")
         return self
 
 
@@ -187,7 +222,13 @@ def _resolve_paths(
     if isinstance(providers, dict):
         for provider_id, provider in providers.items():
             if isinstance(provider, dict):
-                for key in ("public_keys", "ca_bundle", "client_cert", "client_key"):
+                for key in (
+                    "public_keys",
+                    "ca_bundle",
+                    "client_cert",
+                    "client_key",
+                    "broker_ca_bundle",
+                ):
                     fix(provider, key, f"providers.{provider_id}.{key}")
 
 
@@ -195,8 +236,19 @@ def _location(loc: tuple[int | str, ...]) -> str:
     return ".".join(str(part) for part in loc) or "(top level)"
 
 
-def load_settings(path: Path | None = None, *, env: Mapping[str, str] | None = None) -> Settings:
-    """Read, override from the environment and validate; raise ConfigError listing every problem."""
+def load_settings(
+    path: Path | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    resolve_keys: bool = True,
+) -> Settings:
+    """Read, override from the environment and validate; raise ConfigError listing every problem.
+
+    `resolve_keys=False` is for operator tools that need no key (`dlq`, `audit`): the paths of
+    the signing key and of providers' key and certificate files are left exactly as written,
+    `${VAR}` unexpanded, so that an unset `${CREDENTIALS_DIRECTORY}` outside systemd is no error.
+    Such settings must not be used to load keys.
+    """
     env = os.environ if env is None else env
     if path is None:
         if CONFIG_ENV not in env:
@@ -215,7 +267,20 @@ def load_settings(path: Path | None = None, *, env: Mapping[str, str] | None = N
         if env.get(variable):
             raw.setdefault(section, {})[key] = env[variable]
     problems: list[str] = []
+    # Without resolve_keys, key paths are set aside so that they are not expanded, then restored.
+    aside: list[tuple[dict[str, Any], str, Any]] = []
+    if not resolve_keys:
+        providers = raw.get("providers")
+        tables: list[tuple[Any, tuple[str, ...]]] = [(raw.get("keys"), ("signing_key",))]
+        if isinstance(providers, dict):
+            provider_keys = ("public_keys", "ca_bundle", "client_cert", "client_key")
+            tables += [(provider, provider_keys) for provider in providers.values()]
+        for table, names in tables:
+            if isinstance(table, dict):
+                aside += [(table, name, table.pop(name)) for name in names if name in table]
     _resolve_paths(raw, path.parent.resolve(), env, problems)
+    for table, name, value in aside:
+        table[name] = value
     raw["config_path"] = path
     try:
         settings = Settings.model_validate(raw)

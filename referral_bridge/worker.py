@@ -23,7 +23,6 @@ from referral_bridge.core.events import DeadLetterReason, EventType
 from referral_bridge.health import (
     PROBE_CACHE_SECONDS,
     CachedCheck,
-    CheckResult,
     HealthServer,
     Heartbeat,
     Readiness,
@@ -35,8 +34,9 @@ from referral_bridge.health import (
 from referral_bridge.ledger_gauges import LedgerGauges
 from referral_bridge.metrics import BridgeMetrics
 from referral_bridge.scheduler import Scheduler
+from referral_bridge.settings import Settings
 from referral_bridge.systemd import Notifier, Watchdog, watchdog_interval
-from referral_bridge.transport.consumer import Consumer
+from referral_bridge.transport.consumer import DEFAULT_HEARTBEAT_SECONDS, Consumer
 
 log = structlog.get_logger("referral_bridge.worker")
 
@@ -94,8 +94,12 @@ class LoopTick:
 
 
 def readiness_of(bridge: Bridge, heartbeat: Heartbeat) -> Readiness:
-    """The checks behind /readyz: consumer loop, broker, ledger, keys."""
-    provider_count = len(bridge.keys.provider_keys)
+    """The checks behind /readyz: consumer loop, broker, ledger.
+
+    There is no `keys` check: keys are loaded once, into memory, and the bridge does not start
+    without them, so such a check could never fail; the key files on disk are not what a running
+    worker uses (`check-config` checks those).
+    """
     return Readiness(
         {
             "consumer": consumer_check(heartbeat),
@@ -103,12 +107,27 @@ def readiness_of(bridge: Bridge, heartbeat: Heartbeat) -> Readiness:
                 broker_check(bridge.broker, bridge.topology.work_queue), ttl=PROBE_CACHE_SECONDS
             ),
             "ledger": CachedCheck(ledger_check(bridge.ledger.engine), ttl=PROBE_CACHE_SECONDS),
-            # Built once at start-up: the bridge does not run without them.
-            "keys": lambda: CheckResult(
-                True, f"signing key and {provider_count} provider key set(s) loaded"
-            ),
         }
     )
+
+
+def consumer_heartbeat_seconds(settings: Settings) -> float:
+    """The AMQP heartbeat of the consuming connection, in seconds.
+
+    Both ends give up on a connection after about two heartbeat periods without a byte from the
+    other: RabbitMQ, and py-amqp when the loop calls `heartbeat_check`. That is how a half-open
+    connection is noticed (in about 2 x this, rather than after TCP keepalive, if that works at
+    all). But the loop neither sends nor reads while a handler runs, so two periods must outlast
+    the longest handler: the in-place delivery attempts, each up to a provider's connect and
+    read timeouts, plus a margin. A drop is not a loss (the message comes back and the ledger
+    spots the duplicate), but it is churn.
+    """
+    slowest = max(
+        (p.connect_timeout_seconds + p.read_timeout_seconds for p in settings.providers.values()),
+        default=0.0,
+    )
+    busy = settings.delivery.attempts_in_place * slowest
+    return max(DEFAULT_HEARTBEAT_SECONDS, busy / 2 + 15.0)
 
 
 def initialise_known_series(metrics: BridgeMetrics) -> None:
@@ -226,6 +245,7 @@ def run(bridge: Bridge, stop: threading.Event, *, notifier: Notifier | None = No
                 on_first=consuming,
             ),
             on_dead_lettered=bridge.count_dead_letter,
+            heartbeat=consumer_heartbeat_seconds(settings),
         )
         try:
             consumer.run(stop)

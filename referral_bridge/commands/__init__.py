@@ -23,3 +23,12 @@ def with_config(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def settings_from(args: argparse.Namespace) -> Settings:
     return load_settings(Path(args.config) if args.config else None)
+
+
+def operator_settings_from(args: argparse.Namespace) -> Settings:
+    """Settings for operator tools that need no key (`dlq`, `audit`): key paths are not checked.
+
+    An operator outside systemd has no `${CREDENTIALS_DIRECTORY}` and may not be able to read the
+    key files; neither matters to reading dead letters or the audit trail.
+    """
+    return load_settings(Path(args.config) if args.config else None, resolve_keys=False)

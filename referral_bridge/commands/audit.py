@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 
-from referral_bridge.commands import SubParsers, settings_from, with_config
+from referral_bridge.commands import SubParsers, operator_settings_from, with_config
 from referral_bridge.commands.dlq import EMPTY, format_time, parse_when, render_table
 from referral_bridge.exit_codes import RET_OK
 
@@ -45,7 +45,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
         until=args.until,
         limit=args.limit,
     )
-    ledger = Ledger.open(settings_from(args).ledger_url)
+    # A query must never migrate the ledger under running workers.
+    ledger = Ledger.open(operator_settings_from(args).ledger_url, migrate=False)
     try:
         records = AuditTrail(ledger.engine).query(query)
     finally:
@@ -101,7 +102,8 @@ def register(commands: SubParsers) -> None:
     parser.add_argument("--provider", help="a provider id")
     parser.add_argument(
         "--action",
-        help="referral_sent, withdrawal_sent, dead_letter_revealed or dead_letter_purged",
+        help="referral_sent, withdrawal_sent, dead_letter_revealed, dead_letter_purged or "
+        "dead_letter_purge_failed",
     )
     parser.add_argument("--message-id", help="a referral id, task id or dead-letter id")
     parser.add_argument(

@@ -12,9 +12,10 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, TextIO, TypeVar
 
-from referral_bridge.commands import SubParsers, settings_from, with_config
+from referral_bridge.commands import SubParsers, operator_settings_from, with_config
 from referral_bridge.exit_codes import RET_FAILURE, RET_OK, RET_USAGE
 from referral_bridge.settings import Settings
 
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     # Loaded lazily in the commands, so that `referral-bridge --help` does not import kombu.
     from referral_bridge.audit import AuditTrail
     from referral_bridge.dlq import DeadLetterMessage, DeadLetterQueue, PurgeReport
+    from referral_bridge.transport.embedded import BrokerSpec
 
 T = TypeVar("T")
 
@@ -139,11 +141,39 @@ class ProgressBar:
 # --- commands ----------------------------------------------------------------------------------
 
 
+def _broker(settings: Settings) -> BrokerSpec:
+    """The configured broker; on the embedded one, say so, and refuse one that was never used.
+
+    An operator who forgot the broker URL (it usually lives in a root-only environment file) would
+    otherwise read an empty embedded queue, created on the spot, and conclude there are no dead
+    letters.
+    """
+    from referral_bridge.bootstrap import broker_of
+    from referral_bridge.transport.errors import TransportConfigError
+
+    broker = broker_of(settings)
+    if broker.embedded:
+        folder = Path(str(broker.transport_options["data_folder_in"]))
+        print(
+            f"referral-bridge: no broker URL is configured, so this reads the embedded broker "
+            f"under {folder} (set REFERRAL_BRIDGE_BROKER_URL or [broker] url for RabbitMQ)",
+            file=sys.stderr,
+        )
+        if not folder.is_dir():
+            raise TransportConfigError(
+                f"the embedded broker's queue folder {folder} does not exist, so no bridge has "
+                "run with this configuration; if the bridge uses RabbitMQ, pass its URL "
+                "(e.g. the EnvironmentFile= of the unit: /etc/referral-bridge/environment). "
+                "Nothing was read or created"
+            )
+    return broker
+
+
 def _queue(settings: Settings) -> DeadLetterQueue:
-    from referral_bridge.bootstrap import broker_of, topology_of
+    from referral_bridge.bootstrap import topology_of
     from referral_bridge.dlq import DeadLetterQueue
 
-    return DeadLetterQueue(broker_of(settings), topology_of(settings))
+    return DeadLetterQueue(_broker(settings), topology_of(settings))
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -155,7 +185,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         failed_since=args.since,
         failed_before=args.until,
     )
-    letters = _queue(settings_from(args)).browse(selection)
+    letters = _queue(operator_settings_from(args)).browse(selection)
     if args.json:
         document = {
             "dead_letters": [letter.summary() for letter in letters],
@@ -182,7 +212,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     if args.reason and not args.reveal:
         print("referral-bridge: --reason is given with --reveal only", file=sys.stderr)
         return RET_USAGE
-    settings = settings_from(args)
+    settings = operator_settings_from(args)
     letters = _queue(settings).browse(DeadLetterFilter(ids=frozenset({args.id})))
     if not letters:
         print(
@@ -200,6 +230,9 @@ def cmd_show(args: argparse.Namespace) -> int:
             sys.stdout,
             indent=2,
             ensure_ascii=False,
+            # Revealed headers are raw AMQP values: timestamps, bytes, decimals. Only `--reveal`
+            # prints them, and by then the disclosure is audited, so show them as text.
+            default=str,
         )
         print()
     else:
@@ -235,7 +268,8 @@ def _with_audit_trail(settings: Settings, action: Callable[[AuditTrail], T]) -> 
     from referral_bridge.audit import AuditTrail
     from referral_bridge.ledger import Ledger
 
-    ledger = Ledger.open(settings.ledger_url)
+    # An operator tool must never migrate the ledger under running workers.
+    ledger = Ledger.open(settings.ledger_url, migrate=False)
     try:
         return action(AuditTrail(ledger.engine))
     finally:
@@ -303,7 +337,7 @@ def _show_text(letter: DeadLetterMessage, *, reveal: bool, audit_ids: Sequence[i
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from referral_bridge.bootstrap import broker_of, topology_of
+    from referral_bridge.bootstrap import topology_of
     from referral_bridge.dlq import DeadLetterFilter, DeadLetterNotFoundError, DeadLetterQueue
     from referral_bridge.transport.publisher import Publisher
 
@@ -316,8 +350,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         )
         return RET_USAGE
     selection = DeadLetterFilter(ids=frozenset(args.ids), reason=args.reason)
-    settings = settings_from(args)
-    broker, topology = broker_of(settings), topology_of(settings)
+    settings = operator_settings_from(args)
+    broker, topology = _broker(settings), topology_of(settings)
     queue = DeadLetterQueue(broker, topology)
     with Publisher(broker, topology) as publisher:
         try:
@@ -341,7 +375,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_purge(args: argparse.Namespace) -> int:
-    from referral_bridge.audit import DEAD_LETTER_PURGED, AuditRecord, operator_name
+    from referral_bridge.audit import (
+        DEAD_LETTER_PURGE_FAILED,
+        DEAD_LETTER_PURGED,
+        AuditRecord,
+        operator_name,
+    )
     from referral_bridge.dlq import DeadLetterFilter, DeadLetterNotFoundError
 
     bulk = args.reason is not None or args.older_than is not None
@@ -357,7 +396,7 @@ def cmd_purge(args: argparse.Namespace) -> int:
         reason=args.reason,
         failed_before=datetime.now(UTC) - args.older_than if args.older_than else None,
     )
-    settings = settings_from(args)
+    settings = operator_settings_from(args)
     queue = _queue(settings)
     try:
         if not args.yes:
@@ -382,15 +421,36 @@ def cmd_purge(args: argparse.Namespace) -> int:
                     )
                 )
 
+            def failed(letter: DeadLetterMessage) -> None:
+                case_ref, _ = letter.refs()
+                trail.append(
+                    AuditRecord(
+                        at=datetime.now(UTC),
+                        action=DEAD_LETTER_PURGE_FAILED,
+                        actor=actor,
+                        message_id=letter.id,
+                        case_ref=case_ref,
+                        detail="removal failed; the dead letter is still queued",
+                    )
+                )
+
             return queue.purge(
-                selection, before_remove=record, on_progress=_progress_for(args, "purging")
+                selection,
+                before_remove=record,
+                on_remove_failed=failed,
+                on_progress=_progress_for(args, "purging"),
             )
 
         report = _with_audit_trail(settings, audit)
     except DeadLetterNotFoundError as exc:
         print(f"referral-bridge: {exc}", file=sys.stderr)
         return RET_USAGE
-    print(f"purged {len(report.purged) + len(report.already_gone)} dead letters (audited)")
+    print(f"purged {len(report.purged)} dead letters (audited)")
+    if report.already_gone:
+        print(
+            f"{len(report.already_gone)} were already gone (removed by another run; audited too)",
+            file=sys.stderr,
+        )
     return RET_OK
 
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from referral_bridge.commands import SubParsers
-from referral_bridge.exit_codes import RET_OK
+from referral_bridge.exit_codes import RET_OK, RET_USAGE
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -19,16 +20,29 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_rotate(args: argparse.Namespace) -> int:
-    from referral_bridge.sealing.rotation import add_public_key, rotate_key_set
+    from referral_bridge.sealing.rotation import add_public_key, promote_key, rotate_key_set
 
+    if args.stage and not args.kid:
+        print("referral-bridge: --stage goes with --kid", file=sys.stderr)
+        return RET_USAGE
     if args.add:
         rotated = add_public_key(Path(args.set), Path(args.add))
+    elif args.promote:
+        rotated = promote_key(Path(args.set), args.promote)
     else:
         rotated = rotate_key_set(
-            Path(args.set), args.kid, public_out=Path(args.public_out) if args.public_out else None
+            Path(args.set),
+            args.kid,
+            public_out=Path(args.public_out) if args.public_out else None,
+            stage=args.stage,
         )
     print(f"key set:  {rotated.path} (kids: {', '.join(rotated.kids)})")
     print(f"current:  {rotated.current}")
+    if args.stage:
+        print(
+            f"staged:   {args.kid} (not current: give its public key to the other side, then "
+            f"`keys rotate --set {rotated.path} --promote {args.kid}`)"
+        )
     if rotated.public_path is not None:
         print(f"public:   {rotated.public_path} (give this to the other side)")
     return RET_OK
@@ -54,6 +68,12 @@ def register(commands: SubParsers) -> None:
     which.add_argument("--kid", help="generate a new P-256 key with this kid (private sets)")
     which.add_argument(
         "--add", metavar="KEYFILE", help="add the public key(s) another party sent (public sets)"
+    )
+    which.add_argument("--promote", metavar="KID", help="mark a key already in the set current")
+    rotate.add_argument(
+        "--stage",
+        action="store_true",
+        help="with --kid: add the key without making it current (promote it later)",
     )
     rotate.add_argument(
         "--public-out", help="with --kid: also write the set's public JWKS to this file"

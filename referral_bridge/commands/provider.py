@@ -31,6 +31,7 @@ def cmd_inbox(args: argparse.Namespace) -> int:
         return RET_USAGE
     store = InboxStore(Path(args.store))
     inbox = ReferralInbox(
+        provider=args.provider,
         decryption_keys=load_key_set(Path(args.keys)),
         verification_keys=load_key_set(Path(args.verify_with)),
         store=store,
@@ -74,6 +75,7 @@ def cmd_deliveries(args: argparse.Namespace) -> int:
         {
             "message_id": r.message_id,
             "kind": r.message.kind,
+            "state": r.state,
             "provider": r.message.provider,
             "case_ref": r.case_ref,
             "victim_id": r.victim_id,
@@ -93,16 +95,9 @@ def cmd_deliveries(args: argparse.Namespace) -> int:
         print()
         return RET_OK
     for record in records:
-        state = (
-            "rejected"
-            if record["rejected_at"]
-            else "delivered"
-            if record["delivered_at"]
-            else "pending"
-        )
         print(
             f"{record['message_id']}  {record['kind']:<12} {record['provider'] or '-':<28} "
-            f"{state:<9} attempts={record['attempts']} case={record['case_ref']} "
+            f"{record['state']:<9} attempts={record['attempts']} case={record['case_ref']} "
             f"next={record['next_attempt_at'] or '-'} error={record['last_error'] or '-'}"
         )
     if not records:
@@ -126,6 +121,7 @@ def cmd_resend(args: argparse.Namespace) -> int:
         "delivered": "already delivered; nothing to do",
         "not_rejected": "not rejected: it is still being retried (see `provider deliveries`)",
         "withdrawn": "refused: consent for this referral was withdrawn, so it must not be sent",
+        "cancelled": "refused: cancelled because consent was withdrawn before delivery",
     }
     print(f"{args.message_id}: {messages[result.outcome]}")
     return RET_OK if result.outcome == "resent" else RET_FAILURE
@@ -141,6 +137,12 @@ def register(commands: SubParsers) -> None:
     inbox.add_argument("--cert", required=True, help="server certificate chain (PEM)")
     inbox.add_argument("--key", required=True, help="server TLS private key (PEM)")
     inbox.add_argument("--client-ca", help="require client certificates issued by this CA (mTLS)")
+    inbox.add_argument(
+        "--provider",
+        required=True,
+        metavar="ID",
+        help="this provider's id: referrals addressed to another provider are refused (400)",
+    )
     inbox.add_argument("--keys", required=True, help="the provider's private key set (JWK/JWKS)")
     inbox.add_argument(
         "--verify-with", required=True, help="the force's public signing key set (JWK/JWKS)"
@@ -155,10 +157,13 @@ def register(commands: SubParsers) -> None:
     inbox.set_defaults(func=cmd_inbox)
 
     deliveries = with_config(
-        provider.add_parser("deliveries", help="list parked, rejected or all deliveries")
+        provider.add_parser("deliveries", help="list parked, rejected, cancelled or all deliveries")
     )
     deliveries.add_argument(
-        "--state", choices=("undelivered", "rejected", "all"), default="undelivered"
+        "--state",
+        choices=("undelivered", "rejected", "cancelled", "all"),
+        default="undelivered",
+        help="cancelled: consent was withdrawn before delivery (never sent)",
     )
     deliveries.add_argument("--provider", help="only this provider id")
     deliveries.add_argument("--limit", type=int, default=200)

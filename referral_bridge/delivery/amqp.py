@@ -5,13 +5,21 @@
 On the force broker the bridge's own Publisher is used. A provider may instead take referrals on
 a broker of its own (`broker_url`): ReferralsBrokerPublisher talks to that broker and declares
 only the referrals exchange there, never the bridge's inbound queues.
+
+Over `amqps://` the provider broker's certificate must chain to `ca_bundle` (or the system CAs)
+and name the URL's host. py-amqp takes no SSLContext object: given ``ssl={"context": {...}}`` it
+builds one with ``ssl.create_default_context(**options)`` (CERT_REQUIRED) and sets its
+``check_hostname`` from the same dict, then wraps the socket with the other items
+(``server_hostname``). Plain ``ssl=True`` would verify no host name at all.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import structlog
 from amqp.exceptions import MessageNacked
@@ -65,6 +73,8 @@ class AmqpRoute:
         self.name = name
         self._publisher = publisher
         self._owns = owns_publisher
+        #: The longest one attempt can take, if the publisher says (for the pass budget).
+        self.max_attempt_seconds: float | None = getattr(publisher, "max_attempt_seconds", None)
 
     def deliver(self, message: OutboxMessage) -> None:
         try:
@@ -106,8 +116,20 @@ class ReferralsBrokerPublisher:
     publish: the delivery engine's retries and parking do the waiting, not this class.
     """
 
-    def __init__(self, url: str, *, exchange: str, confirm_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        exchange: str,
+        confirm_timeout: float = 10.0,
+        connect_timeout: float = 5.0,
+        ca_bundle: Path | None = None,
+    ) -> None:
         self._url = url
+        self._ssl = tls_options(url, ca_bundle=ca_bundle)
+        self._connect_timeout = connect_timeout
+        #: The longest one publish may take (connect + confirm), for the engine's pass budget.
+        self.max_attempt_seconds = connect_timeout + confirm_timeout
         self._exchange = Exchange(
             exchange, type="topic", durable=True, auto_delete=False, delivery_mode=PERSISTENT
         )
@@ -134,7 +156,10 @@ class ReferralsBrokerPublisher:
     ) -> None:
         with self._lock:
             connection = self._connection or Connection(
-                self._url, transport_options={"confirm_publish": True}, connect_timeout=10.0
+                self._url,
+                transport_options={"confirm_publish": True},
+                connect_timeout=self._connect_timeout,
+                ssl=self._ssl,
             )
             try:
                 producer = self._ensure_producer(connection)
@@ -197,3 +222,19 @@ class ReferralsBrokerPublisher:
         self._connection = None
         self._producer = None
         connection.collect()
+
+
+def tls_options(url: str, *, ca_bundle: Path | None = None) -> dict[str, Any] | bool:
+    """kombu/py-amqp `ssl` options for `url`: for amqps, certificate and host name verified.
+
+    False for plain amqp (settings allow it only on loopback).
+    """
+    parts = urlsplit(url)
+    if parts.scheme != "amqps":
+        return False
+    context: dict[str, Any] = {"check_hostname": True}
+    if ca_bundle is not None:
+        context["cafile"] = str(ca_bundle)
+    # kombu would fill a None server_hostname from the URL, but turns "localhost" into
+    # "127.0.0.1" first; name the host ourselves so the certificate is checked against it.
+    return {"context": context, "server_hostname": parts.hostname}

@@ -1,10 +1,17 @@
 """The delivery engine: takes due outbox rows to their routes, in order, without ever blocking.
 
 One attempt at a message means a few quick tries in place (tenacity, exponential backoff with
-jitter). If they all fail for a transient reason, the message is parked in the ledger
-(`next_attempt_at`, `last_error`) with a backoff that grows each time, and the pass moves on.
-A rejection keeps the row for an operator and issues a fallback leaflet task; so does a referral
-still undelivered at its Victims' Code deadline (once), while it keeps being retried.
+jitter) in a scheduler pass, or a single try when an inbound message is being handled. If they
+all fail for a transient reason, the message is parked in the ledger (`next_attempt_at`,
+`last_error`) with a backoff that grows each time, and the pass moves on. A rejection keeps the
+row for an operator and issues a fallback leaflet task; so does a referral still undelivered at
+its Victims' Code deadline (once), while it keeps being retried.
+
+Delivery runs on the worker's consumer thread, which also pings the systemd watchdog. So a pass
+has a time budget (`DeliveryPolicy.pass_budget_seconds`): no new attempt starts once it is
+spent, and an in-place retry starts only if a whole attempt still fits in it. The rest waits
+for the next pass. Any failure of one row (even an unexpected exception) is logged by type and
+the pass goes on: one bad row never stops the others.
 """
 
 from __future__ import annotations
@@ -27,9 +34,14 @@ from tenacity import (
 )
 
 from referral_bridge.delivery.circuit import CircuitBreaker, CircuitState
-from referral_bridge.delivery.errors import DeliveryRejectedError, TransientDeliveryError
+from referral_bridge.delivery.errors import (
+    DeliveryError,
+    DeliveryRejectedError,
+    TransientDeliveryError,
+)
 from referral_bridge.delivery.policy import DeliveryPolicy, park_delay
 from referral_bridge.delivery.routes import Route
+from referral_bridge.errors import LedgerUnavailableError
 from referral_bridge.ledger.store import Ledger, LedgerTransaction, PendingDelivery
 from referral_bridge.metrics import BridgeMetrics
 
@@ -62,6 +74,8 @@ class Result(StrEnum):
     REJECTED = "rejected"
     WAITING = "waiting"
     CIRCUIT_OPEN = "circuit_open"
+    #: Something other than a delivery error went wrong with this row (logged); tried next pass.
+    FAILED = "failed"
 
 
 @dataclass
@@ -93,6 +107,7 @@ class DeliveryEngine:
         metrics: BridgeMetrics | None = None,
         sleep: Callable[[float], None] = time.sleep,
         rand: Callable[[], float] = random.random,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._ledger = ledger
         self._default = default_route
@@ -102,6 +117,7 @@ class DeliveryEngine:
         self._metrics = metrics or BridgeMetrics()
         self._sleep = sleep
         self._rand = rand
+        self._monotonic = monotonic
         self._breakers: dict[str, CircuitBreaker] = {}
         #: Set by the service that owns the policy; without it no fallback tasks are issued.
         self.fallbacks: FallbackIssuer | None = None
@@ -124,31 +140,70 @@ class DeliveryEngine:
         return breaker
 
     def deliver_due(
-        self, *, event_id: str | None = None, created_before: datetime | None = None
+        self,
+        *,
+        event_id: str | None = None,
+        created_before: datetime | None = None,
+        retry_in_place: bool = True,
     ) -> PassReport:
-        """One pass over the due rows (of one event, or all), oldest first; never raises for a
-        route's failure. Raises LedgerUnavailableError if the ledger goes away."""
+        """One pass over the due rows (of one event, or all), oldest first, within the pass budget.
+
+        `retry_in_place=False` makes one attempt per row (the inbound-message path: a provider
+        that is down must not hold the consumer). Never raises for a row's failure; raises
+        LedgerUnavailableError if the ledger goes away.
+        """
+        deadline = self._monotonic() + self._policy.pass_budget_seconds
+        return self._pass(
+            event_id=event_id,
+            created_before=created_before,
+            attempts=None if retry_in_place else 1,
+            deadline=deadline,
+        )
+
+    def _pass(
+        self,
+        *,
+        event_id: str | None,
+        created_before: datetime | None,
+        attempts: int | None,
+        deadline: float,
+    ) -> PassReport:
         report = PassReport()
         now = self._clock()
         cursor: tuple[datetime, str] | None = None
         waiting: list[PendingDelivery] = []
-        while True:
+        spent = False
+        while not spent:
             page = self._ledger.due_deliveries(
                 now, event_id=event_id, created_before=created_before, after=cursor, limit=_PAGE
             )
             for delivery in page:
-                if self._attempt(delivery, report) is Result.WAITING:
+                if self._monotonic() >= deadline:
+                    spent = True
+                    break
+                if self._attempt(delivery, report, attempts, deadline) is Result.WAITING:
                     waiting.append(delivery)
             if len(page) < _PAGE:
                 break
             cursor = (page[-1].created_at, page[-1].message_id)
         # What waited on a message delivered later in this pass need not wait for the next one.
-        if report.delivered:
+        if report.delivered and not spent:
             for delivery in waiting:
+                if self._monotonic() >= deadline:
+                    spent = True
+                    break
                 report.counts[Result.WAITING] -= 1
-                self._attempt(delivery, report)
+                self._attempt(delivery, report, attempts, deadline)
+        if spent:
+            log.warning(
+                "delivery.pass_budget_spent",
+                budget_s=self._policy.pass_budget_seconds,
+                detail="the remaining due rows wait for the next pass",
+            )
         if report.fallbacks and event_id != FALLBACK_EVENT:
-            fallback = self.deliver_due(event_id=FALLBACK_EVENT)
+            fallback = self._pass(
+                event_id=FALLBACK_EVENT, created_before=None, attempts=attempts, deadline=deadline
+            )
             for result, count in fallback.counts.items():
                 report.counts[result] = report.counts.get(result, 0) + count
         return report
@@ -163,21 +218,40 @@ class DeliveryEngine:
         issued = 0
         now = self._clock()
         for delivery in self._ledger.overdue_deliveries(now):
-            with self._ledger.transaction() as tx:
-                current = tx.pending_delivery(delivery.message_id)
-                if current is None or current.published_at or current.rejected_at:
-                    continue
-                if current.fallback_task_id is not None:
-                    continue
-                task_id = self.fallbacks.issue_fallback(tx, current, REASON_UNREACHABLE, now)
-                if task_id is None:
-                    continue
-                tx.set_fallback_task(current.message_id, task_id)
-            issued += 1
-            self._fallback_issued(current, task_id, REASON_UNREACHABLE)
+            try:
+                issued_for = self._issue_overdue(delivery, now)
+            except LedgerUnavailableError:
+                raise
+            except Exception as exc:  # one bad row must not stop the others' fallbacks
+                log.error(
+                    "delivery.fallback_failed",
+                    message_id=delivery.message_id,
+                    provider=delivery.message.provider,
+                    error_type=type(exc).__name__,
+                )
+                continue
+            if issued_for is not None:
+                issued += 1
+                self._fallback_issued(*issued_for, REASON_UNREACHABLE)
         if issued:
             self.deliver_due(event_id=FALLBACK_EVENT)
         return issued
+
+    def _issue_overdue(
+        self, delivery: PendingDelivery, now: datetime
+    ) -> tuple[PendingDelivery, str] | None:
+        assert self.fallbacks is not None
+        with self._ledger.transaction() as tx:
+            current = tx.pending_delivery(delivery.message_id)
+            if current is None or current.published_at or current.rejected_at:
+                return None
+            if current.fallback_task_id is not None:
+                return None
+            task_id = self.fallbacks.issue_fallback(tx, current, REASON_UNREACHABLE, now)
+            if task_id is None:
+                return None
+            tx.set_fallback_task(current.message_id, task_id)
+        return current, task_id
 
     def close(self) -> None:
         for route in {id(r): r for r in [self._default, *self._routes.values()]}.values():
@@ -185,12 +259,28 @@ class DeliveryEngine:
 
     # --- one message --------------------------------------------------------------------------
 
-    def _attempt(self, delivery: PendingDelivery, report: PassReport) -> Result:
-        result = self._attempt_one(delivery, report)
+    def _attempt(
+        self, delivery: PendingDelivery, report: PassReport, attempts: int | None, deadline: float
+    ) -> Result:
+        try:
+            result = self._attempt_one(delivery, report, attempts, deadline)
+        except LedgerUnavailableError:
+            raise
+        except Exception as exc:  # isolated: logged by type (never its text), the pass goes on
+            log.error(
+                "delivery.row_failed",
+                message_id=delivery.message_id,
+                provider=delivery.message.provider,
+                error_type=type(exc).__name__,
+                detail="left for the next pass",
+            )
+            result = Result.FAILED
         report.add(result)
         return result
 
-    def _attempt_one(self, delivery: PendingDelivery, report: PassReport) -> Result:
+    def _attempt_one(
+        self, delivery: PendingDelivery, report: PassReport, attempts: int | None, deadline: float
+    ) -> Result:
         message = delivery.message
         breaker = self.circuit(message.provider)
         if not breaker.allows():
@@ -212,7 +302,9 @@ class DeliveryEngine:
         route = self.route_for(message.provider)
         probing = breaker.state is CircuitState.HALF_OPEN
         try:
-            self._try_in_place(route, delivery, breaker, attempts=1 if probing else None)
+            self._try_in_place(
+                route, delivery, breaker, attempts=1 if probing else attempts, deadline=deadline
+            )
         except DeliveryRejectedError as exc:
             self._close_circuit(breaker, message.provider)
             self._reject(delivery, exc, route, report)
@@ -239,8 +331,11 @@ class DeliveryEngine:
         breaker: CircuitBreaker,
         *,
         attempts: int | None,
+        deadline: float,
     ) -> None:
         policy = self._policy
+        # A retry starts only if a whole attempt (the route's worst case) still fits the budget.
+        worst = getattr(route, "max_attempt_seconds", None) or 0.0
         base_wait = wait_exponential_jitter(
             multiplier=policy.in_place_initial_seconds,
             max=policy.in_place_max_seconds,
@@ -255,6 +350,8 @@ class DeliveryEngine:
         def worth_retrying(error: BaseException) -> bool:
             if not isinstance(error, TransientDeliveryError) or not breaker.allows():
                 return False
+            if self._monotonic() + worst >= deadline:
+                return False
             # A receiver asking for a longer pause than in-place retries allow gets it by parking.
             return error.retry_after is None or error.retry_after <= policy.in_place_max_seconds
 
@@ -268,7 +365,7 @@ class DeliveryEngine:
         ):
             with attempt:
                 try:
-                    route.deliver(delivery.message)
+                    _deliver(route, delivery)
                 except TransientDeliveryError as exc:
                     self._metrics.delivery_failures.labels(
                         provider=provider or TASKS_KEY, outcome="transient"
@@ -371,3 +468,22 @@ class DeliveryEngine:
     def _close_circuit(self, breaker: CircuitBreaker, provider: str | None) -> None:
         if breaker.record_success():
             log.info("delivery.circuit_closed", provider=provider or TASKS_KEY)
+
+
+def _deliver(route: Route, delivery: PendingDelivery) -> None:
+    """Hand one message to its route; anything but a DeliveryError counts as transient.
+
+    Routes translate the errors they know; an unexpected one (a library error nobody
+    classified, a bug) must park the row, never crash the worker or loop the inbound message.
+    Only the exception's type is kept: its text could hold anything.
+    """
+    try:
+        route.deliver(delivery.message)
+    except DeliveryError:
+        raise
+    except Exception as exc:
+        raise TransientDeliveryError(
+            "unexpected_error",
+            f"{delivery.message.provider or TASKS_KEY}: {type(exc).__name__} from the "
+            f"{route.name} route; see the bridge's log",
+        ) from exc

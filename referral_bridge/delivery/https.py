@@ -2,8 +2,9 @@
 
 2xx and 409 (the provider already has it) mean delivered. 429 (honouring Retry-After), 408,
 5xx, redirects, timeouts and connection or TLS failures are transient. Any other 4xx means the
-provider refused the message for good. Response bodies are never read into errors or logs: a
-provider's answer could echo what it was sent.
+provider refused the message for good. Response bodies are never read at all (the response is
+streamed and closed after its status line and headers): a provider's answer could echo what it
+was sent, could be huge, or could be badly encoded, and none of that may touch the bridge.
 """
 
 from __future__ import annotations
@@ -15,7 +16,11 @@ from pathlib import Path
 
 import httpx
 
-from referral_bridge.delivery.errors import DeliveryRejectedError, TransientDeliveryError
+from referral_bridge.delivery.errors import (
+    DeliveryError,
+    DeliveryRejectedError,
+    TransientDeliveryError,
+)
 from referral_bridge.ledger.store import OutboxMessage
 
 CLOUDEVENTS_JSON = "application/cloudevents+json"
@@ -29,10 +34,20 @@ class HttpsRoute:
     name = "https"
     audit_route = "https"
 
-    def __init__(self, *, provider: str, url: str, client: httpx.Client) -> None:
+    def __init__(
+        self,
+        *,
+        provider: str,
+        url: str,
+        client: httpx.Client,
+        max_attempt_seconds: float | None = None,
+    ) -> None:
         self.provider = provider
         self._url = url
         self._client = client
+        #: The longest one attempt can take (connect + read timeout); the engine's pass budget
+        #: uses it to decide whether an in-place retry still fits.
+        self.max_attempt_seconds = max_attempt_seconds
 
     @classmethod
     def build(
@@ -66,19 +81,29 @@ class HttpsRoute:
             follow_redirects=False,
             transport=transport,
             headers={"User-Agent": "referral-bridge"},
+            # No proxy variables or ~/.netrc credentials for provider traffic.
+            trust_env=False,
         )
-        return cls(provider=provider, url=url, client=client)
+        return cls(
+            provider=provider,
+            url=url,
+            client=client,
+            max_attempt_seconds=connect_timeout + read_timeout,
+        )
 
     def deliver(self, message: OutboxMessage) -> None:
         try:
-            response = self._client.post(
+            # Streamed and closed unread: only the status and Retry-After count.
+            with self._client.stream(
+                "POST",
                 self._url,
                 content=message.body,
                 headers={
                     "Content-Type": CLOUDEVENTS_JSON,
                     "Idempotency-Key": message.message_id,
                 },
-            )
+            ) as response:
+                status, retry_after = response.status_code, response.headers.get("Retry-After")
         except httpx.TimeoutException as exc:
             raise TransientDeliveryError(
                 "timeout", f"{self.provider}: no answer in time ({type(exc).__name__})"
@@ -97,25 +122,27 @@ class HttpsRoute:
             raise TransientDeliveryError(
                 "transport_error", f"{self.provider}: {type(exc).__name__}"
             ) from exc
-        classify(response.status_code, response.headers.get("Retry-After"), self.provider)
+        error = classify(status, retry_after, self.provider)
+        if error is not None:
+            raise error
 
     def close(self) -> None:
         self._client.close()
 
 
-def classify(status: int, retry_after: str | None, provider: str) -> None:
-    """Return for delivered (2xx, 409); raise the matching DeliveryError for anything else."""
+def classify(status: int, retry_after: str | None, provider: str) -> DeliveryError | None:
+    """None for delivered (2xx, 409); else the DeliveryError that says why not (to raise)."""
     if 200 <= status < 300 or status == 409:
-        return
+        return None
     if status in _TRANSIENT_4XX or status >= 500:
-        raise TransientDeliveryError(
+        return TransientDeliveryError(
             f"http_{status}",
             f"{provider}: HTTP {status}",
             retry_after=parse_retry_after(retry_after) if retry_after else None,
         )
     if 400 <= status < 500:
-        raise DeliveryRejectedError(f"http_{status}", f"{provider}: refused with HTTP {status}")
-    raise TransientDeliveryError(
+        return DeliveryRejectedError(f"http_{status}", f"{provider}: refused with HTTP {status}")
+    return TransientDeliveryError(
         f"http_{status}", f"{provider}: unexpected HTTP {status}; check the provider's url"
     )
 
@@ -142,4 +169,4 @@ def _tls_failure(exc: BaseException) -> bool:
             return True
         seen.add(id(current))
         current = current.__cause__ or current.__context__
-    return "SSL" in str(exc) or "CERTIFICATE" in str(exc).upper()
+    return False

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
-from referral_bridge.settings import DeliverySection
+from referral_bridge.settings import DeliverySection, ProviderSection
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -26,6 +26,11 @@ class DeliveryPolicy:
     #: Consecutive failed attempts that open a provider's circuit, and how long it stays open.
     circuit_failures: int = 5
     circuit_open: timedelta = timedelta(seconds=60)
+    #: Wall-clock budget of one delivery pass: no new attempt starts once it is spent, and an
+    #: in-place retry starts only if a whole attempt still fits. Passes run on the consumer
+    #: thread, which pings the systemd watchdog (WatchdogSec=120): a pass lasts at most this plus
+    #: one attempt, and one HTTPS attempt (connect + read timeout) is at most this long too.
+    pass_budget_seconds: float = ProviderSection.ATTEMPT_LIMIT_SECONDS
 
     @classmethod
     def from_settings(cls, section: DeliverySection) -> DeliveryPolicy:

@@ -29,6 +29,53 @@ def _add_columns(connection: Connection, table: Table, names: list[str]) -> None
         )
 
 
+#: Names of the database objects that keep `rb_audit` append-only.
+AUDIT_GUARD_FUNCTION = "rb_audit_append_only"
+AUDIT_GUARD_TRIGGERS = ("rb_audit_no_update", "rb_audit_no_delete", "rb_audit_no_truncate")
+
+
+def _protect_audit(connection: Connection) -> None:
+    """Make `rb_audit` append-only in the database itself: UPDATE and DELETE raise.
+
+    The operator tools need the ledger's write credentials to record a reveal, so "nothing updates
+    or deletes" cannot rest on the code alone; a trigger also stops a stray script or hand-typed
+    SQL. (A database owner can still drop the trigger: grant the bridge's role only SELECT and
+    INSERT on rb_audit to close that too; see docs/operations.md.)
+    """
+    table = connection.dialect.identifier_preparer.quote(t.audit.name)
+    if connection.dialect.name == "postgresql":
+        connection.execute(
+            text(
+                f"CREATE OR REPLACE FUNCTION {AUDIT_GUARD_FUNCTION}() RETURNS trigger "
+                "LANGUAGE plpgsql AS $$ BEGIN "
+                "RAISE EXCEPTION 'rb_audit is append-only' "
+                "USING ERRCODE = 'insufficient_privilege'; END $$"
+            )
+        )
+        update, delete, truncate = AUDIT_GUARD_TRIGGERS
+        for name, event, level in (
+            (update, "UPDATE", "ROW"),
+            (delete, "DELETE", "ROW"),
+            (truncate, "TRUNCATE", "STATEMENT"),
+        ):
+            connection.execute(text(f"DROP TRIGGER IF EXISTS {name} ON {table}"))
+            connection.execute(
+                text(
+                    f"CREATE TRIGGER {name} BEFORE {event} ON {table} "
+                    f"FOR EACH {level} EXECUTE FUNCTION {AUDIT_GUARD_FUNCTION}()"
+                )
+            )
+        return
+    # SQLite has no TRUNCATE; DELETE without WHERE fires the delete trigger (no truncate shortcut).
+    for name, event in zip(AUDIT_GUARD_TRIGGERS[:2], ("UPDATE", "DELETE"), strict=True):
+        connection.execute(
+            text(
+                f"CREATE TRIGGER IF NOT EXISTS {name} BEFORE {event} ON {table} "
+                "BEGIN SELECT RAISE(ABORT, 'rb_audit is append-only'); END"
+            )
+        )
+
+
 def _v2_delivery_and_audit(connection: Connection) -> None:
     _add_columns(
         connection,
@@ -44,6 +91,7 @@ def _v2_delivery_and_audit(connection: Connection) -> None:
         ],
     )
     t.audit.create(connection, checkfirst=True)
+    _protect_audit(connection)
     t.links.create(connection, checkfirst=True)
     if inspect(connection).has_table(t.aliases.name):
         rows = connection.execute(select(t.aliases.c.ref, t.aliases.c.matter_ref)).all()
@@ -80,6 +128,8 @@ def migrate(connection: Connection) -> int:
         )
     if found == 0:
         t.metadata.create_all(connection)
+        # The version-2 step's trigger, for ledgers that start at the current version.
+        _protect_audit(connection)
         connection.execute(
             t.schema_info.insert().values(key="schema_version", value=str(t.SCHEMA_VERSION))
         )

@@ -88,6 +88,19 @@ class OutboxMessage:
     audit: AuditFacts | None = None
 
 
+#: `last_error` code of a message cancelled before delivery (it also has `rejected_at` set, so
+#: nothing delivers it, issues a fallback for it or lets an operator resend it).
+CANCELLED = "cancelled"
+CANCELLED_WITHDRAWN = f"{CANCELLED}: consent was withdrawn before delivery; never sent"
+CANCELLED_NOTHING_TO_WITHDRAW = (
+    f"{CANCELLED}: its referral was never delivered, so there is nothing to withdraw"
+)
+
+
+def _is_cancelled(rejected_at: datetime | None, last_error: str | None) -> bool:
+    return rejected_at is not None and (last_error or "").startswith(f"{CANCELLED}:")
+
+
 @dataclass(frozen=True, slots=True)
 class PendingDelivery:
     """An outbox row still to deliver, with its delivery state and the case it belongs to."""
@@ -110,11 +123,25 @@ class PendingDelivery:
     def message_id(self) -> str:
         return self.message.message_id
 
+    @property
+    def cancelled(self) -> bool:
+        """Cancelled before delivery (consent withdrawn): never to be sent."""
+        return _is_cancelled(self.rejected_at, self.last_error)
+
+    @property
+    def state(self) -> str:
+        """For operators: `delivered`, `cancelled`, `rejected` or `pending`."""
+        if self.published_at is not None:
+            return "delivered"
+        if self.cancelled:
+            return "cancelled"
+        return "rejected" if self.rejected_at is not None else "pending"
+
 
 @dataclass(frozen=True, slots=True)
 class ResendResult:
     """What `Ledger.resend` did: `resent` or why not (`not_found`, `delivered`, `not_rejected`,
-    `withdrawn`)."""
+    `withdrawn`, `cancelled`)."""
 
     outcome: str
     provider: str | None = None
@@ -427,6 +454,19 @@ class LedgerTransaction:
             )
         )
 
+    def cancel_undelivered(self, message_id: str, at: datetime, reason: str) -> bool:
+        """Cancel a message not yet handed over, for good; False if it was delivered or is unknown.
+
+        Uses the rejection columns (`rejected_at`, and `last_error` starting `cancelled:`), so
+        every query that skips rejected rows skips it: no delivery, no fallback, no resend.
+        """
+        result = self._c.execute(
+            update(t.outbox)
+            .where(t.outbox.c.message_id == message_id, t.outbox.c.published_at.is_(None))
+            .values(rejected_at=at, last_error=reason[:500], next_attempt_at=None)
+        )
+        return bool(result.rowcount)
+
     def set_fallback_task(self, message_id: str, task_id: str) -> None:
         self._c.execute(
             update(t.outbox)
@@ -471,8 +511,23 @@ class Ledger:
         self.engine = engine
 
     @classmethod
-    def open(cls, url: str) -> Ledger:
-        """Connect and migrate; raises LedgerUnavailableError or LedgerSchemaError."""
+    def open(cls, url: str, *, migrate: bool = True) -> Ledger:
+        """Connect and migrate; raises LedgerUnavailableError or LedgerSchemaError.
+
+        `migrate=False` is for operator tools (`dlq`, `audit`): they must not change the schema
+        under running workers, nor create a SQLite ledger (under sudo its files would belong to
+        root). The schema must then be exactly this version's, else LedgerSchemaError.
+        """
+        if not migrate and url.startswith("sqlite"):
+            try:
+                database = make_url(url).database
+            except Exception:  # a bad URL: reported below, as for the daemon
+                database = None
+            if database and database != ":memory:" and not Path(database).is_file():
+                raise LedgerUnavailableError(
+                    f"there is no ledger at {database}; check [ledger] url and [bridge] data_dir "
+                    "(or REFERRAL_BRIDGE_LEDGER_URL), or start the bridge once to create it"
+                )
         try:
             if url.startswith("sqlite"):
                 engine = _sqlite_engine(url)
@@ -484,7 +539,23 @@ class Ledger:
             ) from None
         ledger = cls(engine)
         try:
-            ledger.migrate()
+            if migrate:
+                ledger.migrate()
+            else:
+                from referral_bridge.ledger.migrations import current_version
+
+                with ledger._reading() as connection:
+                    found = current_version(connection)
+                if found != t.SCHEMA_VERSION:
+                    raise LedgerSchemaError(
+                        f"ledger schema is version {found}, this tool's is {t.SCHEMA_VERSION}; it "
+                        "does not migrate. "
+                        + (
+                            "Use the referral-bridge version the workers run"
+                            if found > t.SCHEMA_VERSION
+                            else "Start the upgraded bridge (it migrates at start-up), then retry"
+                        )
+                    )
         except BaseException:
             engine.dispose()  # no pooled connection may outlive a failed start
             raise
@@ -565,15 +636,28 @@ class Ledger:
         try:
             with self.engine.begin() as connection:
                 first_time = connection.execute(
-                    select(t.outbox.c.message_id, t.outbox.c.kind, t.outbox.c.audit).where(
-                        t.outbox.c.message_id.in_(ids), t.outbox.c.published_at.is_(None)
-                    )
+                    select(
+                        t.outbox.c.message_id,
+                        t.outbox.c.kind,
+                        t.outbox.c.audit,
+                        t.outbox.c.rejected_at,
+                        t.outbox.c.last_error,
+                    ).where(t.outbox.c.message_id.in_(ids), t.outbox.c.published_at.is_(None))
                 ).all()
                 connection.execute(
                     update(t.outbox)
                     .where(t.outbox.c.message_id.in_(ids))
                     .values(published_at=at, attempts=t.outbox.c.attempts + 1)
                 )
+                # Handed over while (or just after) consent was withdrawn: the provider has it
+                # after all, so it is not cancelled and its withdrawal must follow it.
+                revived = [
+                    row.message_id
+                    for row in first_time
+                    if _is_cancelled(row.rejected_at, row.last_error)
+                ]
+                if revived:
+                    _revive_withdrawals(connection, revived)
                 records = [
                     _audit_row(row.kind, row.message_id, facts, at, route)
                     for row in first_time
@@ -704,12 +788,18 @@ class Ledger:
     def deliveries(
         self, *, state: str = "undelivered", provider: str | None = None, limit: int = 200
     ) -> list[PendingDelivery]:
-        """Rows for operators: `undelivered` (parked or waiting), `rejected`, or `all`."""
+        """Rows for operators: `undelivered` (parked or waiting), `rejected`, `cancelled` (consent
+        withdrawn before delivery), or `all`."""
         query = _delivery_query()
+        cancelled = and_(
+            t.outbox.c.rejected_at.is_not(None), t.outbox.c.last_error.like(f"{CANCELLED}:%")
+        )
         if state == "undelivered":
             query = query.where(t.outbox.c.published_at.is_(None), t.outbox.c.rejected_at.is_(None))
         elif state == "rejected":
-            query = query.where(t.outbox.c.rejected_at.is_not(None))
+            query = query.where(t.outbox.c.rejected_at.is_not(None), ~cancelled)
+        elif state == "cancelled":
+            query = query.where(cancelled)
         if provider is not None:
             query = query.where(t.outbox.c.provider == provider)
         query = query.order_by(t.outbox.c.created_at, t.outbox.c.message_id).limit(limit)
@@ -732,6 +822,8 @@ class Ledger:
                     return ResendResult("delivered", row.provider)
                 if row.rejected_at is None:
                     return ResendResult("not_rejected", row.provider)
+                if _is_cancelled(row.rejected_at, row.last_error):
+                    return ResendResult("cancelled", row.provider)
                 withdrawn = connection.execute(
                     select(t.actions.c.id).where(
                         t.actions.c.action == "withdrawal", t.actions.c.related_id == message_id
@@ -825,6 +917,27 @@ class Ledger:
 
 #: The daemon's name in audit records (operators' tools record the operator's login).
 DAEMON_ACTOR = "referral-bridge"
+
+
+def _revive_withdrawals(connection: Connection, referral_ids: list[str]) -> None:
+    """Un-cancel delivered referrals and put their cancelled withdrawals back in line."""
+    connection.execute(
+        update(t.outbox)
+        .where(t.outbox.c.message_id.in_(referral_ids))
+        .values(rejected_at=None, last_error=None, next_attempt_at=None)
+    )
+    withdrawals = select(t.actions.c.message_id).where(
+        t.actions.c.action == "withdrawal", t.actions.c.related_id.in_(referral_ids)
+    )
+    connection.execute(
+        update(t.outbox)
+        .where(
+            t.outbox.c.message_id.in_(withdrawals),
+            t.outbox.c.published_at.is_(None),
+            t.outbox.c.last_error.like(f"{CANCELLED}:%"),
+        )
+        .values(rejected_at=None, last_error=None, next_attempt_at=None)
+    )
 
 
 def _audit_facts(value: Mapping[str, Any] | None) -> AuditFacts | None:

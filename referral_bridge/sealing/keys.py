@@ -332,12 +332,30 @@ def _read_key_file(path: Path, *, must_be_private: bool) -> tuple[bytes, int]:
 
 
 def _check_private_file_mode(path: Path, st_mode: int) -> None:
-    if st_mode & 0o077:
+    """Refuse a private key that others could read or anyone but its owner could change.
+
+    One exception: a file inside systemd's `$CREDENTIALS_DIRECTORY` may show group *read*. systemd
+    grants the unit's user read access there with a POSIX ACL, and `stat` reports the ACL mask in
+    the group bits (mode 0440); the directory itself is private to the unit. The real path must lie
+    under the real directory, so a symlink out of it does not qualify. Other bits and group write
+    are refused everywhere.
+    """
+    allowed = 0o040 if _inside_credentials_directory(path) else 0
+    if st_mode & 0o077 & ~allowed:
         raise UnsafeKeyFileError(
             f"private key file {path} is readable or writable by group or others "
             f"(mode {stat.S_IMODE(st_mode):04o}); run: chmod 600 {path}",
             path=path,
         )
+
+
+def _inside_credentials_directory(path: Path) -> bool:
+    directory = os.environ.get("CREDENTIALS_DIRECTORY", "").strip()
+    if not directory:
+        return False
+    real_directory = Path(os.path.realpath(directory))
+    real_path = Path(os.path.realpath(path))
+    return real_path != real_directory and real_path.is_relative_to(real_directory)
 
 
 def _parse_json(raw: bytes, path: Path) -> Any:

@@ -3,7 +3,10 @@
 A set is a JWKS file. One key carries ``"current": true``: the bridge signs with the current key
 of its private set, and encrypts to the current key of a provider's public set. Rotation adds a
 key and moves the mark; old keys stay so that everything sealed or signed with them still opens
-during the overlap. Files are replaced atomically (write, fsync, rename), never edited in place.
+during the overlap. A new signing key can be *staged* first (added, not current) so providers
+hold its public half before the bridge signs with it, then *promoted*. Files are replaced
+atomically (write, fsync, rename, fsync the folder), never edited in place, and keep their
+owner; a set with private keys is always written 0600.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ __all__ = [
     "RotatedSet",
     "add_public_key",
     "load_signing_key",
+    "promote_key",
     "public_set_document",
     "rotate_key_set",
     "write_key_set",
@@ -92,17 +96,23 @@ def write_key_set(path: Path, keys: KeySet) -> None:
     _replace_file(path, content, mode=0o600 if private else 0o644)
 
 
-def rotate_key_set(path: Path, kid: str, *, public_out: Path | None = None) -> RotatedSet:
+def rotate_key_set(
+    path: Path, kid: str, *, public_out: Path | None = None, stage: bool = False
+) -> RotatedSet:
     """Generate a new P-256 key ``kid``, add it to the private set at ``path``, mark it current.
 
     A missing file starts a new set. A single-JWK file becomes a JWKS holding the old key too.
-    ``public_out`` also writes the public JWKS to hand to the other side.
+    ``public_out`` also writes the public JWKS to hand to the other side. ``stage`` adds the key
+    without making it current (promote it later with ``promote_key``): the other side can take
+    the new public key before anything is signed or sealed with it.
     """
     _check_kid(kid)
     path = Path(path)
     existing: list[AnyKey] = []
+    kept_current: str | None = None
     if path.exists():
         current = load_key_set(path)
+        kept_current = current.current.kid
         if not current.is_private:
             raise UnsuitableKeyError(
                 f"{path} holds public keys: a new key can only be generated into a private set; "
@@ -113,8 +123,15 @@ def rotate_key_set(path: Path, kid: str, *, public_out: Path | None = None) -> R
         raise InvalidKeyFileError(
             f"{path} already has a key {kid!r}; rotation needs a new kid", path=path
         )
+    if stage and not existing:
+        raise MissingKeyFileError(
+            f"key set {path} does not exist: there is no current key to keep while staging; "
+            "create the set without --stage",
+            path=path,
+        )
     new = ECKey.generate_key(CURVE, parameters={"kid": kid}, private=True)
-    rotated = KeySet([*existing, PrivateKey(kid=kid, jwk=new)], current_kid=kid)
+    current_kid = kept_current if stage and kept_current is not None else kid
+    rotated = KeySet([*existing, PrivateKey(kid=kid, jwk=new)], current_kid=current_kid)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     write_key_set(path, rotated)
     if public_out is not None:
@@ -123,7 +140,24 @@ def rotate_key_set(path: Path, kid: str, *, public_out: Path | None = None) -> R
             (json.dumps(public_set_document(rotated), indent=2) + "\n").encode("utf-8"),
             mode=0o644,
         )
-    return RotatedSet(path=path, kids=rotated.kids, current=kid, public_path=public_out)
+    return RotatedSet(path=path, kids=rotated.kids, current=current_kid, public_path=public_out)
+
+
+def promote_key(path: Path, kid: str) -> RotatedSet:
+    """Mark the key ``kid`` (already in the set at ``path``, e.g. staged) current."""
+    path = Path(path)
+    if not path.exists():
+        raise MissingKeyFileError(f"key set {path} does not exist", path=path)
+    keys = load_key_set(path)
+    if kid not in keys.kids:
+        raise InvalidKeyFileError(
+            f"{path} has no key {kid!r} (it has {', '.join(keys.kids)}); stage it first with "
+            "`keys rotate --kid KID --stage`",
+            path=path,
+        )
+    promoted = KeySet(list(keys), current_kid=kid)
+    write_key_set(path, promoted)
+    return RotatedSet(path=path, kids=promoted.kids, current=kid)
 
 
 def add_public_key(path: Path, key_file: Path) -> RotatedSet:
@@ -134,9 +168,20 @@ def add_public_key(path: Path, key_file: Path) -> RotatedSet:
     """
     path, key_file = Path(path), Path(key_file)
     incoming = load_key_set(key_file)
+    if any(isinstance(key, PrivateKey) for key in incoming):
+        raise UnsuitableKeyError(
+            f"{key_file} holds a private key: nothing was added. Only public keys are ever sent "
+            "between parties; treat this key as compromised, tell its owner to rotate it, and "
+            "delete every copy of the file"
+        )
     if not path.exists():
         raise MissingKeyFileError(f"key set {path} does not exist", path=path)
     current = load_key_set(path)
+    if any(isinstance(key, PrivateKey) for key in current):
+        raise UnsuitableKeyError(
+            f"{path} holds private keys: --add is for the public copy of another party's keys "
+            "and would drop them; nothing was changed. To add a key of your own, use --kid"
+        )
     merged: dict[str, AnyKey] = {key.kid: _public(key) for key in current}
     for key in incoming:
         known = merged.get(key.kid)
@@ -157,11 +202,29 @@ def _public(key: AnyKey) -> PublicKey:
 
 
 def _replace_file(path: Path, content: bytes, *, mode: int) -> None:
-    """Write a sibling temporary file with the final mode, fsync it, then rename it over."""
+    """Write a sibling temporary file with the final mode and the old file's owner, fsync it,
+    rename it over, then fsync the folder so the rename survives a crash.
+
+    Keeping the owner matters when root rotates the bridge's set: a root-owned 0600 file would
+    stop the bridge at its next start.
+    """
     path = Path(path)
+    try:
+        old = path.stat()
+    except FileNotFoundError:
+        old = None
     fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         os.fchmod(fd, mode)
+        if old is not None and (old.st_uid, old.st_gid) != (os.geteuid(), os.getegid()):
+            try:
+                os.fchown(fd, old.st_uid, old.st_gid)
+            except PermissionError:
+                raise InvalidKeyFileError(
+                    f"{path} belongs to uid {old.st_uid}; run the command as that user (or as "
+                    "root) so the rewritten file keeps its owner. Nothing was changed",
+                    path=path,
+                ) from None
         view = memoryview(content)
         while view:
             view = view[os.write(fd, view) :]
@@ -172,3 +235,8 @@ def _replace_file(path: Path, content: bytes, *, mode: int) -> None:
         raise
     os.close(fd)
     os.replace(temporary, path)
+    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)

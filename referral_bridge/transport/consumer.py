@@ -43,6 +43,12 @@ FIRST_FAILED_AT_HEADER = "x-rb-first-failed-at"
 CARRIED_HEADERS = (REPLAY_COUNT_HEADER, FIRST_FAILED_AT_HEADER)
 
 
+#: AMQP heartbeat of the consuming connection, in seconds. Both ends drop a connection silent
+#: for about two periods, and the loop is silent while a handler runs; the worker passes a value
+#: fitted to its longest in-place delivery (see worker.consumer_heartbeat_seconds).
+DEFAULT_HEARTBEAT_SECONDS = 30.0
+
+
 def rfc3339_utc(moment: datetime) -> str:
     """`moment` as an RFC 3339 timestamp in UTC with a Z offset, to the millisecond."""
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -75,6 +81,7 @@ class Consumer:
         reconnect_max_wait: float = 30.0,
         clock: Callable[[], datetime] = _utc_now,
         on_dead_lettered: Callable[[DeadLetterReason], None] | None = None,
+        heartbeat: float = DEFAULT_HEARTBEAT_SECONDS,
     ) -> None:
         self._spec = spec
         self._topology = topology
@@ -88,6 +95,7 @@ class Consumer:
         self._reconnect_max_wait = reconnect_max_wait
         self._clock = clock
         self._on_dead_lettered = on_dead_lettered
+        self._heartbeat = heartbeat
         self._stop = threading.Event()
 
     def run(self, stop: threading.Event) -> None:
@@ -106,6 +114,9 @@ class Consumer:
             try:
                 self._consume(connection, stop)
             except _ConnectionLostError:
+                # Drop it without a word: a half-open connection would never answer a close, and
+                # the broker requeues what we held once it notices too.
+                connection.collect()
                 # A broker that accepts connections but drops every channel must not spin us.
                 stop.wait(1.0)
                 continue
@@ -122,7 +133,7 @@ class Consumer:
             stop.wait(seconds)
 
         def connect_once() -> Connection:
-            connection = self._spec.connection()
+            connection = self._spec.connection(heartbeat=self._heartbeat)
             try:
                 # One attempt: kombu's connect() would itself retry after 2 s inside our backoff.
                 connection.ensure_connection(max_retries=0)
@@ -176,6 +187,10 @@ class Consumer:
             consumer.consume()
             log.info("transport.consuming", queue=self._topology.work_queue)
             while not stop.is_set():
+                # Sends our heartbeat when due and raises a connection error when RabbitMQ's have
+                # stopped arriving: a half-open connection (a NAT or firewall that forgot us)
+                # otherwise just looks idle, and drain_events would time out here forever.
+                connection.heartbeat_check()
                 if self._idle_callback is not None:
                     self._idle_callback()
                 try:

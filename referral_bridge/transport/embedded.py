@@ -59,14 +59,20 @@ class BrokerSpec:
         """The URL with any password masked, fit for logs and error messages."""
         return str(Connection(self.url).as_uri())
 
-    def connection(self) -> Connection:
-        """A new, not yet connected kombu Connection; creates the embedded folders if needed."""
+    def connection(self, *, heartbeat: float = 0) -> Connection:
+        """A new, not yet connected kombu Connection; creates the embedded folders if needed.
+
+        `heartbeat` (seconds, AMQP only) asks RabbitMQ for heartbeats, so that a half-open
+        connection is noticed; whoever asks must call `heartbeat_check()` about once a second,
+        or RabbitMQ closes the connection. Short-lived connections leave it at 0.
+        """
         for folder in self.data_folders:
             folder.mkdir(parents=True, exist_ok=True)
         return Connection(
             self.url,
             transport_options=dict(self.transport_options),
             connect_timeout=_CONNECT_TIMEOUT_SECONDS,
+            heartbeat=0 if self.embedded else heartbeat,
         )
 
 

@@ -154,6 +154,15 @@ def marked_schema_violation() -> tuple[bytes, list[str]]:
     victim["needs"].update(language=mark("la"), accessibility=mark("ac"))
     victim["consent"]["recorded_by"] = mark("rb")
     victim["nickname"] = mark("x")  # not in the contract: masked as unknown
+    # Personal data a producer put in non-personal fields: what a failing body may well carry.
+    victim["kind"] = mark("k")
+    victim["relationship"] = mark("r")
+    data["reported_at"] = mark("ra")
+    data["offence"]["label"] = mark("ol")
+    # Lower case, as a flag name would be (an upper-case key was always masked).
+    markers.append(mark("fk").lower())
+    markers.pop(-2)
+    data["flags"][markers[-1]] = True
     body = encode(event)
     assert len(body) <= MAX_BYTES, "the marked body must fail on its schema, not its size"
     return body, markers
@@ -267,6 +276,16 @@ def test_show_masks_every_personal_field(every_reason: EveryReason) -> None:
     assert [m for m in every_reason.markers if m in result.stdout + result.stderr] == []
     assert "[masked: personal]" in result.stdout
     assert "data.victims[0].date_of_birth" in result.stdout  # the PII-free detail
+
+
+def test_show_of_every_reason_holds_no_marker(every_reason: EveryReason) -> None:
+    shown = {
+        reason: cli(every_reason.env, "dlq", "show", letter_id)
+        for reason, letter_id in every_reason.ids.items()
+    }
+
+    assert {reason: r.returncode for reason, r in shown.items()} == dict.fromkeys(shown, 0)
+    assert [reason for reason, r in shown.items() if MARKER in r.stdout + r.stderr] == []
 
 
 def test_show_of_a_body_that_is_not_json_gives_only_its_size_and_hash(

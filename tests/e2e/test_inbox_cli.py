@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import socket
 import ssl
+import stat
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from referral_bridge.core import ids
 from tests.e2e.helpers import cli_command, wait_until, worker_environment
 from tests.fakes import KeyMaterial, make_keys
 from tests.integration.test_delivery_helpers import LANCASHIRE, Pki, make_pki
@@ -66,6 +68,8 @@ def inbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningInbox]:
             str(pki.server_cert),
             "--key",
             str(pki.server_key),
+            "--provider",
+            LANCASHIRE,
             "--keys",
             str(keys.provider_private[LANCASHIRE]),
             "--verify-with",
@@ -93,16 +97,24 @@ def inbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningInbox]:
         process.wait(timeout=10)
 
 
-def referral_event(keys: KeyMaterial, referral_id: str) -> bytes:
+def referral_event(
+    keys: KeyMaterial,
+    referral_id: str,
+    *,
+    provider: str = LANCASHIRE,
+    event_id: str | None = None,
+    event_type: str = "victim.referral.created",
+) -> bytes:
     token = keys.sealer().seal(
-        LANCASHIRE, {"referral_id": referral_id, "victim": {"phone": FAKE_PHONE}}
+        LANCASHIRE,
+        {"referral_id": referral_id, "provider": provider, "victim": {"phone": FAKE_PHONE}},
     )
     return json.dumps(
         {
             "specversion": "1.0",
-            "id": referral_id,
+            "id": event_id or referral_id,
             "source": "urn:test:referral-bridge",
-            "type": "victim.referral.created",
+            "type": event_type,
             "time": "2026-11-23T10:41:00Z",
             "datacontenttype": "application/jose",
             "data": token,
@@ -152,3 +164,35 @@ def test_the_store_holds_no_plain_text_personal_data(inbox: RunningInbox) -> Non
 
     files = [inbox.store, *inbox.store.parent.glob("inbox.sqlite3*")]
     assert all(FAKE_PHONE.encode() not in path.read_bytes() for path in files if path.exists())
+
+
+def test_a_referral_addressed_to_another_provider_is_refused_with_400(inbox: RunningInbox) -> None:
+    body = referral_event(inbox.keys, "r-other", provider="homicide-service")
+
+    response = post(inbox, body, "r-other")
+
+    assert (response.status_code, response.json()["status"]) == (400, "wrong_provider")
+
+
+def test_a_referral_replayed_as_its_own_withdrawal_is_refused_with_400(
+    inbox: RunningInbox,
+) -> None:
+    withdrawal = ids.withdrawal_id("r-replayed")
+    body = referral_event(
+        inbox.keys, "r-replayed", event_id=withdrawal, event_type="victim.referral.withdrawn"
+    )
+
+    response = post(inbox, body, withdrawal)
+
+    assert (response.status_code, response.json()["status"]) == (400, "type_mismatch")
+
+
+def test_the_store_and_its_wal_files_are_owner_only(inbox: RunningInbox) -> None:
+    post(inbox, referral_event(inbox.keys, "r-modes"), "r-modes")
+
+    modes = {
+        path.name: stat.S_IMODE(path.stat().st_mode)
+        for path in inbox.store.parent.glob("inbox.sqlite3*")
+    }
+    assert set(modes) >= {"inbox.sqlite3", "inbox.sqlite3-wal"}
+    assert set(modes.values()) == {0o600}

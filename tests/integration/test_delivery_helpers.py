@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -206,6 +207,7 @@ def running_inbox(
     faults = Faults()
     server = InboxServer(
         ReferralInbox(
+            provider=provider,
             decryption_keys=keys.provider_keys(provider),
             verification_keys=keys.bridge_verification_keys(),
             store=store,
@@ -255,6 +257,8 @@ def make_engine(
     publisher: RecordingPublisher,
     routes: dict[str, Route],
     policy: DeliveryPolicy = QUICK,
+    *,
+    monotonic: Callable[[], float] | None = None,
 ) -> DeliveryEngine:
     return DeliveryEngine(
         ledger=ledger,
@@ -263,4 +267,5 @@ def make_engine(
         policy=policy,
         clock=clock.now,
         sleep=lambda _seconds: None,
+        monotonic=monotonic or time.monotonic,
     )

@@ -390,14 +390,17 @@ class TestProviderDown:
             policy,
         )
 
-        service.handle(burglary("LC-26-0000301"))
-        service.handle(burglary("LC-26-0000302"))
-        assert lancashire.faults.requests == 2  # opened after two; the second case never tried
+        service.handle(burglary("LC-26-0000301"))  # one attempt each while handling
+        service.handle(burglary("LC-26-0000302"))  # the second failure opens the circuit
+        service.handle(burglary("LC-26-0000303"))  # not tried: the circuit is open
+        assert lancashire.faults.requests == 2
 
         lancashire.faults.status = None
         clock.advance(timedelta(minutes=6))
-        assert service.flush() == 2
-        assert len(lancashire.store.message_ids()) == 2
+        assert service.flush() == 3
+        # One probe, which closed the circuit, then one request for each of the others.
+        assert lancashire.faults.requests == 2 + 3
+        assert len(lancashire.store.message_ids()) == 3
 
 
 class TestRejection:
@@ -509,46 +512,137 @@ class TestTls:
         assert row.last_error.startswith("tls_failed")
 
 
-class TestWithdrawalOrder:
-    def test_a_withdrawal_waits_for_its_undelivered_referral_then_follows_it(
-        self,
-        build: Builder,
-        ledger: Ledger,
-        keys: KeyMaterial,
-        clock: FakeClock,
-        publisher: RecordingPublisher,
-        pki: Pki,
-        lancashire: Inbox,
-    ) -> None:
-        lancashire.faults.status = 503
-        service = build(
-            {LANCASHIRE: https_route(pki, LANCASHIRE, lancashire.url)},
-        )
-        service.handle(burglary(CRIME_REF))
-        lancashire.faults.status = None
-        consent = {
-            "case_ref": CRIME_REF,
-            "victim_id": "P-0001",
-            "referral": "withdrawn",
-            "recorded_at": clock.now().isoformat(),
-            "recorded_by": "PC 0000",
-            "lawful_basis": None,
-        }
+def withdraw_consent(service: ReferralService, clock: FakeClock) -> None:
+    consent = {
+        "case_ref": CRIME_REF,
+        "victim_id": "P-0001",
+        "referral": "withdrawn",
+        "recorded_at": clock.now().isoformat(),
+        "recorded_by": "PC 0000",
+        "lawful_basis": None,
+    }
+    assert (
         service.handle(
             inbound(
                 cloudevent(consent, event_type="consent.updated"), routing_key="consent.updated"
             )
         )
-        withdrawal = ids.withdrawal_id(REFERRAL)
+        == Ack()
+    )
 
-        assert outbox_row(ledger, withdrawal).published_at is None
-        assert lancashire.store.message_ids() == []
 
+def audit_actions(ledger: Ledger) -> list[str]:
+    with ledger.engine.connect() as connection:
+        return list(connection.execute(select(t.audit.c.action)).scalars())
+
+
+WITHDRAWAL = ids.withdrawal_id(REFERRAL)
+
+
+class TestWithdrawalBeforeDelivery:
+    """Consent withdrawn while the referral is still parked: the provider never receives it."""
+
+    @pytest.fixture
+    def parked_then_withdrawn(
+        self, build: Builder, clock: FakeClock, pki: Pki, lancashire: Inbox
+    ) -> ReferralService:
+        lancashire.faults.status = 503
+        service = build({LANCASHIRE: https_route(pki, LANCASHIRE, lancashire.url)})
+        service.handle(burglary(CRIME_REF))
+        lancashire.faults.status = None
+        withdraw_consent(service, clock)
+        return service
+
+    def test_a_referral_still_undelivered_when_consent_is_withdrawn_is_never_delivered(
+        self,
+        parked_then_withdrawn: ReferralService,
+        ledger: Ledger,
+        clock: FakeClock,
+        lancashire: Inbox,
+    ) -> None:
         clock.advance(timedelta(minutes=1))
-        service.flush()
+        parked_then_withdrawn.flush()
+        clock.advance(timedelta(days=1))
+        parked_then_withdrawn.flush()
 
-        assert lancashire.store.message_ids() == [REFERRAL, withdrawal]
-        record = lancashire.store.get(withdrawal)
+        # Neither the referral nor a withdrawal of something the provider never had.
+        assert lancashire.store.message_ids() == []
+        assert outbox_row(ledger, REFERRAL).published_at is None
+        assert outbox_row(ledger, WITHDRAWAL).published_at is None
+        assert audit_actions(ledger) == []  # no disclosure is claimed
+
+    def test_the_withdrawal_is_recorded_so_it_is_not_decided_again(
+        self, parked_then_withdrawn: ReferralService, ledger: Ledger, clock: FakeClock
+    ) -> None:
+        withdraw_consent(parked_then_withdrawn, clock)
+
+        with ledger.engine.connect() as connection:
+            actions = connection.execute(
+                select(t.actions.c.message_id).where(t.actions.c.action == "withdrawal")
+            ).all()
+        assert [row.message_id for row in actions] == [WITHDRAWAL]
+
+    def test_operators_see_the_referral_and_its_withdrawal_as_cancelled(
+        self, parked_then_withdrawn: ReferralService, ledger: Ledger
+    ) -> None:
+        cancelled = ledger.deliveries(state="cancelled")
+
+        assert sorted(d.message_id for d in cancelled) == sorted([REFERRAL, WITHDRAWAL])
+        assert {d.state for d in cancelled} == {"cancelled"}
+        assert ledger.deliveries(state="rejected") == []
+        assert ledger.deliveries(state="undelivered") == []
+
+    def test_no_fallback_task_is_issued_at_the_cancelled_referrals_deadline(
+        self,
+        parked_then_withdrawn: ReferralService,
+        ledger: Ledger,
+        clock: FakeClock,
+        publisher: RecordingPublisher,
+    ) -> None:
+        clock.set(outbox_row(ledger, REFERRAL).deadline + timedelta(minutes=1))
+
+        assert parked_then_withdrawn.issue_overdue_fallbacks() == 0
+        assert publisher.of_type(LEAFLET) == []
+
+    def test_resend_refuses_the_cancelled_referral_and_its_withdrawal(
+        self, parked_then_withdrawn: ReferralService, ledger: Ledger, clock: FakeClock
+    ) -> None:
+        referral = ledger.resend(REFERRAL, at=clock.now(), actor="operator-1")
+        withdrawal = ledger.resend(WITHDRAWAL, at=clock.now(), actor="operator-1")
+
+        assert (referral.outcome, withdrawal.outcome) == ("cancelled", "cancelled")
+
+    def test_a_referral_handed_over_as_it_was_cancelled_is_followed_by_its_withdrawal(
+        self,
+        parked_then_withdrawn: ReferralService,
+        ledger: Ledger,
+        clock: FakeClock,
+        lancashire: Inbox,
+    ) -> None:
+        # Another worker's delivery, under way when consent was withdrawn, completes now.
+        ledger.mark_published([REFERRAL], clock.now(), route="https")
+
+        assert parked_then_withdrawn.flush() == 1
+        assert lancashire.store.message_ids() == [WITHDRAWAL]
+        assert outbox_row(ledger, REFERRAL).rejected_at is None
+        assert sorted(audit_actions(ledger)) == ["referral_sent", "withdrawal_sent"]
+
+
+class TestWithdrawalOrder:
+    def test_a_withdrawal_follows_its_delivered_referral(
+        self,
+        build: Builder,
+        ledger: Ledger,
+        clock: FakeClock,
+        pki: Pki,
+        lancashire: Inbox,
+    ) -> None:
+        service = build({LANCASHIRE: https_route(pki, LANCASHIRE, lancashire.url)})
+        service.handle(burglary(CRIME_REF))
+        withdraw_consent(service, clock)
+
+        assert lancashire.store.message_ids() == [REFERRAL, WITHDRAWAL]
+        record = lancashire.store.get(WITHDRAWAL)
         assert record is not None
         assert record.referral_id == REFERRAL
         assert json.loads(record.envelope)["type"] == "victim.referral.withdrawn"

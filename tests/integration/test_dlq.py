@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -328,6 +329,30 @@ class TestPurge:
             queue.purge(DeadLetterFilter(), before_remove=fail)
 
         assert broker.depth(broker.topology.dead_letter_queue) == 2
+
+    def test_when_the_removal_fails_the_failure_is_recorded_after_the_purge_record(
+        self, embedded: BrokerHarness
+    ) -> None:
+        queue = DeadLetterQueue(embedded.spec, embedded.topology)
+        park(embedded, event_body(event_id="a"), message_id="msg-a")
+        folder = Path(str(embedded.spec.transport_options["data_folder_in"]))
+        recorded: list[tuple[str, str]] = []
+
+        def record_then_break_the_file(letter: DeadLetterMessage) -> None:
+            recorded.append(("purged", letter.id))
+            # A directory where the message file was: its removal fails (even as root).
+            [path] = folder.glob(f"*.{embedded.topology.dead_letter_queue}.msg")
+            path.unlink()
+            path.mkdir()
+
+        with pytest.raises(IsADirectoryError):
+            queue.purge(
+                DeadLetterFilter(),
+                before_remove=record_then_break_the_file,
+                on_remove_failed=lambda letter: recorded.append(("failed", letter.id)),
+            )
+
+        assert recorded == [("purged", "msg-a"), ("failed", "msg-a")]
 
     def test_purging_by_reason_and_age_keeps_newer_and_other_reasons(
         self, broker: BrokerHarness, queue: DeadLetterQueue

@@ -17,6 +17,7 @@ import pytest
 from jwcrypto import jwe, jwk, jws  # type: ignore[import-untyped]
 from jwcrypto.common import JWException  # type: ignore[import-untyped]
 
+from referral_bridge.core import ids
 from referral_bridge.sealing import (
     TamperedError,
     UnknownKeyError,
@@ -157,3 +158,67 @@ class TestTheBridgeOpensJwcryptoTokens:
         assert jwk_of(keys.bridge_private).thumbprint() == (
             jwk.JWK(**load_private_key(keys.bridge_private).jwk.as_dict(private=True)).thumbprint()
         )
+
+
+SECURITY_DOC = Path(__file__).resolve().parents[2] / "docs" / "security.md"
+
+
+@pytest.fixture
+def docs_example(keys: KeyMaterial, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The worked example in docs/security.md, run as written (in a folder holding its keys)."""
+    text = SECURITY_DOC.read_text(encoding="utf-8")
+    start = text.index("```python\nimport json\nimport uuid\n") + len("```python\n")
+    code = text[start : text.index("```", start)]
+    for name, path in (
+        ("provider.private.jwks", keys.provider_private[PROVIDER]),
+        ("bridge.public.jwks", keys.bridge_public),
+    ):
+        document = json.loads(path.read_text())
+        keys_list = document.get("keys", [document])
+        (tmp_path / name).write_text(json.dumps({"keys": keys_list}))
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, Any] = {}
+    exec(compile(code, str(SECURITY_DOC), "exec"), namespace)  # noqa: S102 (our own docs)
+    return namespace
+
+
+def envelope(token: str, event_id: str, event_type: str) -> bytes:
+    return json.dumps({"id": event_id, "type": event_type, "data": token}).encode()
+
+
+class TestTheDocsWorkedExample:
+    def test_it_opens_a_referral_addressed_to_the_provider(
+        self, keys: KeyMaterial, docs_example: Any
+    ) -> None:
+        payload = {"referral_id": "r-1", "provider": PROVIDER, "victim": {"name": "X"}}
+        token = keys.sealer().seal(PROVIDER, payload)
+
+        opened = docs_example["open_referral"](envelope(token, "r-1", "victim.referral.created"))
+
+        assert opened == payload
+
+    def test_it_refuses_a_referral_replayed_as_a_withdrawal(
+        self, keys: KeyMaterial, docs_example: Any
+    ) -> None:
+        token = keys.sealer().seal(PROVIDER, {"referral_id": "r-1", "provider": PROVIDER})
+        body = envelope(token, ids.withdrawal_id("r-1"), "victim.referral.withdrawn")
+
+        with pytest.raises(docs_example["Refused"], match="type_mismatch"):
+            docs_example["open_referral"](body)
+
+    def test_it_refuses_a_referral_for_another_provider(
+        self, keys: KeyMaterial, docs_example: Any
+    ) -> None:
+        token = keys.sealer().seal(PROVIDER, {"referral_id": "r-1", "provider": "other"})
+
+        with pytest.raises(docs_example["Refused"], match="wrong_provider"):
+            docs_example["open_referral"](envelope(token, "r-1", "victim.referral.created"))
+
+    def test_it_accepts_a_withdrawal_under_its_own_id(
+        self, keys: KeyMaterial, docs_example: Any
+    ) -> None:
+        payload = {"referral_id": "r-1", "withdrawn_at": "2026-11-23T10:41:00Z"}
+        token = keys.sealer().seal(PROVIDER, payload)
+        body = envelope(token, ids.withdrawal_id("r-1"), "victim.referral.withdrawn")
+
+        assert docs_example["open_referral"](body) == payload

@@ -19,8 +19,12 @@ from sqlalchemy import (
     func,
     inspect,
     select,
+    text,
 )
+from sqlalchemy.exc import DBAPIError
 
+from referral_bridge.audit import AuditRecord, AuditTrail
+from referral_bridge.errors import LedgerSchemaError
 from referral_bridge.ledger import AuditFacts, Ledger, OutboxMessage
 from referral_bridge.ledger import schema as t
 from tests.fakes import ledger_url_for, require_postgres, throwaway_postgres_database
@@ -117,6 +121,105 @@ class TestUpgradeFromVersion1:
             assert [m.message_id for m in ledger.unpublished()] == ["old-1"]
         finally:
             ledger.dispose()
+
+
+class TestOpeningWithoutMigrating:
+    """Operator tools open the ledger with migrate=False: they never change its schema."""
+
+    def test_a_ledger_of_the_current_version_opens(self, ledger_url: str) -> None:
+        Ledger.open(ledger_url).dispose()
+
+        Ledger.open(ledger_url, migrate=False).dispose()
+
+    def test_an_older_schema_is_refused_and_left_as_it_was(self, ledger_url: str) -> None:
+        create_version_1(ledger_url)
+
+        with pytest.raises(LedgerSchemaError, match="does not migrate"):
+            Ledger.open(ledger_url, migrate=False)
+        engine = create_engine(ledger_url)
+        with engine.connect() as connection:
+            version = connection.execute(select(t.schema_info.c.value)).scalar_one()
+            has_audit = inspect(connection).has_table("rb_audit")
+        engine.dispose()
+        assert (version, has_audit) == ("1", False)
+
+    def test_an_empty_database_is_refused_and_left_empty(self, ledger_url: str) -> None:
+        if ledger_url.startswith("sqlite"):
+            create_engine(ledger_url).connect().close()  # an empty SQLite file
+
+        with pytest.raises(LedgerSchemaError):
+            Ledger.open(ledger_url, migrate=False)
+        engine = create_engine(ledger_url)
+        with engine.connect() as connection:
+            tables = inspect(connection).get_table_names()
+        engine.dispose()
+        assert tables == []
+
+
+def _one_audit_record(ledger: Ledger) -> None:
+    AuditTrail(ledger.engine).append(
+        AuditRecord(at=AT, action="dead_letter_revealed", actor="tester", detail="why")
+    )
+
+
+def _audit_rows(ledger: Ledger) -> list[tuple[str, str | None]]:
+    with ledger.engine.connect() as connection:
+        return [(r.actor, r.detail) for r in connection.execute(select(t.audit))]
+
+
+@pytest.fixture(params=["fresh", "upgraded from version 1"])
+def audited_ledger(request: pytest.FixtureRequest, ledger_url: str) -> Iterator[Ledger]:
+    if request.param != "fresh":
+        create_version_1(ledger_url)
+    ledger = Ledger.open(ledger_url)
+    try:
+        _one_audit_record(ledger)
+        yield ledger
+    finally:
+        ledger.dispose()
+
+
+class TestAuditIsAppendOnly:
+    """Triggers created at migration refuse any change to rb_audit, whoever asks."""
+
+    @pytest.mark.parametrize(
+        "statement",
+        ["UPDATE rb_audit SET actor = 'someone else'", "DELETE FROM rb_audit"],
+        ids=["update", "delete"],
+    )
+    def test_changing_an_audit_record_fails_and_leaves_it_as_it_was(
+        self, audited_ledger: Ledger, statement: str
+    ) -> None:
+        with (
+            pytest.raises(DBAPIError, match="append-only"),
+            audited_ledger.engine.begin() as connection,
+        ):
+            connection.execute(text(statement))
+
+        assert _audit_rows(audited_ledger) == [("tester", "why")]
+
+    @pytest.mark.integration
+    def test_truncating_fails_on_postgresql(
+        self, request: pytest.FixtureRequest, tmp_path: Path
+    ) -> None:
+        """SQLite has no TRUNCATE (its DELETE is covered above); PostgreSQL's is refused too."""
+        ledger = Ledger.open(ledger_url_for("postgresql", request, tmp_path))
+        try:
+            _one_audit_record(ledger)
+            with (
+                pytest.raises(DBAPIError, match="append-only"),
+                ledger.engine.begin() as connection,
+            ):
+                connection.execute(text("TRUNCATE rb_audit"))
+
+            assert _audit_rows(ledger) == [("tester", "why")]
+        finally:
+            ledger.dispose()
+
+    def test_appending_still_works(self, audited_ledger: Ledger) -> None:
+        _one_audit_record(audited_ledger)
+
+        assert len(_audit_rows(audited_ledger)) == 2
 
 
 def referral_row(message_id: str) -> OutboxMessage:

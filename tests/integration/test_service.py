@@ -702,15 +702,20 @@ class TestPublishFailures:
         assert parked.next_attempt_at > clock.now()
         assert (parked.last_error or "").startswith("publish_refused:")
 
-    def test_a_publish_that_fails_once_is_retried_in_place(
+    def test_handling_tries_once_and_a_scheduler_pass_retries_in_place(
         self, ledger: Ledger, keys: KeyMaterial, clock: FakeClock
     ) -> None:
-        publisher = RecordingPublisher(fail_times=1)
+        # Fails while handling (one attempt, no retry there: the consumer is never held), then
+        # once more in the scheduler's pass, which retries it in place.
+        publisher = RecordingPublisher(fail_times=2)
         service = make_service(
             ledger=ledger, sealer=keys.sealer(), publisher=publisher, clock=clock
         )
 
         assert service.handle(crime_message(make_crime())) == Ack()
+        assert publisher.sent == []
+        clock.advance(timedelta(minutes=2))
+        assert service.flush() == 1
         assert [m.type for m in publisher.sent] == [CREATED]
         assert ledger.unpublished() == []
 

@@ -32,7 +32,8 @@ from referral_bridge.ledger import Ledger
 from referral_bridge.ledger import schema as t
 from referral_bridge.settings import load_settings
 from referral_bridge.systemd import Notifier
-from referral_bridge.worker import start_health_server
+from referral_bridge.transport.consumer import DEFAULT_HEARTBEAT_SECONDS
+from referral_bridge.worker import consumer_heartbeat_seconds, readiness_of, start_health_server
 from tests.fakes import POLICY_FILE, make_keys
 
 
@@ -314,3 +315,39 @@ class TestWorkerEndpoint:
 
         assert 'referral_bridge_dead_letters_total{reason="invalid_json"} 0.0' in page
         assert "referral_bridge_holds_open 0.0" in page
+
+
+class TestWorkerReadiness:
+    def test_readiness_has_no_check_that_cannot_fail(self, tmp_path: Path) -> None:
+        """Keys are loaded once at start; a constant `keys: ok` would only pad /readyz."""
+        bridge = embedded_bridge(tmp_path, "")
+        try:
+            heartbeat = Heartbeat()
+            heartbeat.beat()
+            checks = readiness_of(bridge, heartbeat).evaluate()
+        finally:
+            bridge.close()
+
+        assert sorted(checks) == ["broker", "consumer", "ledger"]
+
+
+class TestConsumerHeartbeat:
+    def test_it_outlasts_the_slowest_in_place_delivery(self, tmp_path: Path) -> None:
+        bridge = embedded_bridge(tmp_path, "")
+        bridge.close()
+        settings = bridge.settings
+        slowest = max(
+            p.connect_timeout_seconds + p.read_timeout_seconds for p in settings.providers.values()
+        )
+
+        heartbeat = consumer_heartbeat_seconds(settings)
+
+        # Both ends drop a connection silent for about two heartbeat periods.
+        assert 2 * heartbeat > settings.delivery.attempts_in_place * slowest
+
+    def test_it_is_never_below_the_default(self, tmp_path: Path) -> None:
+        bridge = embedded_bridge(tmp_path, "")
+        bridge.close()
+        quick = bridge.settings.model_copy(update={"providers": {}})
+
+        assert consumer_heartbeat_seconds(quick) == DEFAULT_HEARTBEAT_SECONDS

@@ -192,6 +192,68 @@ class TestLoadPrivateKey:
         assert "secret-looking-text" not in str(caught.value)
 
 
+class TestSystemdCredentials:
+    """A key delivered by systemd `LoadCredential=` may show group read (the ACL mask, 0440)."""
+
+    @pytest.fixture
+    def credentials(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+        directory = tmp_path / "credentials"
+        directory.mkdir(mode=0o500)
+        monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(directory))
+        return directory
+
+    def _key_in(self, folder: Path, *, mode: int) -> Path:
+        folder.chmod(0o700)
+        path = _write(folder / "bridge.private.jwk", _jwk("bridge-1", private=True), mode=mode)
+        folder.chmod(0o500)
+        return path
+
+    def test_accepts_a_0440_key_inside_the_credentials_directory(self, credentials: Path) -> None:
+        path = self._key_in(credentials, mode=0o440)
+        assert load_private_key(path).kid == "bridge-1"
+
+    def test_accepts_a_0440_private_key_set_inside_the_credentials_directory(
+        self, credentials: Path
+    ) -> None:
+        credentials.chmod(0o700)
+        keys = [_jwk("prov-1", private=True)]
+        path = _write(credentials / "p.jwks", {"keys": keys}, mode=0o440)
+        assert load_key_set(path).is_private
+
+    def test_still_refuses_a_0440_key_outside_the_credentials_directory(
+        self, credentials: Path, tmp_path: Path
+    ) -> None:
+        path = _write(tmp_path / "k.jwk", _jwk("bridge-1", private=True), mode=0o440)
+        with pytest.raises(UnsafeKeyFileError, match="chmod 600"):
+            load_private_key(path)
+
+    def test_refuses_a_0440_key_without_a_credentials_directory(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+        path = _write(tmp_path / "k.jwk", _jwk("bridge-1", private=True), mode=0o440)
+        with pytest.raises(UnsafeKeyFileError):
+            load_private_key(path)
+
+    @pytest.mark.parametrize("mode", [0o444, 0o404, 0o460, 0o442])
+    def test_refuses_world_or_group_write_bits_even_inside_the_credentials_directory(
+        self, credentials: Path, mode: int
+    ) -> None:
+        path = self._key_in(credentials, mode=mode)
+        with pytest.raises(UnsafeKeyFileError):
+            load_private_key(path)
+
+    def test_a_symlink_in_the_credentials_directory_to_a_file_outside_does_not_qualify(
+        self, credentials: Path, tmp_path: Path
+    ) -> None:
+        target = _write(tmp_path / "k.jwk", _jwk("bridge-1", private=True), mode=0o440)
+        credentials.chmod(0o700)
+        link = credentials / "bridge.private.jwk"
+        link.symlink_to(target)
+        with pytest.raises(UnsafeKeyFileError):
+            load_private_key(link)
+
+
 class TestLoadKeySet:
     """load_key_set reads one JWK or a JWKS and knows which key is current."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import stat
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from referral_bridge.sealing import (
 from referral_bridge.sealing.rotation import (
     add_public_key,
     load_signing_key,
+    promote_key,
     public_set_document,
     rotate_key_set,
 )
@@ -209,3 +211,96 @@ class TestProviderKeyRotation:
 
         with pytest.raises(Exception, match="differs from the key with that kid"):
             add_public_key(force_copy, impostor.public_path)
+
+
+class TestAddRefusesPrivateKeys:
+    def test_adding_to_a_private_set_is_refused_and_keeps_every_private_key(
+        self, tmp_path: Path
+    ) -> None:
+        private_set = tmp_path / "provider.jwks"
+        rotate_key_set(private_set, "p-1")
+        incoming = write_public(tmp_path / "other.jwks", rotate_key_set(tmp_path / "o", "o-1").path)
+        before = private_set.read_bytes()
+
+        with pytest.raises(UnsuitableKeyError, match="--add is for the public copy"):
+            add_public_key(private_set, incoming)
+
+        assert private_set.read_bytes() == before
+        assert load_key_set(private_set).is_private
+
+    def test_an_incoming_file_with_a_private_key_is_refused_as_compromised(
+        self, tmp_path: Path
+    ) -> None:
+        public_set = write_public(
+            tmp_path / "public.jwks", rotate_key_set(tmp_path / "a", "a-1").path
+        )
+        leaked = rotate_key_set(tmp_path / "leaked.jwks", "b-1").path
+
+        with pytest.raises(UnsuitableKeyError, match="compromised"):
+            add_public_key(public_set, leaked)
+
+        assert load_key_set(public_set).kids == ("a-1",)
+
+
+class TestRewrites:
+    def test_a_rewritten_private_set_stays_0600_and_keeps_its_owner(self, tmp_path: Path) -> None:
+        path = rotate_key_set(tmp_path / "bridge.jwks", "b-1").path
+        owner = (path.stat().st_uid, path.stat().st_gid)
+
+        rotate_key_set(path, "b-2", stage=True)
+        promote_key(path, "b-2")
+
+        info = path.stat()
+        assert stat.S_IMODE(info.st_mode) == 0o600
+        assert (info.st_uid, info.st_gid) == owner
+
+    def test_the_folder_is_fsynced_after_the_rename(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        synced: list[bool] = []
+        real_fsync = os.fsync
+
+        def fsync(fd: int) -> None:
+            synced.append(stat.S_ISDIR(os.fstat(fd).st_mode))
+            real_fsync(fd)
+
+        monkeypatch.setattr(os, "fsync", fsync)
+        rotate_key_set(tmp_path / "bridge.jwks", "b-1")
+
+        assert synced == [False, True]
+
+
+class TestStaging:
+    def test_a_staged_key_is_added_without_becoming_current(self, tmp_path: Path) -> None:
+        path = rotate_key_set(tmp_path / "bridge.jwks", "b-1").path
+
+        staged = rotate_key_set(path, "b-2", stage=True)
+
+        assert staged.current == "b-1"
+        keys = load_key_set(path)
+        assert keys.kids == ("b-1", "b-2")
+        assert keys.current.kid == "b-1"
+        assert load_signing_key(path).kid == "b-1"
+
+    def test_promoting_a_staged_key_makes_it_current(self, tmp_path: Path) -> None:
+        path = rotate_key_set(tmp_path / "bridge.jwks", "b-1").path
+        rotate_key_set(path, "b-2", stage=True)
+
+        promote_key(path, "b-2")
+
+        assert load_signing_key(path).kid == "b-2"
+        assert load_key_set(path).kids == ("b-1", "b-2")
+
+    def test_the_cli_stages_then_promotes(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        path = rotate_key_set(tmp_path / "bridge.jwks", "b-1").path
+
+        staged = main(["keys", "rotate", "--set", str(path), "--kid", "b-2", "--stage"])
+        current_after_stage = load_key_set(path).current.kid
+        promoted = main(["keys", "rotate", "--set", str(path), "--promote", "b-2"])
+
+        assert (staged, promoted) == (0, 0)
+        assert current_after_stage == "b-1"
+        assert load_key_set(path).current.kid == "b-2"
+        assert "staged:   b-2" in capsys.readouterr().out

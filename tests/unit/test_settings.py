@@ -169,6 +169,39 @@ class TestEnvironment:
         assert "CREDENTIALS_DIRECTORY" in problem
 
 
+class TestWithoutResolvingKeys:
+    """Operator tools (`dlq`, `audit`) load settings without the keys they do not use."""
+
+    def test_an_unset_credentials_directory_is_no_problem(self, tmp_path: Path) -> None:
+        text = MINIMAL.replace(
+            '"keys/bridge.private.jwk"', '"${CREDENTIALS_DIRECTORY}/bridge.private.jwk"'
+        ).replace(
+            '"keys/lancashire-victim-services.public.jwk"', '"${CREDENTIALS_DIRECTORY}/p.jwk"'
+        )
+
+        settings = load_settings(write_config(tmp_path, text), env={}, resolve_keys=False)
+
+        assert settings.keys.signing_key == Path("${CREDENTIALS_DIRECTORY}/bridge.private.jwk")
+
+    def test_other_paths_are_still_expanded_and_resolved(self, tmp_path: Path) -> None:
+        text = MINIMAL.replace('"data"', '"${STATE_DIRECTORY}"')
+
+        settings = load_settings(
+            write_config(tmp_path, text), env={"STATE_DIRECTORY": "/var/lib/rb"}, resolve_keys=False
+        )
+
+        assert (settings.data_dir, settings.bridge.policy_file) == (
+            Path("/var/lib/rb"),
+            tmp_path / "policy.toml",
+        )
+
+    def test_other_problems_are_still_reported(self, tmp_path: Path) -> None:
+        path = write_config(tmp_path, MINIMAL + "\n[bridge.oops]\n")
+
+        with pytest.raises(ConfigError):
+            load_settings(path, env={}, resolve_keys=False)
+
+
 class TestRelativePaths:
     def test_relative_paths_resolve_against_the_config_files_folder(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -210,3 +243,46 @@ class TestRelativePaths:
 
         assert set(settings.providers) == {"lancashire-victim-services", "homicide-service"}
         assert settings.bridge.policy_file == shipped.parent / "policy.toml"
+
+
+class TestProviderDelivery:
+    """Provider settings that keep delivery secure and the consumer thread responsive."""
+
+    def test_an_https_attempt_longer_than_the_pass_budget_is_refused(self, tmp_path: Path) -> None:
+        path = write_config(
+            tmp_path,
+            MINIMAL
+            + 'delivery = "https"\nurl = "https://p.example/r"\nread_timeout_seconds = 30\n',
+        )
+
+        [problem] = problems_of(path)
+        assert "connect_timeout_seconds + read_timeout_seconds" in problem
+
+    def test_a_plain_amqp_provider_broker_is_refused(self, tmp_path: Path) -> None:
+        path = write_config(
+            tmp_path, MINIMAL + 'broker_url = "amqp://bridge:pw@broker.provider.example/"\n'
+        )
+
+        [problem] = problems_of(path)
+        assert "amqps://" in problem
+        assert "bridge:pw" not in problem
+
+    def test_a_plain_amqp_provider_broker_on_loopback_is_allowed(self, tmp_path: Path) -> None:
+        path = write_config(tmp_path, MINIMAL + 'broker_url = "amqp://guest@127.0.0.1:5672/"\n')
+
+        settings = load_settings(path, env={})
+
+        assert settings.providers["lancashire-victim-services"].broker_url.startswith("amqp://")
+
+    def test_an_amqps_provider_broker_takes_a_ca_bundle_relative_to_the_file(
+        self, tmp_path: Path
+    ) -> None:
+        path = write_config(
+            tmp_path,
+            MINIMAL + 'broker_url = "amqps://bridge@broker.provider.example/"\n'
+            'broker_ca_bundle = "pki/provider-ca.pem"\n',
+        )
+
+        provider = load_settings(path, env={}).providers["lancashire-victim-services"]
+
+        assert provider.broker_ca_bundle == tmp_path / "pki" / "provider-ca.pem"

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from referral_bridge.settings import DeliverySection, ProviderSection
+
 UNIT = Path(__file__).resolve().parents[2] / "systemd" / "referral-bridge.service"
 MAX_EXPOSURE = 2.0
 INSTALLED_CLI = "/opt/referral-bridge/.venv/bin/referral-bridge"
@@ -62,6 +64,17 @@ class TestUnitSettings:
 
         assert int(service["WatchdogSec"][0]) > 0
         assert service["Restart"] == ["on-failure"]
+
+    def test_the_stop_timeout_outlasts_the_worst_in_place_delivery_of_the_message_in_hand(
+        self,
+    ) -> None:
+        """A stop drains the message in hand; SIGKILL mid-drain is not the clean stop promised."""
+        delivery, provider = DeliverySection(), ProviderSection(public_keys=Path("p.jwk"))
+        per_attempt = provider.connect_timeout_seconds + provider.read_timeout_seconds
+
+        assert int(service_section()["TimeoutStopSec"][0]) > (
+            delivery.attempts_in_place * per_attempt
+        )
 
     def test_a_configuration_error_is_not_restarted(self) -> None:
         assert service_section()["RestartPreventExitStatus"] == ["3"]

@@ -1,0 +1,134 @@
+"""The reference inbox's own checks: addressed to it, type and id matching the signed payload,
+and a store nobody else can read (issue 3 review, findings 6 and 7)."""
+
+from __future__ import annotations
+
+import json
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from referral_bridge.core import ids
+from referral_bridge.provider_inbox import Answer, InboxStore, ReferralInbox
+from tests.fakes import KeyMaterial, make_keys
+from tests.integration.test_delivery_helpers import HOMICIDE, LANCASHIRE
+
+CREATED = "victim.referral.created"
+WITHDRAWN = "victim.referral.withdrawn"
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> KeyMaterial:
+    return make_keys(tmp_path_factory.mktemp("keys"))
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[InboxStore]:
+    opened = InboxStore(tmp_path / "inbox.sqlite3")
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def inbox(keys: KeyMaterial, store: InboxStore) -> ReferralInbox:
+    return ReferralInbox(
+        provider=LANCASHIRE,
+        decryption_keys=keys.provider_keys(LANCASHIRE),
+        verification_keys=keys.bridge_verification_keys(),
+        store=store,
+        store_plaintext=True,
+    )
+
+
+def referral(referral_id: str = "r-1", provider: str = LANCASHIRE) -> dict[str, Any]:
+    return {"referral_id": referral_id, "provider": provider, "victim": {"name": "X"}}
+
+
+def withdrawal(referral_id: str = "r-1") -> dict[str, Any]:
+    # As the contract has it: a withdrawal names no provider.
+    return {"referral_id": referral_id, "withdrawn_at": "2026-11-23T10:41:00Z"}
+
+
+def post(
+    inbox: ReferralInbox, keys: KeyMaterial, payload: dict[str, Any], event_id: str, kind: str
+) -> Answer:
+    token = keys.sealer().seal(LANCASHIRE, payload)
+    body = json.dumps(
+        {
+            "specversion": "1.0",
+            "id": event_id,
+            "source": "urn:test",
+            "type": kind,
+            "datacontenttype": "application/jose",
+            "data": token,
+        }
+    ).encode()
+    return inbox.receive(body, content_type="application/cloudevents+json", idempotency_key=None)
+
+
+class TestAddressAndType:
+    def test_a_referral_for_another_provider_is_refused(
+        self, inbox: ReferralInbox, keys: KeyMaterial
+    ) -> None:
+        answer = post(inbox, keys, referral(provider=HOMICIDE), "r-1", CREATED)
+
+        assert (answer.status, answer.code) == (400, "wrong_provider")
+
+    def test_a_sealed_referral_replayed_as_a_withdrawal_is_refused(
+        self, inbox: ReferralInbox, keys: KeyMaterial
+    ) -> None:
+        answer = post(inbox, keys, referral(), "anything-else", WITHDRAWN)
+
+        assert (answer.status, answer.code) == (400, "type_mismatch")
+
+    def test_a_withdrawal_under_an_id_that_is_not_its_own_is_refused(
+        self, inbox: ReferralInbox, keys: KeyMaterial
+    ) -> None:
+        answer = post(inbox, keys, withdrawal(), "anything-else", WITHDRAWN)
+
+        assert (answer.status, answer.code) == (400, "id_mismatch")
+
+    def test_a_withdrawal_sent_as_a_referral_is_refused(
+        self, inbox: ReferralInbox, keys: KeyMaterial
+    ) -> None:
+        answer = post(inbox, keys, withdrawal(), "r-1", CREATED)
+
+        assert (answer.status, answer.code) == (400, "type_mismatch")
+
+    def test_a_withdrawal_under_its_own_id_is_accepted(
+        self, inbox: ReferralInbox, keys: KeyMaterial
+    ) -> None:
+        answer = post(inbox, keys, withdrawal(), ids.withdrawal_id("r-1"), WITHDRAWN)
+
+        assert (answer.status, answer.code) == (201, "accepted")
+
+    def test_a_withdrawal_naming_another_provider_is_refused(
+        self, inbox: ReferralInbox, keys: KeyMaterial
+    ) -> None:
+        payload = {**withdrawal(), "provider": HOMICIDE}
+
+        answer = post(inbox, keys, payload, ids.withdrawal_id("r-1"), WITHDRAWN)
+
+        assert (answer.status, answer.code) == (400, "wrong_provider")
+
+
+class TestStoreFiles:
+    def test_the_database_and_its_wal_and_shm_files_are_owner_only(
+        self, inbox: ReferralInbox, keys: KeyMaterial, store: InboxStore
+    ) -> None:
+        assert post(inbox, keys, referral(), "r-1", CREATED).status == 201
+
+        files = [Path(f"{store.path}{suffix}") for suffix in ("", "-wal", "-shm")]
+        assert [stat.S_IMODE(path.stat().st_mode) for path in files] == [0o600] * 3
+
+    def test_an_existing_store_left_readable_is_tightened(self, tmp_path: Path) -> None:
+        path = tmp_path / "old.sqlite3"
+        InboxStore(path).close()
+        path.chmod(0o644)
+
+        InboxStore(path).close()
+
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
