@@ -36,6 +36,7 @@ from referral_bridge.core.calendar import WorkingDayCalendar  # noqa: E402
 from referral_bridge.core.parsing import parse_inbound  # noqa: E402
 from referral_bridge.ledger import Ledger  # noqa: E402
 from referral_bridge.logging import configure_logging  # noqa: E402
+from referral_bridge.resources import DEFAULT_POLICY  # noqa: E402
 from referral_bridge.sealing import generate_key_pair, load_key_set, load_private_key  # noqa: E402
 from referral_bridge.service import ReferralService, Routes  # noqa: E402
 from referral_bridge.simulate import Simulator  # noqa: E402
@@ -82,7 +83,7 @@ def build_service(workdir: Path) -> tuple[ReferralService, Ledger]:
     ledger = Ledger.open(f"sqlite:///{workdir / 'ledger.sqlite3'}")
     service = ReferralService(
         ledger=ledger,
-        policy=load_policy(REPO / "config" / "policy.toml"),
+        policy=load_policy(DEFAULT_POLICY),
         calendar=WorkingDayCalendar(),
         sealer=ProviderSealer(
             load_private_key(keys / "bridge.private.jwk"),
@@ -214,7 +215,7 @@ def amqp(count: int, seed: int, url: str) -> dict[str, float]:
         config = work / "rb.toml"
         config.write_text(
             '[bridge]\ndata_dir = "data"\n'
-            f"policy_file = {json.dumps(str(REPO / 'config/policy.toml'))}\n"
+            f"policy_file = {json.dumps(str(DEFAULT_POLICY))}\n"
             f"[broker]\nurl = {json.dumps(url)}\n"
             f'[broker.topology]\ninbound_exchange = "{names["in"]}"\n'
             f'work_queue = "{names["work"]}"\n'

@@ -41,6 +41,7 @@ from referral_bridge.exit_codes import (
     RET_VERIFY,
 )
 from referral_bridge.logging import configure_logging
+from referral_bridge.resources import DEFAULT_POLICY
 from referral_bridge.sealing import InvalidKeyIdError, KeyFileError, SealingError
 from referral_bridge.settings import Settings
 from referral_bridge.transport.errors import TransportConfigError, TransportError
@@ -118,7 +119,7 @@ def _has_env_config() -> bool:
 
 
 def _default_policy() -> Path:
-    return Path(__file__).resolve().parent.parent / "config" / "policy.toml"
+    return DEFAULT_POLICY
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:

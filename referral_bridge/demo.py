@@ -21,13 +21,12 @@ from typing import Any, TextIO
 
 from referral_bridge.bootstrap import broker_of, topology_of
 from referral_bridge.ledger import Ledger
+from referral_bridge.resources import DEFAULT_POLICY, SAMPLES
 from referral_bridge.sealing import generate_key_pair, load_key_set, open_event
 from referral_bridge.settings import Settings, load_settings
 from referral_bridge.simulate import SimulatedEvent, Simulator, publish_all, sample_events
 from referral_bridge.transport.publisher import Publisher
 
-REPO = Path(__file__).resolve().parent.parent
-SAMPLES = REPO.parent / "shared" / "spec" / "samples"
 PROVIDERS = ("lancashire-victim-services", "homicide-service")
 #: Personal fields shown masked when the demo opens a referral.
 PERSONAL = frozenset({"name", "date_of_birth", "contact"})
@@ -59,7 +58,7 @@ def prepare(data_dir: Path) -> Path:
         "[bridge]\n"
         'source = "urn:referral-bridge:demo"\n'
         'data_dir = "."\n'
-        f"policy_file = {json.dumps(str(REPO / 'config' / 'policy.toml'))}\n"
+        f"policy_file = {json.dumps(str(DEFAULT_POLICY))}\n"
         "scheduler_interval_seconds = 1.0\n\n"
         # The demo's worker stops at the end: no metrics endpoint competing for a port.
         '[metrics]\nlisten = ""\n\n'

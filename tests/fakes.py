@@ -27,13 +27,13 @@ from referral_bridge.bootstrap import ProviderSealer, load_policy
 from referral_bridge.core.calendar import WorkingDayCalendar
 from referral_bridge.ledger import Ledger
 from referral_bridge.ledger import schema as ledger_schema
+from referral_bridge.resources import DEFAULT_POLICY
 from referral_bridge.sealing import KeySet, generate_key_pair, load_key_set, load_private_key
 from referral_bridge.service import ReferralService, Routes, Sealer
 from referral_bridge.transport import InboundMessage, PublishError
 
 REPO = Path(__file__).resolve().parents[1]
-POLICY_FILE = REPO / "config" / "policy.toml"
-SAMPLES = Path("/work/shared/spec/samples")
+POLICY_FILE = DEFAULT_POLICY
 #: Providers the shipped policy routes to; each needs keys for the service to seal to it.
 PROVIDERS = ("lancashire-victim-services", "homicide-service")
 REFERRALS_EXCHANGE = "victim-services.referrals"

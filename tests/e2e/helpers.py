@@ -27,12 +27,12 @@ from kombu.entity import Exchange, Queue, binding
 from sqlalchemy import Engine, create_engine, func, select
 
 from referral_bridge.ledger.schema import actions, outbox, processed_events
+from referral_bridge.resources import DEFAULT_POLICY, SAMPLES
 from referral_bridge.sealing import generate_key_pair
 from referral_bridge.transport import Publisher, Topology, broker_spec, queue_depth
 
 REPO = Path(__file__).resolve().parents[2]
-POLICY = REPO / "config" / "policy.toml"
-SAMPLES = REPO.parent / "shared" / "spec" / "samples"
+POLICY = DEFAULT_POLICY
 RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672//"
 PROVIDERS = ("lancashire-victim-services", "homicide-service")
 LANCASHIRE = "lancashire-victim-services"

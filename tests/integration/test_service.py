@@ -29,12 +29,12 @@ from referral_bridge.errors import LedgerUnavailableError
 from referral_bridge.ledger import Ledger
 from referral_bridge.ledger import schema as t
 from referral_bridge.ledger.store import PendingDelivery
+from referral_bridge.resources import SAMPLES
 from referral_bridge.sealing import open_event
 from referral_bridge.service import ReferralService
 from referral_bridge.transport import Ack, DeadLetter, Retry
 from tests.fakes import (
     REFERRALS_EXCHANGE,
-    SAMPLES,
     TASKS_EXCHANGE,
     FailingSealer,
     FakeClock,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 from datetime import UTC, date, datetime
-from pathlib import Path
 
 from referral_bridge.core.case import CaseSnapshot
 from referral_bridge.core.events import (
@@ -32,8 +31,9 @@ from referral_bridge.core.events import (
 )
 from referral_bridge.core.history import ConsentRecord
 from referral_bridge.core.policy import Policy, load_policy_text
+from referral_bridge.resources import DEFAULT_POLICY
 
-POLICY_FILE = Path(__file__).resolve().parents[2] / "config" / "policy.toml"
+POLICY_FILE = DEFAULT_POLICY
 
 #: Monday 23 November 2026, 09:41 (GMT): no bank holiday within two weeks either side.
 REPORTED_AT = datetime(2026, 11, 23, 9, 41, tzinfo=UTC)

@@ -13,9 +13,10 @@ import pytest
 import structlog
 
 from referral_bridge import cli
+from referral_bridge.resources import SAMPLES
 from referral_bridge.sealing import load_key_set, load_private_key, seal
 from referral_bridge.settings import CONFIG_ENV
-from tests.fakes import POLICY_FILE, REPO, SAMPLES, KeyMaterial, make_keys
+from tests.fakes import POLICY_FILE, REPO, KeyMaterial, make_keys
 
 NOW = "2026-11-23T11:00:00+00:00"
 

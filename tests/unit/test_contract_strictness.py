@@ -4,21 +4,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from referral_bridge.core.events import DeadLetterReason
 from referral_bridge.core.parsing import InvalidMessage, parse_inbound
+from referral_bridge.resources import SAMPLES
 
-SAMPLE = (
-    Path(__file__).resolve().parents[3]
-    / "shared"
-    / "spec"
-    / "samples"
-    / "crime-recorded-burglary.json"
-)
+SAMPLE = SAMPLES / "crime-recorded-burglary.json"
 
 
 def sample() -> dict[str, Any]:
