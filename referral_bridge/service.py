@@ -56,7 +56,7 @@ from referral_bridge.ledger import (
 )
 from referral_bridge.ledger.store import (
     CANCELLED_NOTHING_TO_WITHDRAW,
-    CANCELLED_WITHDRAWN,
+    Cancellation,
     PendingDelivery,
 )
 from referral_bridge.metrics import BridgeMetrics
@@ -204,8 +204,14 @@ class ReferralService:
         # place: a row not delivered is parked and the scheduler delivers it, so a provider that
         # is down or stalled never holds the queue up. Nothing raised by delivery may turn a
         # committed event into a Retry (it would be redelivered and posted again, for ever).
+        # A duplicate's rows belong to the worker that processed it first (or, after a crash,
+        # to the scheduler): this one leaves them alone.
         try:
-            sent = self.flush(event_id=event.id, retry_in_place=False)
+            sent = (
+                0
+                if handled.result == "duplicate"
+                else self.flush(event_id=event.id, retry_in_place=False)
+            )
         except Exception as exc:
             level = (
                 bound.warning
@@ -641,19 +647,21 @@ class ReferralService:
             ),
         )
         # A referral not yet handed over must never be: consent has gone (rules.md withdraws
-        # only what was sent). It is cancelled (no delivery, no fallback task at its deadline,
-        # no resend), and so is the withdrawal: the provider never had anything to withdraw.
-        # Should a worker hand the referral over at this very moment all the same, marking it
-        # delivered revives the withdrawal (Ledger.mark_published), so it still follows.
-        if tx.cancel_undelivered(referral_id, now, CANCELLED_WITHDRAWN):
-            tx.cancel_undelivered(message_id, now, CANCELLED_NOTHING_TO_WITHDRAW)
+        # only what was sent). If no attempt at it ever started, it is cancelled (no delivery, no
+        # fallback task at its deadline, no resend), and so is the withdrawal: the provider never
+        # had anything to withdraw. If one started, it may have arrived: no more attempts, and
+        # the withdrawal follows once that attempt is over (Ledger.waiting_on).
+        cancellation = tx.cancel_referral(referral_id, now)
+        if cancellation is Cancellation.NEVER_SENT:
+            tx.cancel_unsent(message_id, now, CANCELLED_NOTHING_TO_WITHDRAW)
+        if cancellation is not Cancellation.UNCHANGED:
             log.info(
                 "referral.cancelled",
                 case_ref=referral.case_ref,
                 victim_id=decision.victim_id,
                 provider=provider,
                 message_id=referral_id,
-                reason="consent_withdrawn_before_delivery",
+                reason=f"consent_withdrawn_{cancellation.value}",
             )
 
     def _enqueue(

@@ -96,6 +96,7 @@ class AmqpRoute:
                 "publish_refused",
                 f"{self.name}: the broker refused, nacked or could not route the message to "
                 f"{message.exchange!r} / {message.routing_key!r}",
+                maybe_delivered=False,
             ) from exc
         except TransportError as exc:
             raise TransientDeliveryError(

@@ -74,6 +74,8 @@ class Result(StrEnum):
     REJECTED = "rejected"
     WAITING = "waiting"
     CIRCUIT_OPEN = "circuit_open"
+    #: Another worker claimed the row first (or it was cancelled meanwhile): not ours to send.
+    CLAIMED_ELSEWHERE = "claimed_elsewhere"
     #: Something other than a delivery error went wrong with this row (logged); tried next pass.
     FAILED = "failed"
 
@@ -119,6 +121,9 @@ class DeliveryEngine:
         self._rand = rand
         self._monotonic = monotonic
         self._breakers: dict[str, CircuitBreaker] = {}
+        #: Handed over, but the ledger failed before it recorded so: message id -> (when, route).
+        #: Recorded first thing next time; meanwhile no fallback is issued for these rows.
+        self._unmarked: dict[str, tuple[datetime, str]] = {}
         #: Set by the service that owns the policy; without it no fallback tasks are issued.
         self.fallbacks: FallbackIssuer | None = None
 
@@ -153,6 +158,7 @@ class DeliveryEngine:
         LedgerUnavailableError if the ledger goes away.
         """
         deadline = self._monotonic() + self._policy.pass_budget_seconds
+        self._record_unmarked()
         return self._pass(
             event_id=event_id,
             created_before=created_before,
@@ -215,9 +221,12 @@ class DeliveryEngine:
         """
         if self.fallbacks is None:
             return 0
+        self._record_unmarked()
         issued = 0
         now = self._clock()
         for delivery in self._ledger.overdue_deliveries(now):
+            if delivery.message_id in self._unmarked:
+                continue
             try:
                 issued_for = self._issue_overdue(delivery, now)
             except LedgerUnavailableError:
@@ -245,6 +254,8 @@ class DeliveryEngine:
             current = tx.pending_delivery(delivery.message_id)
             if current is None or current.published_at or current.rejected_at:
                 return None
+            if current.claimed_until is not None and current.claimed_until > now:
+                return None  # an attempt is under way and may yet succeed
             if current.fallback_task_id is not None:
                 return None
             task_id = self.fallbacks.issue_fallback(tx, current, REASON_UNREACHABLE, now)
@@ -287,18 +298,19 @@ class DeliveryEngine:
             # Not tried: a row never attempted is deferred to the probe time, so the scheduler
             # (which leaves fresh untried rows to their worker for a grace period) picks it up.
             if delivery.next_attempt_at is None and breaker.reopens_at is not None:
-                self._ledger.park_delivery(
+                self._ledger.defer_unclaimed(
                     message.message_id,
-                    at=self._clock(),
-                    next_attempt_at=breaker.reopens_at,
+                    until=breaker.reopens_at,
                     error="circuit_open: not tried while the provider's circuit is open",
-                    count_attempt=False,
                 )
             return Result.CIRCUIT_OPEN
-        blocker = self._ledger.waiting_on(delivery)
+        now = self._clock()
+        blocker = self._ledger.waiting_on(delivery, now)
         if blocker is not None:
             log.debug("delivery.waiting", message_id=message.message_id, detail=f"after {blocker}")
             return Result.WAITING
+        if not self._ledger.claim_delivery(message.message_id, now, now + self._policy.claim_lease):
+            return Result.CLAIMED_ELSEWHERE
         route = self.route_for(message.provider)
         probing = breaker.state is CircuitState.HALF_OPEN
         try:
@@ -312,7 +324,8 @@ class DeliveryEngine:
         except TransientDeliveryError as exc:
             self._park(delivery, exc, route)
             return Result.PARKED
-        self._ledger.mark_published([message.message_id], self._clock(), route=route.audit_route)
+        self._unmarked[message.message_id] = (self._clock(), route.audit_route)
+        self._mark(message.message_id)
         self._close_circuit(breaker, message.provider)
         if message.provider is not None:
             self._metrics.delivered.labels(provider=message.provider, kind=message.kind).inc()
@@ -323,6 +336,46 @@ class DeliveryEngine:
             transport=route.name,
         )
         return Result.DELIVERED
+
+    def _record_unmarked(self) -> None:
+        """Record hand-overs the ledger has not taken yet; raises if the ledger is still away.
+
+        Until then the row stays claimed, so no other worker sends it again and no fallback
+        task is issued for it; if the ledger stays away past the claim, it may be sent twice,
+        which the provider drops by id.
+        """
+        for message_id in list(self._unmarked):
+            try:
+                self._mark(message_id)
+            except LedgerUnavailableError:
+                raise
+            except Exception as exc:  # not an outage: the claim lapses and the row is sent again
+                log.error(
+                    "delivery.mark_failed",
+                    message_id=message_id,
+                    error_type=type(exc).__name__,
+                    detail="handed over but not recorded; it will be sent again (a repeat)",
+                )
+
+    def _mark(self, message_id: str) -> None:
+        """Record one hand-over (a few quick tries); kept for later only if the ledger is away."""
+        at, route = self._unmarked[message_id]
+        try:
+            for attempt in Retrying(
+                stop=stop_after_attempt(3),
+                wait=wait_exponential_jitter(multiplier=0.05, max=0.5),
+                retry=retry_if_exception(lambda e: isinstance(e, LedgerUnavailableError)),
+                sleep=self._sleep,
+                reraise=True,
+            ):
+                with attempt:
+                    self._ledger.mark_published(message_id, at, route=route)
+        except LedgerUnavailableError:
+            raise
+        except Exception:
+            del self._unmarked[message_id]
+            raise
+        del self._unmarked[message_id]
 
     def _try_in_place(
         self,
@@ -390,7 +443,10 @@ class DeliveryEngine:
             delay = max(delay, min(error.retry_after, policy.park_max.total_seconds()))
         next_attempt = now + timedelta(seconds=delay)
         self._ledger.park_delivery(
-            delivery.message_id, at=now, next_attempt_at=next_attempt, error=error.summary
+            delivery.message_id,
+            next_attempt_at=next_attempt,
+            error=error.summary,
+            maybe_delivered=error.maybe_delivered,
         )
         log.warning(
             "delivery.parked",

@@ -26,10 +26,20 @@ class TransientDeliveryError(DeliveryError):
     """Raised when an attempt failed for a reason that may pass (a 5xx or 429, a timeout, a
     refused connection, a broker that is down); the message is retried, then parked."""
 
-    def __init__(self, code: str, detail: str, *, retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        code: str,
+        detail: str,
+        *,
+        retry_after: float | None = None,
+        maybe_delivered: bool = True,
+    ) -> None:
         super().__init__(code, detail)
         #: Seconds the receiver asked us to wait (HTTP Retry-After), if it said.
         self.retry_after = retry_after
+        #: False only when the receiver certainly does not have the message (it answered "not
+        #: now", or no connection was made). When unsure, True: a withdrawal must then follow.
+        self.maybe_delivered = maybe_delivered
 
 
 class DeliveryRejectedError(DeliveryError):

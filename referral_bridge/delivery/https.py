@@ -114,9 +114,12 @@ class HttpsRoute:
                     "tls_failed",
                     f"{self.provider}: the TLS handshake failed (server certificate not trusted "
                     "by the configured ca_bundle, wrong host name, or client certificate refused)",
+                    maybe_delivered=False,
                 ) from exc
             raise TransientDeliveryError(
-                "connect_failed", f"{self.provider}: cannot connect ({type(exc).__name__})"
+                "connect_failed",
+                f"{self.provider}: cannot connect ({type(exc).__name__})",
+                maybe_delivered=False,
             ) from exc
         except httpx.TransportError as exc:
             raise TransientDeliveryError(
@@ -139,6 +142,7 @@ def classify(status: int, retry_after: str | None, provider: str) -> DeliveryErr
             f"http_{status}",
             f"{provider}: HTTP {status}",
             retry_after=parse_retry_after(retry_after) if retry_after else None,
+            maybe_delivered=False,  # it answered that it did not take it
         )
     if 400 <= status < 500:
         return DeliveryRejectedError(f"http_{status}", f"{provider}: refused with HTTP {status}")

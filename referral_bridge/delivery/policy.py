@@ -32,6 +32,13 @@ class DeliveryPolicy:
     #: one attempt, and one HTTPS attempt (connect + read timeout) is at most this long too.
     pass_budget_seconds: float = ProviderSection.ATTEMPT_LIMIT_SECONDS
 
+    @property
+    def claim_lease(self) -> timedelta:
+        """How long a claimed row is left to its claimer: longer than any attempt can last (a
+        pass's budget plus one attempt, each at most `pass_budget_seconds`), with a margin for
+        the ledger round trips. A withdrawal waits at most this long after a crashed attempt."""
+        return timedelta(seconds=2 * self.pass_budget_seconds + 60)
+
     @classmethod
     def from_settings(cls, section: DeliverySection) -> DeliveryPolicy:
         return cls(

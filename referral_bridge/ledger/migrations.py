@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from sqlalchemy import Connection, Table, inspect, select, text
+from sqlalchemy import Connection, Table, and_, inspect, select, text
 
 from referral_bridge.errors import LedgerSchemaError
 from referral_bridge.ledger import schema as t
@@ -102,8 +102,21 @@ def _v2_delivery_and_audit(connection: Connection) -> None:
         t.aliases.drop(connection)
 
 
+def _v3_delivery_claims(connection: Connection) -> None:
+    _add_columns(connection, t.outbox, ["claimed_until", "maybe_delivered"])
+    # Version 2 did not say how an attempt ended: any attempt at an unsent row may have arrived.
+    connection.execute(
+        t.outbox.update()
+        .where(t.outbox.c.maybe_delivered.is_(None))
+        .values(maybe_delivered=and_(t.outbox.c.attempts > 0, t.outbox.c.published_at.is_(None)))
+    )
+
+
 #: Steps from version N-1 to N. Version 1 is the initial schema, created from the metadata.
-STEPS: dict[int, Callable[[Connection], None]] = {2: _v2_delivery_and_audit}
+STEPS: dict[int, Callable[[Connection], None]] = {
+    2: _v2_delivery_and_audit,
+    3: _v3_delivery_claims,
+}
 
 
 def current_version(connection: Connection) -> int:

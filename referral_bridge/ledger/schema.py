@@ -48,7 +48,7 @@ class UtcDateTime(TypeDecorator[datetime]):
 
 
 #: Bump with a migration step in migrations.py whenever the tables below change.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 metadata = MetaData()
 
@@ -188,6 +188,13 @@ outbox = Table(
     Column("fallback_task_id", String(64)),
     #: PII-free facts for the audit record written when the message is delivered.
     Column("audit", JSON),
+    # Version 3: one sender at a time (issue 9).
+    #: Set by the worker that claimed the row for an attempt, until when it may be sending; while
+    #: it lies ahead nobody else sends the row, and a withdrawal waits for the attempt to end.
+    Column("claimed_until", UtcDateTime(), index=True),
+    #: An attempt ended without knowing whether the receiver took the message (a timeout, a
+    #: dropped connection, a crash): it may hold it, so a withdrawal must be sent after all.
+    Column("maybe_delivered", Boolean, nullable=False, default=False),
 )
 
 #: Append-only record of disclosures and operator actions: who was told what, when and why.

@@ -9,10 +9,11 @@ defence against a double referral.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +96,22 @@ CANCELLED_WITHDRAWN = f"{CANCELLED}: consent was withdrawn before delivery; neve
 CANCELLED_NOTHING_TO_WITHDRAW = (
     f"{CANCELLED}: its referral was never delivered, so there is nothing to withdraw"
 )
+CANCELLED_AFTER_ATTEMPT = (
+    f"{CANCELLED}: consent was withdrawn after an attempt that may have reached the provider; "
+    "not tried again, and its withdrawal follows"
+)
+
+
+class Cancellation(StrEnum):
+    """What `LedgerTransaction.cancel_referral` found, and so what becomes of the withdrawal."""
+
+    #: No attempt ever started: the provider cannot have it; nothing to withdraw.
+    NEVER_SENT = "never_sent"
+    #: An attempt started (it may be under way): no more attempts, and the withdrawal follows
+    #: once the attempt is over.
+    MAY_HAVE_BEEN_SENT = "may_have_been_sent"
+    #: Delivered, rejected or unknown: left as it is; the withdrawal follows a delivery.
+    UNCHANGED = "unchanged"
 
 
 def _is_cancelled(rejected_at: datetime | None, last_error: str | None) -> bool:
@@ -118,6 +135,8 @@ class PendingDelivery:
     rejected_at: datetime | None
     fallback_task_id: str | None
     published_at: datetime | None = None
+    #: While ahead, an attempt at this row may be under way (`Ledger.claim_delivery`).
+    claimed_until: datetime | None = None
 
     @property
     def message_id(self) -> str:
@@ -442,27 +461,59 @@ class LedgerTransaction:
         return row is not None
 
     def reject_delivery(self, message_id: str, at: datetime, error: str) -> None:
-        """Record that the receiver refused the message for good; the row stays for an operator."""
+        """Record that the receiver refused the message for good; the row stays for an operator.
+
+        Ends the attempt's claim; a row cancelled during the attempt stays cancelled.
+        """
         self._c.execute(
             update(t.outbox)
-            .where(t.outbox.c.message_id == message_id)
-            .values(
-                rejected_at=at,
-                last_error=error[:500],
-                next_attempt_at=None,
-                attempts=t.outbox.c.attempts + 1,
+            .where(
+                t.outbox.c.message_id == message_id,
+                t.outbox.c.published_at.is_(None),
+                t.outbox.c.rejected_at.is_(None),
             )
+            .values(rejected_at=at, last_error=error[:500], next_attempt_at=None)
+        )
+        self._c.execute(
+            update(t.outbox).where(t.outbox.c.message_id == message_id).values(claimed_until=None)
         )
 
-    def cancel_undelivered(self, message_id: str, at: datetime, reason: str) -> bool:
-        """Cancel a message not yet handed over, for good; False if it was delivered or is unknown.
+    def cancel_referral(self, referral_id: str, at: datetime) -> Cancellation:
+        """Stop a referral whose victim withdrew: it must never reach the provider after this.
+
+        Serialised with `Ledger.claim_delivery` on the row itself: a sender claims (and counts)
+        an attempt in a committed transaction before it sends, and these updates re-check the
+        row after any such claim. So either no attempt ever started and none will (the referral
+        is cancelled), or one started and the withdrawal must follow it.
+        """
+        unsent = t.outbox.c.published_at.is_(None) & t.outbox.c.rejected_at.is_(None)
+        never = self._c.execute(
+            update(t.outbox)
+            .where(t.outbox.c.message_id == referral_id, unsent, _never_tried_uncertainly())
+            .values(rejected_at=at, last_error=CANCELLED_WITHDRAWN, next_attempt_at=None)
+        )
+        if never.rowcount:
+            return Cancellation.NEVER_SENT
+        stopped = self._c.execute(
+            update(t.outbox)
+            .where(t.outbox.c.message_id == referral_id, unsent)
+            .values(rejected_at=at, last_error=CANCELLED_AFTER_ATTEMPT, next_attempt_at=None)
+        )
+        return Cancellation.MAY_HAVE_BEEN_SENT if stopped.rowcount else Cancellation.UNCHANGED
+
+    def cancel_unsent(self, message_id: str, at: datetime, reason: str) -> bool:
+        """Cancel a message the receiver cannot have; False if it may have it, or it is gone.
 
         Uses the rejection columns (`rejected_at`, and `last_error` starting `cancelled:`), so
         every query that skips rejected rows skips it: no delivery, no fallback, no resend.
         """
         result = self._c.execute(
             update(t.outbox)
-            .where(t.outbox.c.message_id == message_id, t.outbox.c.published_at.is_(None))
+            .where(
+                t.outbox.c.message_id == message_id,
+                t.outbox.c.published_at.is_(None),
+                _never_tried_uncertainly(),
+            )
             .values(rejected_at=at, last_error=reason[:500], next_attempt_at=None)
         )
         return bool(result.rowcount)
@@ -599,6 +650,7 @@ class Ledger:
         created_before: datetime | None = None,
         limit: int = 500,
     ) -> list[OutboxMessage]:
+        """Messages not yet handed over, oldest first (for operators and tests)."""
         query = select(t.outbox).where(t.outbox.c.published_at.is_(None))
         if event_id is not None:
             query = query.where(t.outbox.c.event_id == event_id)
@@ -622,49 +674,72 @@ class Ledger:
                 for r in connection.execute(query)
             ]
 
-    def mark_published(
-        self, message_ids: Sequence[str], at: datetime, *, route: str = "amqp"
-    ) -> None:
-        """Record that these messages were handed over (one transaction for the lot).
+    def claim_delivery(self, message_id: str, now: datetime, until: datetime) -> bool:
+        """Claim a due row for one attempt (counted now, before anything is sent).
 
-        Referrals and withdrawals also leave their audit record here, in the same transaction,
-        the first time they are marked: the moment of disclosure is the hand-over.
+        A compare-and-set in its own committed transaction: it succeeds only while the row is
+        unsent, not rejected or cancelled, and nobody else's claim is running. So two workers
+        never send the same row at once, and `LedgerTransaction.cancel_referral` either wins
+        (nothing is sent) or sees the attempt (the withdrawal follows it).
         """
-        if not message_ids:
-            return
-        ids = list(message_ids)
+        claim = (
+            update(t.outbox)
+            .where(
+                t.outbox.c.message_id == message_id,
+                t.outbox.c.published_at.is_(None),
+                t.outbox.c.rejected_at.is_(None),
+                _unclaimed(now),
+            )
+            .values(
+                claimed_until=until,
+                attempts=t.outbox.c.attempts + 1,
+                # A claim that lapsed is an attempt that never reported back: it may have arrived.
+                maybe_delivered=or_(
+                    t.outbox.c.maybe_delivered.is_(True), t.outbox.c.claimed_until.is_not(None)
+                ),
+            )
+        )
         try:
             with self.engine.begin() as connection:
-                first_time = connection.execute(
-                    select(
-                        t.outbox.c.message_id,
-                        t.outbox.c.kind,
-                        t.outbox.c.audit,
-                        t.outbox.c.rejected_at,
-                        t.outbox.c.last_error,
-                    ).where(t.outbox.c.message_id.in_(ids), t.outbox.c.published_at.is_(None))
-                ).all()
-                connection.execute(
+                return bool(connection.execute(claim).rowcount)
+        except OperationalError as exc:
+            raise LedgerUnavailableError(_describe(exc, self.engine)) from None
+
+    def mark_published(self, message_id: str, at: datetime, *, route: str = "amqp") -> bool:
+        """Record that a claimed message was handed over, and end its claim.
+
+        Referrals and withdrawals also leave their audit record here, in the same transaction,
+        the first time they are marked: the moment of disclosure is the hand-over. A referral
+        cancelled while its attempt was under way was handed over all the same: it is delivered,
+        and its withdrawal (kept, see `cancel_referral`) follows. Returns False if it was already
+        marked (a repeat after a lost claim), in which case nothing is recorded twice.
+        """
+        try:
+            with self.engine.begin() as connection:
+                marked = connection.execute(
                     update(t.outbox)
-                    .where(t.outbox.c.message_id.in_(ids))
-                    .values(published_at=at, attempts=t.outbox.c.attempts + 1)
+                    .where(t.outbox.c.message_id == message_id, t.outbox.c.published_at.is_(None))
+                    .values(
+                        published_at=at,
+                        claimed_until=None,
+                        rejected_at=None,
+                        last_error=None,
+                        next_attempt_at=None,
+                    )
                 )
-                # Handed over while (or just after) consent was withdrawn: the provider has it
-                # after all, so it is not cancelled and its withdrawal must follow it.
-                revived = [
-                    row.message_id
-                    for row in first_time
-                    if _is_cancelled(row.rejected_at, row.last_error)
-                ]
-                if revived:
-                    _revive_withdrawals(connection, revived)
-                records = [
-                    _audit_row(row.kind, row.message_id, facts, at, route)
-                    for row in first_time
-                    if (facts := _audit_facts(row.audit)) is not None
-                ]
-                if records:
-                    connection.execute(t.audit.insert(), records)
+                if not marked.rowcount:
+                    return False
+                row = connection.execute(
+                    select(t.outbox.c.kind, t.outbox.c.audit).where(
+                        t.outbox.c.message_id == message_id
+                    )
+                ).one()
+                facts = _audit_facts(row.audit)
+                if facts is not None:
+                    connection.execute(
+                        t.audit.insert(), [_audit_row(row.kind, message_id, facts, at, route)]
+                    )
+                return True
         except OperationalError as exc:
             raise LedgerUnavailableError(_describe(exc, self.engine)) from None
 
@@ -689,6 +764,7 @@ class Ledger:
             t.outbox.c.published_at.is_(None),
             t.outbox.c.rejected_at.is_(None),
             or_(t.outbox.c.next_attempt_at.is_(None), t.outbox.c.next_attempt_at <= now),
+            _unclaimed(now),
         )
         if event_id is not None:
             query = query.where(t.outbox.c.event_id == event_id)
@@ -705,21 +781,24 @@ class Ledger:
         with self._reading() as connection:
             return [_pending(row) for row in connection.execute(query)]
 
-    def waiting_on(self, delivery: PendingDelivery) -> str | None:
+    def waiting_on(self, delivery: PendingDelivery, now: datetime) -> str | None:
         """The message id that must be delivered before this one, if any.
 
         Per case and destination (exchange and routing key, i.e. one provider or the officers'
         tasks) messages go in created_at order, and a withdrawal never overtakes the referral it
-        withdraws. Rejected rows hold nothing up: they wait for an operator.
+        withdraws. Rejected rows hold nothing up (they wait for an operator), except while an
+        attempt at them may still be under way: a referral cancelled mid-attempt may yet arrive.
         """
         message = delivery.message
+        holds_up = and_(
+            t.outbox.c.published_at.is_(None),
+            or_(t.outbox.c.rejected_at.is_(None), ~_unclaimed(now)),
+        )
         with self._reading() as connection:
             if delivery.related_id is not None:
                 referral = connection.execute(
                     select(t.outbox.c.message_id).where(
-                        t.outbox.c.message_id == delivery.related_id,
-                        t.outbox.c.published_at.is_(None),
-                        t.outbox.c.rejected_at.is_(None),
+                        t.outbox.c.message_id == delivery.related_id, holds_up
                     )
                 ).scalar_one_or_none()
                 if referral is not None:
@@ -733,8 +812,7 @@ class Ledger:
                     t.actions.c.case_ref == delivery.case_ref,
                     t.outbox.c.exchange == message.exchange,
                     t.outbox.c.routing_key == message.routing_key,
-                    t.outbox.c.published_at.is_(None),
-                    t.outbox.c.rejected_at.is_(None),
+                    holds_up,
                     # Strictly earlier: rows written together are independent of each other.
                     t.outbox.c.created_at < delivery.created_at,
                     # A referral never waits for its own withdrawal (clocks of several workers
@@ -752,20 +830,46 @@ class Ledger:
         self,
         message_id: str,
         *,
-        at: datetime,
         next_attempt_at: datetime,
         error: str,
-        count_attempt: bool = True,
+        maybe_delivered: bool,
     ) -> None:
-        """Record a failed attempt and when to try again; the row stays in the outbox.
+        """Record a failed attempt and when to try again, and end its claim.
 
-        `count_attempt=False` defers a row that was not tried (its provider's circuit is open).
+        `maybe_delivered`: the attempt ended without a clear "not taken" (a timeout, a dropped
+        connection). A row cancelled during the attempt stays cancelled: only the claim ends,
+        which lets its withdrawal go.
         """
-        attempts = t.outbox.c.attempts + 1 if count_attempt else t.outbox.c.attempts
+        try:
+            with self.engine.begin() as connection:
+                connection.execute(
+                    update(t.outbox)
+                    .where(
+                        t.outbox.c.message_id == message_id,
+                        t.outbox.c.published_at.is_(None),
+                        t.outbox.c.rejected_at.is_(None),
+                    )
+                    .values(next_attempt_at=next_attempt_at, last_error=error[:500])
+                )
+                ended: dict[str, Any] = {"claimed_until": None}
+                if maybe_delivered:
+                    ended["maybe_delivered"] = True
+                connection.execute(
+                    update(t.outbox).where(t.outbox.c.message_id == message_id).values(**ended)
+                )
+        except OperationalError as exc:
+            raise LedgerUnavailableError(_describe(exc, self.engine)) from None
+
+    def defer_unclaimed(self, message_id: str, *, until: datetime, error: str) -> None:
+        """Defer a row that was not tried (its provider's circuit is open) without counting."""
         self._write(
             update(t.outbox)
-            .where(t.outbox.c.message_id == message_id, t.outbox.c.published_at.is_(None))
-            .values(next_attempt_at=next_attempt_at, last_error=error[:500], attempts=attempts)
+            .where(
+                t.outbox.c.message_id == message_id,
+                t.outbox.c.published_at.is_(None),
+                t.outbox.c.next_attempt_at.is_(None),
+            )
+            .values(next_attempt_at=until, last_error=error[:500])
         )
 
     def overdue_deliveries(self, now: datetime, *, limit: int = 200) -> list[PendingDelivery]:
@@ -778,6 +882,8 @@ class Ledger:
                 t.outbox.c.fallback_task_id.is_(None),
                 t.outbox.c.deadline.is_not(None),
                 t.outbox.c.deadline <= now,
+                # An attempt under way (or whose "delivered" mark is being retried) may succeed.
+                _unclaimed(now),
             )
             .order_by(t.outbox.c.deadline, t.outbox.c.message_id)
             .limit(limit)
@@ -919,27 +1025,6 @@ class Ledger:
 DAEMON_ACTOR = "referral-bridge"
 
 
-def _revive_withdrawals(connection: Connection, referral_ids: list[str]) -> None:
-    """Un-cancel delivered referrals and put their cancelled withdrawals back in line."""
-    connection.execute(
-        update(t.outbox)
-        .where(t.outbox.c.message_id.in_(referral_ids))
-        .values(rejected_at=None, last_error=None, next_attempt_at=None)
-    )
-    withdrawals = select(t.actions.c.message_id).where(
-        t.actions.c.action == "withdrawal", t.actions.c.related_id.in_(referral_ids)
-    )
-    connection.execute(
-        update(t.outbox)
-        .where(
-            t.outbox.c.message_id.in_(withdrawals),
-            t.outbox.c.published_at.is_(None),
-            t.outbox.c.last_error.like(f"{CANCELLED}:%"),
-        )
-        .values(rejected_at=None, last_error=None, next_attempt_at=None)
-    )
-
-
 def _audit_facts(value: Mapping[str, Any] | None) -> AuditFacts | None:
     if not value:
         return None
@@ -972,6 +1057,16 @@ def _audit_row(
         "consent_recorded_by": facts.consent_recorded_by,
         "detail": f"delivered by {route}",
     }
+
+
+def _never_tried_uncertainly() -> ColumnElement[bool]:
+    """No attempt is under way or lapsed, and none ended unsure: the receiver cannot have it."""
+    return and_(t.outbox.c.claimed_until.is_(None), ~t.outbox.c.maybe_delivered.is_(True))
+
+
+def _unclaimed(now: datetime) -> ColumnElement[bool]:
+    """No attempt at the row is under way (nobody's claim runs past `now`)."""
+    return or_(t.outbox.c.claimed_until.is_(None), t.outbox.c.claimed_until <= now)
 
 
 def _delivery_query() -> Any:
@@ -1007,6 +1102,7 @@ def _pending(row: Row[Any]) -> PendingDelivery:
         rejected_at=row.rejected_at,
         fallback_task_id=row.fallback_task_id,
         published_at=row.published_at,
+        claimed_until=row.claimed_until,
     )
 
 

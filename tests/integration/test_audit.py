@@ -182,7 +182,7 @@ def test_a_hand_over_recorded_by_the_ledger_is_found_by_victim(
             ),
             AT,
         )
-    ledger.mark_published(["R-9"], AT)
+    ledger.mark_published("R-9", AT)
 
     [record] = trail.query(AuditQuery(victim_id="P-9"))
 

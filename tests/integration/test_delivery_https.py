@@ -35,6 +35,7 @@ from tests.fakes import (
     make_keys,
     make_service,
 )
+from tests.integration.conftest import wait_until
 from tests.integration.test_delivery_helpers import (
     HOMICIDE,
     LANCASHIRE,
@@ -612,20 +613,50 @@ class TestWithdrawalBeforeDelivery:
 
         assert (referral.outcome, withdrawal.outcome) == ("cancelled", "cancelled")
 
-    def test_a_referral_handed_over_as_it_was_cancelled_is_followed_by_its_withdrawal(
+
+class TestWithdrawalAfterAnUncertainAttempt:
+    """Consent withdrawn after an attempt that timed out: the provider may hold the referral.
+
+    Issue 9: the referral is never tried again, and its withdrawal follows, so the provider is
+    left with the victim's latest wish whether or not the timed-out attempt arrived.
+    """
+
+    @pytest.fixture
+    def timed_out_then_withdrawn(
+        self, build: Builder, clock: FakeClock, pki: Pki, lancashire: Inbox
+    ) -> ReferralService:
+        lancashire.faults.stall_seconds = 1.5  # longer than the route's read timeout
+        route = https_route(pki, LANCASHIRE, lancashire.url, read_timeout=0.5)
+        service = build({LANCASHIRE: route})
+        service.handle(burglary(CRIME_REF))
+        # The inbox took it after the bridge had given up waiting for the answer.
+        assert wait_until(lambda: lancashire.store.message_ids() == [REFERRAL], timeout=30)
+        lancashire.faults.stall_seconds = 0.0
+        withdraw_consent(service, clock)
+        return service
+
+    def test_the_withdrawal_follows_at_once(
+        self, timed_out_then_withdrawn: ReferralService, lancashire: Inbox
+    ) -> None:
+        assert lancashire.store.message_ids() == [REFERRAL, WITHDRAWAL]
+
+    def test_the_referral_is_never_tried_again(
         self,
-        parked_then_withdrawn: ReferralService,
+        timed_out_then_withdrawn: ReferralService,
         ledger: Ledger,
         clock: FakeClock,
         lancashire: Inbox,
     ) -> None:
-        # Another worker's delivery, under way when consent was withdrawn, completes now.
-        ledger.mark_published([REFERRAL], clock.now(), route="https")
+        requests = lancashire.faults.requests
+        clock.advance(timedelta(days=3))
+        timed_out_then_withdrawn.flush()
+        timed_out_then_withdrawn.issue_overdue_fallbacks()
 
-        assert parked_then_withdrawn.flush() == 1
-        assert lancashire.store.message_ids() == [WITHDRAWAL]
-        assert outbox_row(ledger, REFERRAL).rejected_at is None
-        assert sorted(audit_actions(ledger)) == ["referral_sent", "withdrawal_sent"]
+        assert lancashire.faults.requests == requests
+        row = outbox_row(ledger, REFERRAL)
+        assert (row.published_at, row.maybe_delivered) == (None, True)
+        assert [d.message_id for d in ledger.deliveries(state="cancelled")] == [REFERRAL]
+        assert audit_actions(ledger) == ["withdrawal_sent"]
 
 
 class TestWithdrawalOrder:

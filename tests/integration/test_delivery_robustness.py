@@ -204,10 +204,10 @@ class TestUnexpectedErrors:
         broken = referral("LC-26-0000001")
         real_mark = ledger.mark_published
 
-        def mark_published(message_ids: Any, at: Any, *, route: str = "amqp") -> None:
-            if broken in message_ids:
+        def mark_published(message_id: str, at: Any, *, route: str = "amqp") -> bool:
+            if message_id == broken:
                 raise RuntimeError("not an outage")
-            real_mark(message_ids, at, route=route)
+            return real_mark(message_id, at, route=route)
 
         monkeypatch.setattr(ledger, "mark_published", mark_published)
         clock.advance(timedelta(hours=2))

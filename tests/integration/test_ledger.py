@@ -321,7 +321,7 @@ class TestOutbox:
         with ledger.transaction() as tx:
             tx.add_outbox(outbox_message("m-1"), AT)
             tx.add_outbox(outbox_message("m-2"), AT)
-        ledger.mark_published(["m-1"], AT)
+        ledger.mark_published("m-1", AT)
         assert [m.message_id for m in ledger.unpublished()] == ["m-2"]
         assert ledger.counts()["totals"]["unsent"] == 1
 

@@ -254,7 +254,7 @@ class TestAuditOnHandOver:
         try:
             with ledger.transaction() as tx:
                 tx.add_outbox(referral_row("ref-1"), AT)
-            ledger.mark_published(["ref-1"], AT)
+            ledger.mark_published("ref-1", AT)
             with ledger.engine.connect() as connection:
                 rows = connection.execute(select(t.audit)).all()
             assert len(rows) == 1
@@ -287,8 +287,8 @@ class TestAuditOnHandOver:
         try:
             with ledger.transaction() as tx:
                 tx.add_outbox(referral_row("ref-2"), AT)
-            ledger.mark_published(["ref-2"], AT)
-            ledger.mark_published(["ref-2"], AT)
+            ledger.mark_published("ref-2", AT)
+            ledger.mark_published("ref-2", AT)
             with ledger.engine.connect() as connection:
                 count = connection.execute(select(func.count()).select_from(t.audit)).scalar_one()
             assert count == 1
@@ -310,7 +310,7 @@ class TestAuditOnHandOver:
             )
             with ledger.transaction() as tx:
                 tx.add_outbox(task, AT)
-            ledger.mark_published(["task-1"], AT)
+            ledger.mark_published("task-1", AT)
             with ledger.engine.connect() as connection:
                 count = connection.execute(select(func.count()).select_from(t.audit)).scalar_one()
             assert count == 0
