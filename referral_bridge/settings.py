@@ -140,9 +140,14 @@ class DeliverySection(_Section):
     #: Parked deliveries are retried after this, doubling up to `park_max_seconds`.
     park_initial_seconds: Annotated[float, Field(gt=0, le=3600)] = 30.0
     park_max_seconds: Annotated[float, Field(gt=0, le=86400)] = 3600.0
-    #: Consecutive failures that open a provider's circuit, and how long it stays open.
+    #: Consecutive failures that open a provider's circuit. It stays open for
+    #: `circuit_first_open_seconds` the first time, doubling at each failed probe up to
+    #: `circuit_open_seconds`; a success closes it and brings the provider's parked rows forward.
     circuit_failures: Annotated[int, Field(ge=1, le=1000)] = 5
+    circuit_first_open_seconds: Annotated[float, Field(gt=0, le=3600)] = 2.0
     circuit_open_seconds: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    #: A referral past its deadline gets a fallback leaflet task only after this long unsent.
+    fallback_grace_seconds: Annotated[float, Field(ge=0, le=86400)] = 900.0
 
 
 class MetricsSection(_Section):

@@ -138,11 +138,20 @@ class DeliveryEngine:
         if breaker is None:
             breaker = CircuitBreaker(
                 failures=self._policy.circuit_failures,
+                first_open_for=self._policy.circuit_first_open,
                 open_for=self._policy.circuit_open,
                 clock=self._clock,
             )
             self._breakers[key] = breaker
         return breaker
+
+    def _open_circuits(self) -> frozenset[str | None]:
+        """Receivers not to be read this pass (None: the officers' tasks on the force broker)."""
+        return frozenset(
+            None if key == TASKS_KEY else key
+            for key, breaker in self._breakers.items()
+            if breaker.state is CircuitState.OPEN
+        )
 
     def deliver_due(
         self,
@@ -181,7 +190,13 @@ class DeliveryEngine:
         spent = False
         while not spent:
             page = self._ledger.due_deliveries(
-                now, event_id=event_id, created_before=created_before, after=cursor, limit=_PAGE
+                now,
+                event_id=event_id,
+                created_before=created_before,
+                after=cursor,
+                limit=_PAGE,
+                # An event's own rows are read even so: they are deferred to the probe time.
+                skip_providers=self._open_circuits() if event_id is None else (),
             )
             for delivery in page:
                 if self._monotonic() >= deadline:
@@ -224,7 +239,7 @@ class DeliveryEngine:
         self._record_unmarked()
         issued = 0
         now = self._clock()
-        for delivery in self._ledger.overdue_deliveries(now):
+        for delivery in self._ledger.overdue_deliveries(now, grace=self._policy.fallback_grace):
             if delivery.message_id in self._unmarked:
                 continue
             try:
@@ -522,8 +537,15 @@ class DeliveryEngine:
         )
 
     def _close_circuit(self, breaker: CircuitBreaker, provider: str | None) -> None:
-        if breaker.record_success():
+        """A success: after failures, the receiver's parked rows need not wait out their backoff."""
+        was_open = breaker.state is not CircuitState.CLOSED
+        if not breaker.record_success():
+            return
+        if was_open:
             log.info("delivery.circuit_closed", provider=provider or TASKS_KEY)
+        brought = self._ledger.bring_forward(provider, self._clock())
+        if brought:
+            log.info("delivery.brought_forward", provider=provider or TASKS_KEY, count=brought)
 
 
 def _deliver(route: Route, delivery: PendingDelivery) -> None:

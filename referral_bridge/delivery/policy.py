@@ -25,7 +25,12 @@ class DeliveryPolicy:
     park_jitter: float = 0.1
     #: Consecutive failed attempts that open a provider's circuit, and how long it stays open.
     circuit_failures: int = 5
+    #: The first opening is short; each re-opening without a success doubles it up to the max.
+    circuit_first_open: timedelta = timedelta(seconds=2)
     circuit_open: timedelta = timedelta(seconds=60)
+    #: A referral whose deadline has passed gets its fallback leaflet task only once it has been
+    #: in the outbox this long: one recorded late is given a fair chance to be delivered first.
+    fallback_grace: timedelta = timedelta(minutes=15)
     #: Wall-clock budget of one delivery pass: no new attempt starts once it is spent, and an
     #: in-place retry starts only if a whole attempt still fits. Passes run on the consumer
     #: thread, which pings the systemd watchdog (WatchdogSec=120): a pass lasts at most this plus
@@ -46,7 +51,11 @@ class DeliveryPolicy:
             park_initial=timedelta(seconds=section.park_initial_seconds),
             park_max=timedelta(seconds=max(section.park_max_seconds, section.park_initial_seconds)),
             circuit_failures=section.circuit_failures,
+            circuit_first_open=timedelta(
+                seconds=min(section.circuit_first_open_seconds, section.circuit_open_seconds)
+            ),
             circuit_open=timedelta(seconds=section.circuit_open_seconds),
+            fallback_grace=timedelta(seconds=section.fallback_grace_seconds),
         )
 
 

@@ -9,10 +9,10 @@ defence against a double referral.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -753,8 +753,12 @@ class Ledger:
         created_before: datetime | None = None,
         after: tuple[datetime, str] | None = None,
         limit: int = 200,
+        skip_providers: Collection[str | None] = (),
     ) -> list[PendingDelivery]:
         """Undelivered, unrejected rows whose next attempt is due, oldest first.
+
+        `skip_providers` leaves out receivers whose circuit is open (None: rows without a
+        provider, the officers' tasks), so a pass does not read what it will not try.
 
         `created_before` applies only to rows never parked: a row another worker has just
         committed is left to that worker, while a parked row is due whatever its age. `after`
@@ -777,9 +781,33 @@ class Ledger:
             )
         if after is not None:
             query = query.where(_after(after))
+        named = [p for p in skip_providers if p is not None]
+        if named:
+            query = query.where(
+                or_(t.outbox.c.provider.is_(None), t.outbox.c.provider.not_in(named))
+            )
+        if None in skip_providers:
+            query = query.where(t.outbox.c.provider.is_not(None))
         query = query.order_by(t.outbox.c.created_at, t.outbox.c.message_id).limit(limit)
         with self._reading() as connection:
             return [_pending(row) for row in connection.execute(query)]
+
+    def bring_forward(self, provider: str | None, now: datetime) -> int:
+        """Make a receiver's parked rows due now (it answers again); returns how many."""
+        receiver = (
+            t.outbox.c.provider.is_(None) if provider is None else t.outbox.c.provider == provider
+        )
+        result = self._write_counted(
+            update(t.outbox)
+            .where(
+                receiver,
+                t.outbox.c.published_at.is_(None),
+                t.outbox.c.rejected_at.is_(None),
+                t.outbox.c.next_attempt_at > now,
+            )
+            .values(next_attempt_at=now)
+        )
+        return result
 
     def waiting_on(self, delivery: PendingDelivery, now: datetime) -> str | None:
         """The message id that must be delivered before this one, if any.
@@ -872,8 +900,14 @@ class Ledger:
             .values(next_attempt_at=until, last_error=error[:500])
         )
 
-    def overdue_deliveries(self, now: datetime, *, limit: int = 200) -> list[PendingDelivery]:
-        """Referrals still undelivered at their deadline that have no fallback task yet."""
+    def overdue_deliveries(
+        self, now: datetime, *, grace: timedelta = timedelta(0), limit: int = 200
+    ) -> list[PendingDelivery]:
+        """Referrals still undelivered at their deadline that have no fallback task yet.
+
+        A row younger than `grace` is left alone even past its deadline: a referral decided
+        late is given that long to be delivered before the officer is asked to act instead.
+        """
         query = (
             _delivery_query()
             .where(
@@ -882,6 +916,7 @@ class Ledger:
                 t.outbox.c.fallback_task_id.is_(None),
                 t.outbox.c.deadline.is_not(None),
                 t.outbox.c.deadline <= now,
+                t.outbox.c.created_at <= now - grace,
                 # An attempt under way (or whose "delivered" mark is being retried) may succeed.
                 _unclaimed(now),
             )
@@ -960,9 +995,13 @@ class Ledger:
             raise LedgerUnavailableError(_describe(exc, self.engine)) from None
 
     def _write(self, statement: Any) -> None:
+        self._write_counted(statement)
+
+    def _write_counted(self, statement: Any) -> int:
+        """Run one statement in its own transaction; returns the rows it touched."""
         try:
             with self.engine.begin() as connection:
-                connection.execute(statement)
+                return int(connection.execute(statement).rowcount)
         except OperationalError as exc:
             raise LedgerUnavailableError(_describe(exc, self.engine)) from None
 

@@ -7,7 +7,7 @@ builds, so these tests pin the service's behaviour end to end short of the broke
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -670,12 +670,18 @@ class OutageAfterCommitLedger(Ledger):
         created_before: datetime | None = None,
         after: tuple[datetime, str] | None = None,
         limit: int = 200,
+        skip_providers: Collection[str | None] = (),
     ) -> list[PendingDelivery]:
         if self.outages > 0:
             self.outages -= 1
             raise LedgerUnavailableError("ledger unavailable (test outage)")
         return super().due_deliveries(
-            now, event_id=event_id, created_before=created_before, after=after, limit=limit
+            now,
+            event_id=event_id,
+            created_before=created_before,
+            after=after,
+            limit=limit,
+            skip_providers=skip_providers,
         )
 
 

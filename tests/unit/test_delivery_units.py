@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from referral_bridge.delivery import (
     AmqpRoute,
@@ -94,6 +96,77 @@ class TestCircuitBreaker:
 
         assert breaker.record_success()
         assert breaker.state is CircuitState.CLOSED
+
+
+class TestCircuitOpenPeriods:
+    """Issue 9: a provider that blinks is probed again within seconds; one that stays down is
+    left alone for longer and longer, up to the configured maximum."""
+
+    def make(self, clock: FakeClock) -> CircuitBreaker:
+        return CircuitBreaker(
+            failures=3,
+            first_open_for=timedelta(seconds=2),
+            open_for=timedelta(seconds=60),
+            clock=clock.now,
+        )
+
+    def open_periods(self, clock: FakeClock, breaker: CircuitBreaker, probes: int) -> list[float]:
+        for _ in range(3):
+            breaker.record_failure()
+        periods = []
+        for _ in range(probes):
+            periods.append(breaker.open_for.total_seconds())
+            clock.advance(breaker.open_for)
+            assert breaker.state is CircuitState.HALF_OPEN
+            breaker.record_failure()
+        return periods
+
+    def test_each_failed_probe_doubles_the_period_up_to_the_maximum(self) -> None:
+        clock = FakeClock(NOW)
+        periods = self.open_periods(clock, self.make(clock), probes=8)
+
+        assert periods == [2, 4, 8, 16, 32, 60, 60, 60]
+
+    def test_a_success_starts_over_with_the_short_period(self) -> None:
+        clock = FakeClock(NOW)
+        breaker = self.make(clock)
+        self.open_periods(clock, breaker, probes=4)
+        clock.advance(breaker.open_for)
+
+        assert breaker.record_success()
+        assert self.open_periods(clock, breaker, probes=1) == [2]
+
+    def test_a_success_after_failures_that_did_not_open_it_counts_as_recovery(self) -> None:
+        breaker = self.make(FakeClock(NOW))
+        breaker.record_failure()
+
+        assert breaker.record_success()
+        assert not breaker.record_success()  # nothing to recover from now
+
+    @given(
+        first=st.integers(min_value=1, max_value=120),
+        longest=st.integers(min_value=1, max_value=3600),
+        probes=st.integers(min_value=1, max_value=40),
+    )
+    def test_the_period_never_exceeds_the_maximum_nor_shrinks(
+        self, first: int, longest: int, probes: int
+    ) -> None:
+        clock = FakeClock(NOW)
+        breaker = CircuitBreaker(
+            failures=1,
+            first_open_for=timedelta(seconds=first),
+            open_for=timedelta(seconds=longest),
+            clock=clock.now,
+        )
+        breaker.record_failure()
+        periods = []
+        for _ in range(probes):
+            periods.append(breaker.open_for)
+            clock.advance(breaker.open_for)
+            breaker.record_failure()
+
+        assert all(p <= timedelta(seconds=longest) for p in periods)
+        assert periods == sorted(periods)
 
 
 class TestHttpAnswers:
