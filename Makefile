@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck schemas bench clean
+.PHONY: demo test lint typecheck schemas bench chaos clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,12 @@ schemas: $(STAMP)
 # Throughput and memory as ratios to baselines measured in the same run (docs/benchmarks.md).
 bench: $(STAMP)
 	$(BIN)/python benchmarks/pipeline.py --events 2000 --amqp amqp://guest:guest@127.0.0.1:5672// --check
+
+# The long fault runs (docs/reliability.md): broker, ledger and process faults on thousands of
+# events, a provider flapping for 10 minutes, withdrawals racing deliveries. Prints the table.
+chaos: $(STAMP)
+	RB_FAULT_SCALE=long $(BIN)/pytest -q -s tests/e2e/test_fault_runs.py \
+		tests/e2e/test_flapping_provider.py tests/e2e/test_withdrawal_race.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -16,9 +16,11 @@ from referral_bridge.transport.errors import TransportError
 log = structlog.get_logger("referral_bridge.scheduler")
 
 #: Outbox rows never tried and older than this are delivered by the scheduler: the worker that
-#: wrote a row normally delivers it within milliseconds, so an older one was left by a crash.
-#: Parked rows are delivered when their next attempt is due, whatever their age.
-OUTBOX_GRACE = timedelta(seconds=30)
+#: wrote a row normally delivers it within milliseconds, so an older one was left by a crash or
+#: a failed hand-over. Parked rows are delivered when their next attempt is due, whatever their
+#: age. Two workers never send one row at once (each attempt is claimed in the ledger first),
+#: so this only keeps schedulers from doing the writer's work, and can be short.
+OUTBOX_GRACE = timedelta(seconds=5)
 
 
 class Scheduler:

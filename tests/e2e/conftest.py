@@ -83,3 +83,19 @@ def postgres_ledger_url() -> Iterator[str]:
     finally:
         with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """The fault runs' results table (tests/faults/harness.py), when any ran."""
+    from tests.faults.harness import RESULTS
+
+    if not RESULTS:
+        return
+    rows = [result.row() for result in RESULTS]
+    columns = list(rows[0])
+    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in columns}
+    terminalreporter.section("fault runs")
+    terminalreporter.line(" | ".join(c.ljust(widths[c]) for c in columns))
+    terminalreporter.line("-+-".join("-" * widths[c] for c in columns))
+    for row in rows:
+        terminalreporter.line(" | ".join(str(row[c]).ljust(widths[c]) for c in columns))

@@ -318,7 +318,11 @@ class BridgeEnv:
         prefetch: int = 16,
         scheduler_interval: float = 1.0,
         metrics_listen: str = "",
+        worker_broker_url: str | None = None,
+        worker_ledger_url: str | None = None,
     ) -> BridgeEnv:
+        """`worker_*_url`: where the workers reach the broker and the ledger, when not where the
+        test does (through a fault proxy)."""
         root.mkdir(parents=True, exist_ok=True)
         keys = root / "keys"
         generate_key_pair(BRIDGE_KID, keys)
@@ -339,7 +343,7 @@ class BridgeEnv:
             "max_processing_attempts = 5\n"
             f"scheduler_interval_seconds = {scheduler_interval}\n\n"
             "[broker]\n"
-            f"url = {json.dumps(rabbitmq_url)}\n"
+            f"url = {json.dumps(worker_broker_url or rabbitmq_url)}\n"
             f"prefetch = {prefetch}\n\n"
             "[broker.topology]\n"
             f'inbound_exchange = "{topology.inbound_exchange}"\n'
@@ -347,7 +351,7 @@ class BridgeEnv:
             f'referrals_exchange = "{topology.referrals_exchange}"\n'
             f'tasks_exchange = "{topology.tasks_exchange}"\n'
             f'dead_letter_queue = "{topology.dead_letter_queue}"\n\n'
-            f"[ledger]\nurl = {json.dumps(ledger_url)}\n\n"
+            f"[ledger]\nurl = {json.dumps(worker_ledger_url or ledger_url)}\n\n"
             # Off by default: concurrent workers would otherwise compete for one port.
             f"[metrics]\nlisten = {json.dumps(metrics_listen)}\n\n"
             f'[keys]\nsigning_key = "keys/{BRIDGE_KID}.private.jwk"\n' + providers,
@@ -441,7 +445,7 @@ class BridgeEnv:
     @property
     def engine(self) -> Engine:
         if self._engine is None:
-            self._engine = create_engine(self.ledger_url)
+            self._engine = create_engine(self.ledger_url, pool_pre_ping=True)
         return self._engine
 
     def _scalar(self, query: Any) -> int:

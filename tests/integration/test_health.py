@@ -7,10 +7,7 @@ for the tests alongside. The worker is given port 0 for its endpoint and logs th
 
 from __future__ import annotations
 
-import contextlib
 import json
-import socket
-import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -29,6 +26,7 @@ from tests.e2e.helpers import (
     new_ref,
     wait_until,
 )
+from tests.faults.proxy import FaultProxy
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
@@ -36,78 +34,6 @@ MARKER = "HEALTHMARKERQX"
 #: Samples of a /metrics page, keyed by metric name and label set.
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 LANCASHIRE = "lancashire-victim-services"
-
-
-class TcpProxy:
-    """Forwards a local port to 127.0.0.1:5672 until cut; `restore` listens on the same port."""
-
-    def __init__(self, upstream: tuple[str, int]) -> None:
-        self.upstream = upstream
-        self.port = 0
-        self._listener: socket.socket | None = None
-        self._sockets: set[socket.socket] = set()
-        self._lock = threading.Lock()
-
-    @property
-    def url(self) -> str:
-        return f"amqp://guest:guest@127.0.0.1:{self.port}//"
-
-    def start(self) -> TcpProxy:
-        listener = socket.socket()
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", self.port))
-        listener.listen()
-        self.port = listener.getsockname()[1]
-        self._listener = listener
-        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
-        return self
-
-    def _accept(self, listener: socket.socket) -> None:
-        while True:
-            try:
-                client, _ = listener.accept()
-            except OSError:
-                return  # cut
-            try:
-                upstream = socket.create_connection(self.upstream, timeout=5)
-            except OSError:
-                client.close()
-                continue
-            upstream.settimeout(None)
-            with self._lock:
-                self._sockets.update((client, upstream))
-            for source, target in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(source, target), daemon=True).start()
-
-    def _pump(self, source: socket.socket, target: socket.socket) -> None:
-        try:
-            while chunk := source.recv(65536):
-                target.sendall(chunk)
-        except OSError:
-            pass
-        finally:
-            for end in (source, target):
-                self._close(end)
-
-    def _close(self, sock: socket.socket) -> None:
-        with self._lock:
-            self._sockets.discard(sock)
-        with contextlib.suppress(OSError):  # already closed by the other pump
-            sock.shutdown(socket.SHUT_RDWR)
-        sock.close()
-
-    def cut(self) -> None:
-        """The broker 'stops': refuse new connections and drop every open one."""
-        if self._listener is not None:
-            self._listener.close()
-            self._listener = None
-        with self._lock:
-            open_sockets = list(self._sockets)
-        for sock in open_sockets:
-            self._close(sock)
-
-    def restore(self) -> None:
-        self.start()
 
 
 def health_port(worker: Worker) -> int | None:
@@ -141,7 +67,7 @@ def value(page_samples: Samples, name: str, **labels: str) -> float | None:
 @dataclass
 class RunningBridge:
     env: BridgeEnv
-    proxy: TcpProxy
+    proxy: FaultProxy
     worker: Worker
     port: int
 
@@ -151,9 +77,11 @@ def start_bridge(root: Path, rabbitmq_url: str) -> RunningBridge:
     env = BridgeEnv.create(
         root, rabbitmq_url=rabbitmq_url, scheduler_interval=0.5, metrics_listen="127.0.0.1:0"
     )
-    proxy = TcpProxy(("127.0.0.1", 5672)).start()
+    proxy = FaultProxy.for_url(rabbitmq_url).start()
     text = env.config.read_text(encoding="utf-8")
-    text = text.replace(f"url = {json.dumps(rabbitmq_url)}", f'url = "{proxy.url}"', 1)
+    text = text.replace(
+        f"url = {json.dumps(rabbitmq_url)}", f'url = "{proxy.url_through(rabbitmq_url)}"', 1
+    )
     env.config.write_text(text, encoding="utf-8")
     worker = env.start_worker()
     assert wait_until(lambda: health_port(worker) is not None, timeout=30), worker.log_text()

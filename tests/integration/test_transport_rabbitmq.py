@@ -5,15 +5,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import shutil
-import socket
 import subprocess
 import threading
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 from kombu.entity import Queue
@@ -30,6 +27,7 @@ from referral_bridge.transport import (
     broker_spec,
     declare,
 )
+from tests.faults.proxy import FaultProxy
 from tests.integration.conftest import (
     BrokerHarness,
     RecordingHandler,
@@ -325,65 +323,6 @@ class TestConnectionLoss:
         assert [m.body for m in handler.received] == [b"1", b"2"]
 
 
-class _SilenceableProxy:
-    """A TCP proxy to RabbitMQ whose existing connections can go silent without closing.
-
-    That is a half-open connection, as a NAT or firewall that forgot the flow leaves it: nothing
-    arrives and nothing fails. New connections after `silence()` are forwarded as usual.
-    """
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self._target = target
-        self._server = socket.create_server(("127.0.0.1", 0))
-        self.port: int = self._server.getsockname()[1]
-        self._pairs: list[tuple[socket.socket, socket.socket, threading.Event]] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def silence(self) -> None:
-        for _, _, silent in self._pairs:
-            silent.set()
-
-    def close(self) -> None:
-        self._server.close()
-        for client, upstream, _ in self._pairs:
-            client.close()
-            upstream.close()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._server.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(self._target)
-            silent = threading.Event()
-            self._pairs.append((client, upstream, silent))
-            for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(
-                    target=self._pump, args=(source, sink, silent), daemon=True
-                ).start()
-
-    @staticmethod
-    def _pump(source: socket.socket, sink: socket.socket, silent: threading.Event) -> None:
-        while True:
-            try:
-                data = source.recv(65536)
-            except OSError:
-                return
-            if silent.is_set():
-                if not data:
-                    return  # not even the close gets through
-                continue
-            if not data:
-                with contextlib.suppress(OSError):
-                    sink.shutdown(socket.SHUT_WR)
-                return
-            try:
-                sink.sendall(data)
-            except OSError:
-                return
-
-
 @pytest.mark.slow
 class TestHalfOpenConnection:
     """A consuming connection that silently stops carrying anything."""
@@ -391,12 +330,8 @@ class TestHalfOpenConnection:
     def test_the_consumer_notices_by_heartbeat_reconnects_and_handles_the_next_message(
         self, rabbit: BrokerHarness, rabbitmq_url: str
     ) -> None:
-        target = urlsplit(rabbitmq_url)
-        proxy = _SilenceableProxy((target.hostname or "127.0.0.1", target.port or 5672))
-        through_proxy = replace(
-            rabbit.spec,
-            url=rabbitmq_url.replace(target.netloc.split("@")[-1], f"127.0.0.1:{proxy.port}"),
-        )
+        proxy = FaultProxy.for_url(rabbitmq_url).start()
+        through_proxy = replace(rabbit.spec, url=proxy.url_through(rabbitmq_url))
         handler = RecordingHandler(Ack())
         running = RunningConsumer(
             consumer=Consumer(
