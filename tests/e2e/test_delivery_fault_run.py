@@ -211,7 +211,3 @@ def test_the_faults_really_happened(fault_run: FaultRun) -> None:
     assert fault_run.figures["inbox restarts"] == RESTARTS
     assert fault_run.figures["injected 503s"] > 50
     assert fault_run.figures["parkings logged"] > 0
-
-
-def test_the_run_stays_within_its_time_budget(fault_run: FaultRun) -> None:
-    assert fault_run.figures["seconds in total"] < 180
