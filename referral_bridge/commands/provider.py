@@ -22,7 +22,8 @@ from referral_bridge.exit_codes import RET_FAILURE, RET_OK, RET_USAGE
 
 
 def cmd_inbox(args: argparse.Namespace) -> int:
-    from referral_bridge.provider_inbox import InboxServer, InboxStore, ReferralInbox
+    from referral_bridge.inbox_app import InboxServer
+    from referral_bridge.provider_inbox import InboxStore, ReferralInbox
     from referral_bridge.sealing import load_key_set
 
     host, _, port = args.listen.rpartition(":")

@@ -22,7 +22,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from referral_bridge.delivery import DeliveryEngine, DeliveryPolicy, HttpsRoute, Route
 from referral_bridge.delivery.amqp import AmqpRoute
 from referral_bridge.ledger import Ledger
-from referral_bridge.provider_inbox import InboxServer, InboxStore, ReferralInbox
+from referral_bridge.inbox_app import InboxServer
+from referral_bridge.provider_inbox import InboxStore, ReferralInbox
 from tests.fakes import FakeClock, KeyMaterial, RecordingPublisher
 
 LANCASHIRE = "lancashire-victim-services"
