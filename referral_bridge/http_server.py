@@ -74,11 +74,9 @@ class ServerLimits:
     backlog: int = 128
 
     def connection_cap(self) -> int:
-        return (
-            self.max_connections
-            if self.max_connections is not None
-            else (default_max_connections())
-        )
+        if self.max_connections is not None:
+            return self.max_connections
+        return default_max_connections()
 
 
 @dataclass(slots=True)

@@ -53,13 +53,18 @@ def referral_endpoint(
             status = await run_in_threadpool(fault)
             if status is not None:
                 return answer_response(Answer(status, "injected_fault"))
-        # Decrypting and the SQLite commit block: keep them off the event loop.
-        answer = await run_in_threadpool(
-            inbox.receive,
-            body,
-            content_type=request.headers.get("content-type"),
-            idempotency_key=request.headers.get("idempotency-key"),
-        )
+        try:
+            # Decrypting and the SQLite commit block: keep them off the event loop.
+            answer = await run_in_threadpool(
+                inbox.receive,
+                body,
+                content_type=request.headers.get("content-type"),
+                idempotency_key=request.headers.get("idempotency-key"),
+            )
+        except Exception as exc:
+            # The kind only: an exception's text may quote the request.
+            log.error("inbox.failed", error_type=type(exc).__name__)
+            return answer_response(Answer(500, "internal_error"), close=True)
         level = log.info if answer.status < 400 else log.warning
         level(
             "inbox.answered", status=answer.status, reason=answer.code, message_id=answer.message_id
