@@ -270,6 +270,12 @@ class _Listener:
         pending = [*self._handshakes, *self.server_state.tasks]
         if pending:
             await asyncio.wait(pending, timeout=5)
+        # An aborted transport closes its socket in a callback: let those run before the loop
+        # closes, or the sockets are left to the garbage collector.
+        for _ in range(100):
+            if not self.server_state.connections:
+                break
+            await asyncio.sleep(0.01)
 
 
 def bind_socket(host: str, port: int, *, reuse_address: bool, backlog: int) -> socket.socket:

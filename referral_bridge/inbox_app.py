@@ -37,6 +37,21 @@ def answer_response(answer: Answer, *, close: bool = False) -> Response:
     )
 
 
+def receive_and_log(
+    inbox: ReferralInbox, body: bytes, *, content_type: str | None, idempotency_key: str | None
+) -> Answer:
+    """`ReferralInbox.receive`, its answer logged; an unexpected failure is a 500."""
+    try:
+        answer = inbox.receive(body, content_type=content_type, idempotency_key=idempotency_key)
+    except Exception as exc:
+        # The kind only: an exception's text may quote the request.
+        log.error("inbox.failed", error_type=type(exc).__name__)
+        return Answer(500, "internal_error")
+    level = log.info if answer.status < 400 else log.warning
+    level("inbox.answered", status=answer.status, reason=answer.code, message_id=answer.message_id)
+    return answer
+
+
 def referral_endpoint(
     inbox: ReferralInbox, fault: FaultHook | None = None
 ) -> Callable[[Request], Awaitable[Response]]:
@@ -53,23 +68,17 @@ def referral_endpoint(
             status = await run_in_threadpool(fault)
             if status is not None:
                 return answer_response(Answer(status, "injected_fault"))
-        try:
-            # Decrypting and the SQLite commit block: keep them off the event loop.
-            answer = await run_in_threadpool(
-                inbox.receive,
+        # Decrypting and the SQLite commit block: off the event loop. The answer is logged on
+        # the same thread, so a referral stored while the server stops is still logged.
+        return answer_response(
+            await run_in_threadpool(
+                receive_and_log,
+                inbox,
                 body,
                 content_type=request.headers.get("content-type"),
                 idempotency_key=request.headers.get("idempotency-key"),
             )
-        except Exception as exc:
-            # The kind only: an exception's text may quote the request.
-            log.error("inbox.failed", error_type=type(exc).__name__)
-            return answer_response(Answer(500, "internal_error"), close=True)
-        level = log.info if answer.status < 400 else log.warning
-        level(
-            "inbox.answered", status=answer.status, reason=answer.code, message_id=answer.message_id
         )
-        return answer_response(answer)
 
     return receive_referral
 
