@@ -13,6 +13,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 from structlog.testing import capture_logs
 
+from referral_bridge import cli
 from referral_bridge.inbox_app import create_inbox_app
 from referral_bridge.provider_inbox import Answer, InboxStore, ReferralInbox
 from tests.fakes import KeyMaterial, make_keys
@@ -87,3 +88,20 @@ def test_routes_given_to_the_factory_are_served_beside_the_receiver(
     material: tuple[KeyMaterial, InboxStore],
 ) -> None:
     assert call(app(material), "GET", "/staff").text == "staff page"
+
+
+@pytest.mark.parametrize(
+    "option",
+    [
+        ["--max-connections", "0"],
+        ["--max-connections", "²"],
+        ["--request-deadline", "0"],
+        ["--request-deadline", "nan"],
+    ],
+)
+def test_the_inbox_refuses_limits_that_are_not_positive(option: list[str]) -> None:
+    required = ["--cert", "c", "--key", "k", "--provider", "p", "--keys", "k", "--store", "s"]
+    with pytest.raises(SystemExit) as caught:
+        cli.main(["provider", "inbox", *required, "--verify-with", "v", *option])
+
+    assert caught.value.code == cli.RET_USAGE
