@@ -29,6 +29,7 @@ import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import h11
 import structlog
@@ -218,9 +219,17 @@ class _Listener:
                 return
             conn.setblocking(False)
             self._open += 1
-            task = self.loop.create_task(self._establish(conn, _Slot(self._release)))
+            slot = _Slot(self._release)
+            task = self.loop.create_task(self._establish(conn, slot))
             self._handshakes.add(task)
-            task.add_done_callback(self._handshakes.discard)
+            task.add_done_callback(partial(self._established, conn=conn, slot=slot))
+
+    def _established(self, task: asyncio.Task[None], *, conn: socket.socket, slot: _Slot) -> None:
+        self._handshakes.discard(task)
+        if task.cancelled():
+            # Cancelled by `close`, perhaps before it ever ran: the socket is still ours.
+            conn.close()
+            slot.release()
 
     def _release(self) -> None:
         self._open -= 1
@@ -246,10 +255,6 @@ class _Listener:
                     self.limits.handshake_seconds if self.ssl_context is not None else None
                 ),
             )
-        except asyncio.CancelledError:
-            conn.close()
-            slot.release()
-            raise
         except Exception as exc:
             # A failed or timed-out handshake (an untrusted client certificate, a port scan).
             log.warning("http.connection_failed", error_type=type(exc).__name__)
@@ -265,11 +270,14 @@ class _Listener:
             task.cancel()
         for connection in list(self.server_state.connections):
             connection.transport.abort()
-        for task in list(self.server_state.tasks):
-            task.cancel()
+        # Requests being answered see the disconnect and end; one stuck is cancelled.
         pending = [*self._handshakes, *self.server_state.tasks]
         if pending:
-            await asyncio.wait(pending, timeout=5)
+            _, stuck = await asyncio.wait(pending, timeout=5)
+            for task in stuck:
+                task.cancel()
+            if stuck:
+                await asyncio.wait(stuck, timeout=1)
         # An aborted transport closes its socket in a callback: let those run before the loop
         # closes, or the sockets are left to the garbage collector.
         for _ in range(100):

@@ -20,7 +20,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import httpx
@@ -426,3 +426,34 @@ def test_out_of_descriptors_accepting_backs_off_instead_of_spinning(
         # A second's pause per back-off: a spinning loop would log thousands, and burn a core.
         assert process.log_count("http.accept_backoff") <= elapsed + 2
         assert cpu < 0.5 * elapsed, f"{cpu:.1f} s of CPU in {elapsed:.1f} s"
+
+
+def open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_stopping_mid_flood_leaves_no_socket_open(material: tuple[Pki, KeyMaterial, Path]) -> None:
+    pki, keys, folder = material
+    with running_inbox(pki, keys, LANCASHIRE, folder / "stopped.sqlite3") as inbox:
+        inbox.server.stop()
+        before = open_descriptors()
+        inbox.server.start()
+        target = Target(
+            name="inbox",
+            port=inbox.server.port,
+            tls=ssl.create_default_context(cafile=pki.ca_cert),
+            half_request=b"POST /referrals HTTP/1.1\r\nHost: 127.0.0.1\r\n",
+            legitimate=lambda: post_referral(inbox.url, pki, keys),
+            expected_status=201,
+        )
+        # Established connections with half a request, then raw ones still in their handshake.
+        flood = [target.connect() for _ in range(20)]
+        for sock in flood:
+            sock.sendall(target.half_request)
+        flood += open_flood(replace(target, half_request=b""), 100)
+
+        inbox.server.stop()
+        for sock in flood:
+            sock.close()
+
+        assert open_descriptors() == before
