@@ -33,7 +33,13 @@ from referral_bridge.provider_inbox import MAX_BODY_BYTES
 from tests.e2e.helpers import wait_until, worker_environment
 from tests.e2e.test_inbox_cli import free_port, inbox_command, referral_event
 from tests.fakes import KeyMaterial, make_keys
-from tests.integration.test_delivery_helpers import LANCASHIRE, Pki, make_pki, running_inbox
+from tests.integration.test_delivery_helpers import (
+    LANCASHIRE,
+    Inbox,
+    Pki,
+    make_pki,
+    running_inbox,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -99,18 +105,22 @@ def get_healthz(port: int) -> int:
 LIMITS = ServerLimits(request_seconds=DEADLINE, handshake_seconds=DEADLINE, max_connections=512)
 
 
+def inbox_as_target(inbox: Inbox, pki: Pki, keys: KeyMaterial) -> Target:
+    return Target(
+        name="inbox",
+        port=inbox.server.port,
+        tls=ssl.create_default_context(cafile=pki.ca_cert),
+        half_request=b"POST /referrals HTTP/1.1\r\nHost: 127.0.0.1\r\n",
+        legitimate=lambda: post_referral(inbox.url, pki, keys),
+        expected_status=201,
+    )
+
+
 @pytest.fixture(scope="module")
 def inbox_target(material: tuple[Pki, KeyMaterial, Path]) -> Iterator[Target]:
     pki, keys, folder = material
     with running_inbox(pki, keys, LANCASHIRE, folder / "inbox.sqlite3", limits=LIMITS) as inbox:
-        yield Target(
-            name="inbox",
-            port=inbox.server.port,
-            tls=ssl.create_default_context(cafile=pki.ca_cert),
-            half_request=b"POST /referrals HTTP/1.1\r\nHost: 127.0.0.1\r\n",
-            legitimate=lambda: post_referral(inbox.url, pki, keys),
-            expected_status=201,
-        )
+        yield inbox_as_target(inbox, pki, keys)
 
 
 @pytest.fixture(scope="module")
@@ -438,14 +448,7 @@ def test_stopping_mid_flood_leaves_no_socket_open(material: tuple[Pki, KeyMateri
         inbox.server.stop()
         before = open_descriptors()
         inbox.server.start()
-        target = Target(
-            name="inbox",
-            port=inbox.server.port,
-            tls=ssl.create_default_context(cafile=pki.ca_cert),
-            half_request=b"POST /referrals HTTP/1.1\r\nHost: 127.0.0.1\r\n",
-            legitimate=lambda: post_referral(inbox.url, pki, keys),
-            expected_status=201,
-        )
+        target = inbox_as_target(inbox, pki, keys)
         # Established connections with half a request, then raw ones still in their handshake.
         flood = [target.connect() for _ in range(20)]
         for sock in flood:
