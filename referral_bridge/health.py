@@ -1,6 +1,6 @@
 # mypy: disallow-untyped-calls=False
 # kombu ships py.typed but leaves most functions unannotated; the broker probe calls it directly.
-"""The operations endpoint: /metrics, /healthz and /readyz over HTTP on a thread of their own.
+"""The operations endpoint: /metrics, /healthz and /readyz over HTTP, on the bounded server.
 
 - `/metrics`: Prometheus text exposition of the bridge's counters and the ledger gauges;
 - `/healthz`: 200 while the process can answer at all (a liveness probe);
@@ -14,13 +14,11 @@ also what `referral-bridge check-config` uses to test the broker and the ledger.
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import structlog
@@ -30,8 +28,13 @@ from kombu.exceptions import OperationalError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from sqlalchemy import Engine, inspect, select, text, update
 from sqlalchemy.exc import SQLAlchemyError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from referral_bridge.errors import ConfigError
+from referral_bridge.http_server import BoundedServer, ServerLimits
 from referral_bridge.ledger import schema as t
 from referral_bridge.transport.embedded import BrokerSpec
 
@@ -307,109 +310,90 @@ def ledger_check(engine: Engine) -> Check:
 # --- the HTTP server ---------------------------------------------------------------------------
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    # Another process on the port must make bind fail, not silently share it.
-    allow_reuse_address = False
-
-    def __init__(
-        self, address: tuple[str, int], *, registry: CollectorRegistry, readiness: Readiness
-    ) -> None:
-        self.registry = registry
-        self.readiness = readiness
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6
-        super().__init__(address, _Handler)
+#: Prometheus and a few probes are all that call; a small cap keeps descriptors for the worker.
+HEALTH_LIMITS = ServerLimits(request_seconds=10.0, max_connections=64)
+_TEXT = "text/plain; charset=utf-8"
+_NO_STORE = {"Cache-Control": "no-store"}
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-    server_version = "referral-bridge"
-    sys_version = ""
+def create_health_app(registry: CollectorRegistry, readiness: Readiness) -> Starlette:
+    """/metrics, /healthz and /readyz; sync handlers, so Starlette runs them on worker threads
+    (the readiness probes and ledger gauges block on the broker and the database)."""
 
-    def do_GET(self) -> None:
-        path = self.path.split("?", 1)[0]
-        if path == "/metrics":
-            try:
-                body = generate_latest(self.server.registry)
-            except Exception as exc:
-                log.error("health.metrics_failed", error_type=type(exc).__name__)
-                self._reply(HTTPStatus.INTERNAL_SERVER_ERROR, b"metrics collection failed\n")
-                return
-            self._reply(HTTPStatus.OK, body, CONTENT_TYPE_LATEST)
-        elif path == "/healthz":
-            self._reply(HTTPStatus.OK, b"ok\n")
-        elif path == "/readyz":
-            results = self.server.readiness.evaluate()
-            failed = sorted(name for name, result in results.items() if not result.ok)
-            document = {
-                "status": "unready" if failed else "ready",
-                "failed": failed,
-                "checks": {
-                    name: {"ok": result.ok, "detail": result.detail}
-                    for name, result in results.items()
-                },
-            }
-            status = HTTPStatus.SERVICE_UNAVAILABLE if failed else HTTPStatus.OK
-            self._reply(status, json.dumps(document).encode() + b"\n", "application/json")
-        else:
-            self._reply(HTTPStatus.NOT_FOUND, b"not found: try /metrics, /healthz or /readyz\n")
+    def metrics(_request: Request) -> Response:
+        try:
+            body = generate_latest(registry)
+        except Exception as exc:
+            log.error("health.metrics_failed", error_type=type(exc).__name__)
+            return Response(b"metrics collection failed\n", 500, _NO_STORE, _TEXT)
+        return Response(body, 200, _NO_STORE, CONTENT_TYPE_LATEST)
 
-    def _reply(
-        self, status: HTTPStatus, body: bytes, content_type: str = "text/plain; charset=utf-8"
-    ) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        self.end_headers()
-        self.wfile.write(body)
+    def healthz(_request: Request) -> Response:
+        return Response(b"ok\n", 200, _NO_STORE, _TEXT)
 
-    def log_message(self, format: str, *args: Any) -> None:
-        # Scrapes every few seconds would drown the log; requests carry nothing worth keeping.
-        return
+    def readyz(_request: Request) -> Response:
+        results = readiness.evaluate()
+        failed = sorted(name for name, result in results.items() if not result.ok)
+        document = {
+            "status": "unready" if failed else "ready",
+            "failed": failed,
+            "checks": {
+                name: {"ok": result.ok, "detail": result.detail} for name, result in results.items()
+            },
+        }
+        status = HTTPStatus.SERVICE_UNAVAILABLE if failed else HTTPStatus.OK
+        body = json.dumps(document).encode() + b"\n"
+        return Response(body, status, _NO_STORE, "application/json")
+
+    async def not_found(_request: Request, _exc: Exception) -> Response:
+        return Response(b"not found: try /metrics, /healthz or /readyz\n", 404, _NO_STORE, _TEXT)
+
+    return Starlette(
+        routes=[
+            Route("/metrics", metrics),
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
+        ],
+        exception_handlers={404: not_found},
+    )
 
 
 class HealthServer:
-    """Serves /metrics, /healthz and /readyz from a daemon thread until `stop`."""
+    """Serves /metrics, /healthz and /readyz from a thread of its own until `stop`."""
 
     def __init__(
-        self, *, host: str, port: int, registry: CollectorRegistry, readiness: Readiness
+        self,
+        *,
+        host: str,
+        port: int,
+        registry: CollectorRegistry,
+        readiness: Readiness,
+        limits: ServerLimits = HEALTH_LIMITS,
     ) -> None:
-        self._address = (host, port)
-        self._registry = registry
-        self._readiness = readiness
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
+        self._server = BoundedServer(
+            create_health_app(registry, readiness),
+            host=host,
+            port=port,
+            limits=limits,
+            # Another process on the port must make bind fail, not silently share it.
+            reuse_address=False,
+            name="referral-bridge-health",
+        )
 
     def start(self) -> None:
         """Bind and serve; raises OSError when the address cannot be bound (e.g. in use)."""
-        server = _Server(self._address, registry=self._registry, readiness=self._readiness)
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever,
-            kwargs={"poll_interval": 0.5},
-            name="referral-bridge-health",
-            daemon=True,
-        )
-        self._thread.start()
+        self._server.start()
 
     @property
     def port(self) -> int:
         """The bound port (the kernel's choice when asked for port 0)."""
-        if self._server is None:
+        if not self._server.running:
             raise RuntimeError("the health server is not started")
-        return int(self._server.server_address[1])
+        return self._server.port
 
     @property
     def host(self) -> str:
-        return self._address[0]
+        return self._server.host
 
     def stop(self) -> None:
-        if self._server is None:
-            return
-        self._server.shutdown()
-        self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self._server = None
+        self._server.stop()

@@ -7,6 +7,9 @@ signature against the force's public key set, decrypts it with the provider's ow
 durably in SQLite *as the sealed token* before answering 201. Plain text reaches the disk only when
 `store_plaintext` is asked for. Answers: 201 accepted, 409 already held, 4xx refused for good
 (the bridge then gives the officer a leaflet task), 503 when it cannot store right now.
+
+This module holds what a referral means to the provider, with no HTTP in it; `inbox_app` serves
+it over HTTPS on the bounded server.
 """
 
 from __future__ import annotations
@@ -15,14 +18,11 @@ import base64
 import contextlib
 import json
 import os
-import socket
 import sqlite3
-import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +38,6 @@ REFERRAL_CREATED = "victim.referral.created"
 REFERRAL_WITHDRAWN = "victim.referral.withdrawn"
 #: A sealed referral is a few kilobytes; anything far larger is not one.
 MAX_BODY_BYTES = 1024 * 1024
-#: An idle keep-alive connection is closed after this, so stopped clients free their thread.
-CONNECTION_TIMEOUT_SECONDS = 30.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS inbox (
@@ -260,177 +258,6 @@ class ReferralInbox:
         if message_id != expected_id:
             return "id_mismatch"
         return None
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-    inbox: ReferralInbox
-    path: str | None
-    fault: Callable[[], int | None] | None
-    connections: set[socket.socket]
-    connections_lock: threading.Lock
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        with self.connections_lock:
-            self.connections.add(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request: Any) -> None:
-        with self.connections_lock:
-            self.connections.discard(request)
-        super().shutdown_request(request)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # A failed TLS handshake (no or untrusted client certificate) or a dropped client:
-        # log the kind only; the default prints a traceback to stderr.
-        log.warning("inbox.connection_failed", url_host=str(client_address[0]))
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-    protocol_version = "HTTP/1.1"
-    timeout = CONNECTION_TIMEOUT_SECONDS
-
-    def do_POST(self) -> None:
-        server = self.server
-        if server.path is not None and self.path != server.path:
-            self._answer(Answer(404, "not_found"), drain=True)
-            return
-        length_text = self.headers.get("Content-Length")
-        if length_text is None or not length_text.isdigit():
-            self._answer(Answer(411, "length_required"), close=True)
-            return
-        length = int(length_text)
-        if length > MAX_BODY_BYTES:
-            self._answer(Answer(413, "too_large"), close=True)
-            return
-        body = self.rfile.read(length)
-        if server.fault is not None:
-            status = server.fault()
-            if status is not None:
-                self._answer(Answer(status, "injected_fault"))
-                return
-        answer = server.inbox.receive(
-            body,
-            content_type=self.headers.get("Content-Type"),
-            idempotency_key=self.headers.get("Idempotency-Key"),
-        )
-        level = log.info if answer.status < 400 else log.warning
-        level(
-            "inbox.answered", status=answer.status, reason=answer.code, message_id=answer.message_id
-        )
-        self._answer(answer)
-
-    def do_GET(self) -> None:
-        self._answer(Answer(405, "method_not_allowed"), drain=True)
-
-    def _answer(self, answer: Answer, *, close: bool = False, drain: bool = False) -> None:
-        if drain:
-            length = self.headers.get("Content-Length")
-            if length and length.isdigit() and int(length) <= MAX_BODY_BYTES:
-                self.rfile.read(int(length))
-            else:
-                close = True
-        body = answer.body()
-        self.send_response(answer.status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        if answer.status == 503:
-            self.send_header("Retry-After", "1")
-        if close:
-            self.send_header("Connection", "close")
-            self.close_connection = True
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Silence the default access log; answers are logged as structured events."""
-
-
-class InboxServer:
-    """The HTTPS endpoint around a ReferralInbox; start and stop it as often as a test likes."""
-
-    def __init__(
-        self,
-        inbox: ReferralInbox,
-        *,
-        certfile: Path,
-        keyfile: Path,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        client_ca: Path | None = None,
-        path: str | None = None,
-        fault: Callable[[], int | None] | None = None,
-    ) -> None:
-        self.inbox = inbox
-        self.host = host
-        self.port = port
-        self.path = path
-        #: Test hook: called per request; a status it returns is answered instead of storing.
-        self.fault = fault
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.load_cert_chain(str(certfile), str(keyfile))
-        if client_ca is not None:
-            context.verify_mode = ssl.CERT_REQUIRED
-            context.load_verify_locations(cafile=str(client_ca))
-        self._context = context
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
-
-    @property
-    def url(self) -> str:
-        return f"https://{self.host}:{self.port}{self.path or '/referrals'}"
-
-    @property
-    def running(self) -> bool:
-        return self._server is not None
-
-    def start(self) -> None:
-        """Listen (port 0 picks a free port, kept across restarts) and serve in a thread."""
-        if self._server is not None:
-            return
-        server = _Server((self.host, self.port), _Handler, bind_and_activate=False)
-        server.allow_reuse_address = True
-        server.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        server.server_bind()
-        server.server_activate()
-        # The handshake happens in the handler thread, so one slow client cannot stall accept().
-        server.socket = self._context.wrap_socket(
-            server.socket, server_side=True, do_handshake_on_connect=False
-        )
-        server.inbox = self.inbox
-        server.path = self.path
-        server.fault = self._fault
-        server.connections = set()
-        server.connections_lock = threading.Lock()
-        self.port = int(server.server_address[1])
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self._thread.start()
-        log.info("inbox.listening", url_host=f"{self.host}:{self.port}")
-
-    def stop(self) -> None:
-        """Stop listening and cut every open connection, as a crashed or stopped server would."""
-        server, self._server = self._server, None
-        if server is None:
-            return
-        server.shutdown()
-        server.server_close()
-        with server.connections_lock:
-            connections = list(server.connections)
-        for connection in connections:
-            with contextlib.suppress(OSError):  # already closed by its client
-                connection.shutdown(socket.SHUT_RDWR)
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        log.info("inbox.stopped", url_host=f"{self.host}:{self.port}")
-
-    def _fault(self) -> int | None:
-        return self.fault() if self.fault is not None else None
 
 
 def _code(exc: SealingError) -> str:

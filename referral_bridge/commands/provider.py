@@ -22,7 +22,9 @@ from referral_bridge.exit_codes import RET_FAILURE, RET_OK, RET_USAGE
 
 
 def cmd_inbox(args: argparse.Namespace) -> int:
-    from referral_bridge.provider_inbox import InboxServer, InboxStore, ReferralInbox
+    from referral_bridge.http_server import ServerLimits
+    from referral_bridge.inbox_app import InboxServer
+    from referral_bridge.provider_inbox import InboxStore, ReferralInbox
     from referral_bridge.sealing import load_key_set
 
     host, _, port = args.listen.rpartition(":")
@@ -45,6 +47,11 @@ def cmd_inbox(args: argparse.Namespace) -> int:
         port=int(port),
         client_ca=Path(args.client_ca) if args.client_ca else None,
         path=args.path,
+        limits=ServerLimits(
+            request_seconds=args.request_deadline,
+            handshake_seconds=args.request_deadline,
+            max_connections=args.max_connections,
+        ),
     )
     stop = threading.Event()
 
@@ -127,6 +134,19 @@ def cmd_resend(args: argparse.Namespace) -> int:
     return RET_OK if result.outcome == "resent" else RET_FAILURE
 
 
+def positive_seconds(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 3600:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds in (0, 3600]")
+    return value
+
+
+def positive_count(text: str) -> int:
+    if not text.isascii() or not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return int(text)
+
+
 def register(commands: SubParsers) -> None:
     provider = commands.add_parser(
         "provider", help="the reference provider inbox, and delivery tools"
@@ -154,6 +174,21 @@ def register(commands: SubParsers) -> None:
         help="also store the decrypted referral (personal data on disk: only if you must)",
     )
     inbox.add_argument("--path", help="accept POSTs only on this path (default: any path)")
+    inbox.add_argument(
+        "--request-deadline",
+        type=positive_seconds,
+        default=10.0,
+        metavar="SECONDS",
+        help="a TLS handshake, and a request's headers and body, must each arrive within this; "
+        "slower clients are cut off (default %(default)s)",
+    )
+    inbox.add_argument(
+        "--max-connections",
+        type=positive_count,
+        metavar="N",
+        help="open connections at most; more wait in the kernel's queue "
+        "(default: half the open-file limit, at most 1024)",
+    )
     inbox.set_defaults(func=cmd_inbox)
 
     deliveries = with_config(

@@ -51,6 +51,31 @@ def listening(port: int) -> bool:
         return False
 
 
+def inbox_command(pki: Pki, keys: KeyMaterial, port: int, store: Path) -> list[str]:
+    """`referral-bridge provider inbox` for LANCASHIRE on 127.0.0.1:`port`, POSTs on /referrals."""
+    return [
+        *cli_command(),
+        "provider",
+        "inbox",
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--cert",
+        str(pki.server_cert),
+        "--key",
+        str(pki.server_key),
+        "--provider",
+        LANCASHIRE,
+        "--keys",
+        str(keys.provider_private[LANCASHIRE]),
+        "--verify-with",
+        str(keys.bridge_public),
+        "--store",
+        str(store),
+        "--path",
+        "/referrals",
+    ]
+
+
 @pytest.fixture(scope="module")
 def inbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningInbox]:
     folder = tmp_path_factory.mktemp("inbox-cli")
@@ -58,27 +83,7 @@ def inbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningInbox]:
     port = free_port()
     store = folder / "inbox.sqlite3"
     process = subprocess.Popen(
-        [
-            *cli_command(),
-            "provider",
-            "inbox",
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--cert",
-            str(pki.server_cert),
-            "--key",
-            str(pki.server_key),
-            "--provider",
-            LANCASHIRE,
-            "--keys",
-            str(keys.provider_private[LANCASHIRE]),
-            "--verify-with",
-            str(keys.bridge_public),
-            "--store",
-            str(store),
-            "--path",
-            "/referrals",
-        ],
+        inbox_command(pki, keys, port, store),
         env=worker_environment(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -21,8 +21,10 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from referral_bridge.delivery import DeliveryEngine, DeliveryPolicy, HttpsRoute, Route
 from referral_bridge.delivery.amqp import AmqpRoute
+from referral_bridge.http_server import ServerLimits
+from referral_bridge.inbox_app import InboxServer
 from referral_bridge.ledger import Ledger
-from referral_bridge.provider_inbox import InboxServer, InboxStore, ReferralInbox
+from referral_bridge.provider_inbox import InboxStore, ReferralInbox
 from tests.fakes import FakeClock, KeyMaterial, RecordingPublisher
 
 LANCASHIRE = "lancashire-victim-services"
@@ -202,6 +204,7 @@ def running_inbox(
     client_ca: Path | None = None,
     rogue: bool = False,
     store_plaintext: bool = False,
+    limits: ServerLimits | None = None,
 ) -> Iterator[Inbox]:
     store = InboxStore(store_path)
     faults = Faults()
@@ -218,6 +221,7 @@ def running_inbox(
         client_ca=client_ca,
         path="/referrals",
         fault=faults,
+        limits=limits,
     )
     server.start()
     try:
