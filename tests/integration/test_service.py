@@ -66,6 +66,7 @@ from tests.unit.factories import (
 
 CREATED = "victim.referral.created"
 WITHDRAWN = "victim.referral.withdrawn"
+UPDATED = "victim.referral.updated"
 LEAFLET = "officer.task.leaflet"
 LANCASHIRE = "lancashire-victim-services"
 VICTIM = "P-0001"
@@ -236,17 +237,19 @@ class TestSamples:
         assert [m.type for m in publisher.sent] == [CREATED]
         assert action_rows(ledger) == [("referral", "INC-20261124-0988", "P-00455120", LANCASHIRE)]
 
-    def test_the_consent_sample_after_its_crime_was_referred_sends_nothing_new(
+    def test_the_consent_sample_after_its_crime_was_referred_updates_the_consent_held(
         self, service: ReferralService, publisher: RecordingPublisher, ledger: Ledger
     ) -> None:
+        """The provider held "no objection"; it is told consent was given (rules.md: any other
+        change to what the provider holds is an update), and nobody is referred twice."""
         service.handle(inbound(sample("crime-recorded-burglary.json")))
         verdict = service.handle(
             inbound(sample("consent-updated.json"), routing_key="consent.updated")
         )
 
         assert verdict == Ack()
-        assert [m.type for m in publisher.sent] == [CREATED]
-        assert [row[0] for row in action_rows(ledger)] == ["referral"]
+        assert [m.type for m in publisher.sent] == [CREATED, UPDATED]
+        assert [row[0] for row in action_rows(ledger)] == ["referral", "update"]
 
 
 # --- duplicates and versions ------------------------------------------------------------------
@@ -299,7 +302,10 @@ class TestDuplicatesAndVersions:
         newer = make_crime(declined, category="sexual", ho_class="19C", version=2)
 
         assert service.handle(crime_message(newer)) == Ack()
-        assert [m.event["data"]["reason"] for m in publisher.of_type(LEAFLET)] == ["declined"]
+        assert [m.event["data"]["reason"] for m in publisher.of_type(LEAFLET)] == [
+            "consent_needed",
+            "declined",
+        ]
 
 
 # --- consent and holds ------------------------------------------------------------------------
@@ -325,29 +331,38 @@ class TestConsentAndHolds:
         [message] = publisher.sent
         payload = opened(message, keys, LANCASHIRE)
         assert payload["service"] == "sexual_violence"
-        assert payload["consent"]["referral"] == "given"
+        assert payload["consent"]["state"] == "given"
+        assert payload["consent"]["regime"] == "explicit"
+        assert payload["lawful_basis"] == "consent"  # the consent event's own basis wins
 
-    def test_an_explicit_consent_case_is_held_without_sending_anything(
+    def test_an_explicit_consent_case_is_held_and_the_officer_asked_at_once(
         self, service: ReferralService, publisher: RecordingPublisher, ledger: Ledger
     ) -> None:
+        """rules.md version 2, change 2: the task is due by the leaflet deadline (1 working
+        day), and the hold only waits for consent (5 working days)."""
         assert service.handle(crime_message(sexual_crime())) == Ack()
 
-        assert publisher.sent == []
+        [task] = publisher.sent
+        assert (task.type, task.event["data"]["reason"]) == (LEAFLET, "consent_needed")
+        due_by = datetime.fromisoformat(task.event["data"]["due_by"])
+        assert due_by == REPORTED_AT + timedelta(days=1)  # Tuesday, same wall-clock time
+        assert due_by > START
         with ledger.transaction() as tx:
             hold = tx.load_state(CRIME_REF, {CRIME_REF}).history[VICTIM].hold
         assert hold is not None
         assert hold.open
-        assert hold.until == REPORTED_AT + timedelta(days=1)  # Tuesday, same wall-clock time
+        assert hold.until == REPORTED_AT + timedelta(days=7)  # 5 working days: next Monday
 
-    def test_expiring_holds_before_the_hold_ends_does_nothing(
-        self, service: ReferralService, publisher: RecordingPublisher
+    def test_expiring_holds_before_the_consent_wait_ends_does_nothing(
+        self, service: ReferralService, publisher: RecordingPublisher, clock: FakeClock
     ) -> None:
         service.handle(crime_message(sexual_crime()))
+        clock.advance(timedelta(days=2))
 
         assert service.expire_holds() == 0
-        assert publisher.sent == []
+        assert [m.event["data"]["reason"] for m in publisher.sent] == ["consent_needed"]
 
-    def test_a_hold_that_ends_without_consent_becomes_a_leaflet_task(
+    def test_a_hold_that_ends_without_consent_closes_with_no_second_task(
         self,
         service: ReferralService,
         publisher: RecordingPublisher,
@@ -355,7 +370,7 @@ class TestConsentAndHolds:
         clock: FakeClock,
     ) -> None:
         service.handle(crime_message(sexual_crime()))
-        clock.advance(timedelta(days=2))
+        clock.advance(timedelta(days=8))
 
         assert service.expire_holds() == 1
 
@@ -365,20 +380,23 @@ class TestConsentAndHolds:
             TASKS_EXCHANGE,
             "task.leaflet",
         )
-        assert task.event["data"]["reason"] == "consent_not_obtained"
+        assert task.event["data"]["reason"] == "consent_needed"
         assert task.event["data"]["victim_id"] == VICTIM
         with ledger.transaction() as tx:
             hold = tx.load_state(CRIME_REF, {CRIME_REF}).history[VICTIM].hold
         assert hold is not None
         assert not hold.open
         assert ledger.due_holds(clock.now()) == []
+        with ledger.engine.connect() as connection:
+            reasons = connection.execute(
+                select(t.decisions.c.outcome, t.decisions.c.reason).order_by(t.decisions.c.id)
+            ).all()
+        assert ("none", "consent_not_obtained") in [tuple(r) for r in reasons]
 
     def test_a_leaflet_task_carries_no_name_or_contact_details_of_the_victim(
-        self, service: ReferralService, publisher: RecordingPublisher, clock: FakeClock
+        self, service: ReferralService, publisher: RecordingPublisher
     ) -> None:
         service.handle(crime_message(sexual_crime()))
-        clock.advance(timedelta(days=2))
-        service.expire_holds()
 
         [task] = publisher.sent
         assert not [marker for marker in PERSONAL_MARKERS if marker in task.body.decode()]
@@ -387,7 +405,7 @@ class TestConsentAndHolds:
         self, service: ReferralService, publisher: RecordingPublisher, clock: FakeClock
     ) -> None:
         service.handle(crime_message(sexual_crime()))
-        clock.advance(timedelta(days=2))
+        clock.advance(timedelta(days=8))
         service.expire_holds()
 
         verdict = service.handle(consent_message("given", at=clock.now()))
@@ -399,7 +417,7 @@ class TestConsentAndHolds:
         self, service: ReferralService, publisher: RecordingPublisher, clock: FakeClock
     ) -> None:
         service.handle(crime_message(sexual_crime()))
-        clock.advance(timedelta(days=2))
+        clock.advance(timedelta(days=8))
         service.expire_holds()
         clock.advance(timedelta(minutes=5))
 
@@ -431,6 +449,8 @@ class TestWithdrawal:
         payload = opened(withdrawal, keys, LANCASHIRE)
         assert payload["referral_id"] == referral.message_id
         assert (payload["case_ref"], payload["victim_id"]) == (CRIME_REF, VICTIM)
+        assert (payload["provider"], payload["reason"]) == (LANCASHIRE, "withdrawn")
+        assert withdrawal.event["schemaversion"] == 2
 
     def test_withdrawal_without_a_referral_sends_nothing(
         self, service: ReferralService, publisher: RecordingPublisher
@@ -438,9 +458,9 @@ class TestWithdrawal:
         service.handle(crime_message(sexual_crime()))  # held, not referred
 
         assert service.handle(consent_message("withdrawn", at=START)) == Ack()
-        assert publisher.sent == []
+        assert [m.type for m in publisher.sent] == [LEAFLET]
 
-    def test_consent_given_after_a_withdrawal_never_refers_again(
+    def test_consent_given_after_a_withdrawal_refers_again_under_a_new_id(
         self, service: ReferralService, publisher: RecordingPublisher, clock: FakeClock
     ) -> None:
         service.handle(crime_message(make_crime()))
@@ -450,14 +470,17 @@ class TestWithdrawal:
 
         service.handle(consent_message("given", at=clock.now()))
 
-        assert [m.type for m in publisher.sent] == [CREATED, WITHDRAWN]
+        assert [m.type for m in publisher.sent] == [CREATED, WITHDRAWN, CREATED]
+        first, _, again = publisher.sent
+        assert first.message_id == ids.referral_id(LANCASHIRE, CRIME_REF, VICTIM)
+        assert again.message_id == ids.referral_id_for(LANCASHIRE, CRIME_REF, VICTIM, 2)
 
 
 # --- linked incidents and crimes --------------------------------------------------------------
 
 
 class TestLinkedCases:
-    def test_a_crime_linking_an_already_referred_incident_does_not_refer_again(
+    def test_a_crime_linking_an_already_referred_incident_updates_instead_of_referring(
         self, service: ReferralService, publisher: RecordingPublisher, ledger: Ledger
     ) -> None:
         consenting = make_victim(consent=ConsentState.GIVEN, consent_at=REPORTED_AT)
@@ -468,8 +491,11 @@ class TestLinkedCases:
 
         assert service.handle(crime_message(crime)) == Ack()
 
-        assert [m.type for m in publisher.sent] == [CREATED]
-        assert [(a, ref) for a, ref, _, _ in action_rows(ledger)] == [("referral", INCIDENT_REF)]
+        assert [m.type for m in publisher.sent] == [CREATED, UPDATED]
+        assert [(a, ref) for a, ref, _, _ in action_rows(ledger)] == [
+            ("referral", INCIDENT_REF),
+            ("update", CRIME_REF),
+        ]
 
     def test_an_incident_naming_an_already_referred_crime_does_not_refer_again(
         self, service: ReferralService, publisher: RecordingPublisher
@@ -510,9 +536,11 @@ class TestLinkedCases:
         assert service.handle(consent_message("given", at=later, case_ref=CRIME_REF)) == Ack()
         assert service.handle(consent_message("given", at=later, case_ref="LC-26-0000777")) == Ack()
 
-        assert [m.type for m in publisher.sent] == [CREATED]
+        assert [m.type for m in publisher.sent].count(CREATED) == 1
         referrals = [row for row in action_rows(ledger) if row[0] == "referral"]
         assert [(ref, victim) for _, ref, victim, _ in referrals] == [(INCIDENT_REF, VICTIM)]
+        updates = [ref for action, ref, _, _ in action_rows(ledger) if action == "update"]
+        assert set(updates) == {CRIME_REF}  # the other crime leaves it to the first
 
     def test_an_open_hold_under_an_incident_ends_when_a_crime_is_recorded_from_it(
         self, service: ReferralService, ledger: Ledger, clock: FakeClock
@@ -545,7 +573,7 @@ class TestHoldExpiryFailures:
                 .where(t.records.c.record_ref == CRIME_REF)
                 .values(snapshot={"not": "a crime"})
             )
-        clock.advance(timedelta(days=5))
+        clock.advance(timedelta(days=8))
 
         service.expire_holds()
 
@@ -557,7 +585,8 @@ class TestHoldExpiryFailures:
         assert postponed.until > clock.now()
         assert ended is not None
         assert not ended.open
-        assert [m.type for m in publisher.sent] == [LEAFLET]
+        # The two consent_needed tasks went out at once; the ended hold sends nothing more.
+        assert [m.type for m in publisher.sent] == [LEAFLET, LEAFLET]
 
 
 # --- failures ---------------------------------------------------------------------------------
