@@ -18,6 +18,7 @@ from sqlalchemy import create_engine, func, select
 from structlog.testing import capture_logs
 
 from referral_bridge.core import ids
+from referral_bridge.core.calendar import WorkingDayCalendar
 from referral_bridge.core.events import (
     ConsentState,
     CrimeRecorded,
@@ -899,3 +900,97 @@ class TestOrdering:
         assert verdict == Ack()
         assert len(publisher.of_type(CREATED)) == 2
         assert ledger.unpublished() == []
+
+
+# --- crime data integrity (rules.md version 2, change 6) ---------------------------------------
+
+CRIME_REVIEW = "officer.task.crime_review"
+CALENDAR = WorkingDayCalendar()
+
+
+def disclosed_incident(**changes: Any) -> IncidentRecorded:
+    incident = make_incident(category="crime_reported", crime_disclosed=True)
+    return incident.model_copy(update=changes)
+
+
+def review_row(ledger: Ledger) -> Any:
+    with ledger.engine.connect() as connection:
+        return connection.execute(
+            select(t.crime_reviews).where(t.crime_reviews.c.incident_ref == INCIDENT_REF)
+        ).first()
+
+
+class TestCrimeReview:
+    def test_no_crime_recorded_24_hours_after_a_disclosure_gives_one_review_task(
+        self,
+        service: ReferralService,
+        publisher: RecordingPublisher,
+        ledger: Ledger,
+        clock: FakeClock,
+    ) -> None:
+        service.handle(incident_message(disclosed_incident()))
+        assert service.review_crime_recording() == 0  # not yet due
+        clock.advance(timedelta(hours=24))
+
+        assert service.review_crime_recording() == 1
+        clock.advance(timedelta(hours=1))
+        assert service.review_crime_recording() == 0
+
+        [task] = publisher.of_type(CRIME_REVIEW)
+        assert (task.exchange, task.routing_key) == (TASKS_EXCHANGE, "task.crime_review")
+        data = task.event["data"]
+        assert data["task_id"] == ids.crime_review_task_id(INCIDENT_REF)
+        assert (data["incident_ref"], data["incident_category"]) == (
+            INCIDENT_REF,
+            "crime_reported",
+        )
+        assert data["reason"] == "crime_not_recorded"
+        raised = START + timedelta(hours=24)
+        assert datetime.fromisoformat(data["due_by"]) == CALENDAR.add_working_days(raised, 1)
+        assert not [marker for marker in PERSONAL_MARKERS if marker in task.body.decode()]
+
+    def test_a_crime_recorded_in_time_gives_no_task_and_records_the_resolution(
+        self,
+        service: ReferralService,
+        publisher: RecordingPublisher,
+        ledger: Ledger,
+        clock: FakeClock,
+    ) -> None:
+        service.handle(incident_message(disclosed_incident()))
+        clock.advance(timedelta(hours=3))
+        crime = make_crime().model_copy(update={"linked_incident_refs": (INCIDENT_REF,)})
+        service.handle(crime_message(crime))
+        clock.advance(timedelta(days=2))
+
+        assert service.review_crime_recording() == 0
+        assert publisher.of_type(CRIME_REVIEW) == []
+        row = review_row(ledger)
+        assert (row.resolution, row.raised_at) == ("recorded_in_time", None)
+
+    def test_a_crime_recorded_after_the_task_is_recorded_as_the_resolution(
+        self,
+        service: ReferralService,
+        publisher: RecordingPublisher,
+        ledger: Ledger,
+        clock: FakeClock,
+    ) -> None:
+        service.handle(incident_message(disclosed_incident()))
+        clock.advance(timedelta(hours=30))
+        service.review_crime_recording()
+        incident = disclosed_incident(version=2, linked_crime_ref=CRIME_REF)
+
+        service.handle(incident_message(incident))
+
+        row = review_row(ledger)
+        assert row.resolution == "recorded_after_review"
+        assert row.resolved_at == clock.now()
+        assert len(publisher.of_type(CRIME_REVIEW)) == 1
+
+    def test_an_incident_with_no_crime_disclosed_is_never_reviewed(
+        self, service: ReferralService, ledger: Ledger, clock: FakeClock
+    ) -> None:
+        service.handle(incident_message(make_incident()))
+        clock.advance(timedelta(days=3))
+
+        assert service.review_crime_recording() == 0
+        assert review_row(ledger) is None
