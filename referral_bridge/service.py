@@ -26,6 +26,7 @@ from referral_bridge.core.events import (
     CaseKind,
     ConsentUpdated,
     CrimeRecorded,
+    CrimeStatus,
     DeadLetterReason,
     InboundEvent,
     IncidentRecorded,
@@ -57,6 +58,7 @@ from referral_bridge.ledger import (
     RecordedAction,
 )
 from referral_bridge.ledger.store import (
+    CANCELLED_CASE_CLOSED,
     CANCELLED_NOTHING_TO_WITHDRAW,
     CANCELLED_UPDATE_WITHDRAWN,
     Cancellation,
@@ -547,6 +549,20 @@ class ReferralService:
             history = state.history.get(decision.victim_id, VictimHistory())
             self._apply(tx, case, decision, history, event_id, now)
             tx.add_decision(event_id, decision, now)
+        if case.status is not CrimeStatus.RECORDED:
+            # rules.md: referrals already sent stay (support continues); undelivered ones are
+            # cancelled, unless an attempt may have reached the provider.
+            for victim_id, history in state.history.items():
+                for referral in history.live():
+                    if tx.cancel_unsent(referral.referral_id, now, CANCELLED_CASE_CLOSED):
+                        log.info(
+                            "referral.cancelled",
+                            case_ref=case_ref,
+                            victim_id=victim_id,
+                            provider=referral.provider,
+                            message_id=referral.referral_id,
+                            reason=f"crime_{case.status.value}",
+                        )
         return decisions
 
     def _apply(

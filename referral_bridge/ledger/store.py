@@ -102,6 +102,9 @@ CANCELLED_NOTHING_TO_WITHDRAW = (
 CANCELLED_UPDATE_WITHDRAWN = (
     f"{CANCELLED}: its referral was withdrawn before it was sent; never sent"
 )
+CANCELLED_CASE_CLOSED = (
+    f"{CANCELLED}: the crime was cancelled or transferred before delivery; never sent"
+)
 CANCELLED_AFTER_ATTEMPT = (
     f"{CANCELLED}: consent was withdrawn after an attempt that may have reached the provider; "
     "not tried again, and its withdrawal follows"

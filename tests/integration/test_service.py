@@ -7,6 +7,7 @@ builds, so these tests pin the service's behaviour end to end short of the broke
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, func, select
+from sqlalchemy import create_engine, func, inspect, select
 from structlog.testing import capture_logs
 
 from referral_bridge.core import ids
@@ -22,6 +23,7 @@ from referral_bridge.core.calendar import WorkingDayCalendar
 from referral_bridge.core.events import (
     ConsentState,
     CrimeRecorded,
+    CrimeStatus,
     DeadLetterReason,
     IncidentRecorded,
 )
@@ -994,3 +996,175 @@ class TestCrimeReview:
 
         assert service.review_crime_recording() == 0
         assert review_row(ledger) is None
+
+
+class TestCancelledCrime:
+    def test_a_referral_not_yet_delivered_is_cancelled_when_the_crime_is_cancelled(
+        self, ledger: Ledger, keys: KeyMaterial, clock: FakeClock
+    ) -> None:
+        publisher = RecordingPublisher(fail_times=1)  # the referral is parked, not delivered
+        service = make_service(
+            ledger=ledger, sealer=keys.sealer(), publisher=publisher, clock=clock
+        )
+        service.handle(crime_message(make_crime()))
+        assert publisher.sent == []
+        cancelled = make_crime(version=2, status=CrimeStatus.CANCELLED)
+
+        service.handle(crime_message(cancelled))
+        clock.advance(timedelta(hours=1))
+        service.flush()
+
+        assert publisher.sent == []
+        [row] = [d for d in ledger.deliveries(state="cancelled")]
+        assert row.message_id == ids.referral_id(LANCASHIRE, CRIME_REF, VICTIM)
+
+    def test_a_referral_already_delivered_stays_when_the_crime_is_cancelled(
+        self, service: ReferralService, publisher: RecordingPublisher
+    ) -> None:
+        service.handle(crime_message(make_crime()))
+
+        service.handle(crime_message(make_crime(version=2, status=CrimeStatus.CANCELLED)))
+
+        assert [m.type for m in publisher.sent] == [CREATED]
+
+
+class TestOrderingPerReferral:
+    def test_an_update_never_overtakes_the_referral_it_concerns(
+        self, ledger: Ledger, keys: KeyMaterial, clock: FakeClock
+    ) -> None:
+        publisher = RecordingPublisher(fail_times=1)  # the referral is parked
+        service = make_service(
+            ledger=ledger, sealer=keys.sealer(), publisher=publisher, clock=clock
+        )
+        service.handle(crime_message(make_crime()))
+        changed = make_crime(make_victim(phone="07700 900456"), version=2)
+
+        service.handle(crime_message(changed))  # the update waits for its referral
+        assert publisher.sent == []
+        clock.advance(timedelta(hours=1))
+        service.flush()
+
+        referral_id = ids.referral_id(LANCASHIRE, CRIME_REF, VICTIM)
+        assert [(m.type, m.message_id) for m in publisher.sent] == [
+            (CREATED, referral_id),
+            (UPDATED, ids.update_id(referral_id, 2)),
+        ]
+
+
+# --- upgrading a ledger written by the release before rules version 2 ---------------------------
+
+SCHEMA_3_LEDGER = Path(__file__).parent / "data" / "ledger-schema-3.sqlite3"
+
+
+class TestUpgradeFromSchema3:
+    """A ledger written by the release before rules version 2 (schema 3) keeps working after the
+    upgrade: migrated in place at start-up, its referrals are generation 1 with unchanged ids.
+
+    `data/ledger-schema-3.sqlite3` was written by that release's own code (see
+    `data/make_ledger_schema_3.py`), not rebuilt from today's tables.
+    """
+
+    @pytest.fixture
+    def ledger(self, tmp_path: Path) -> Iterator[Ledger]:
+        copy = tmp_path / "ledger.sqlite3"
+        shutil.copyfile(SCHEMA_3_LEDGER, copy)
+        opened = Ledger.open(f"sqlite:///{copy}")
+        yield opened
+        opened.dispose()
+
+    @pytest.fixture
+    def clock(self) -> FakeClock:
+        # After everything that release wrote (its clock ran to START + 2 hours).
+        return FakeClock(START + timedelta(hours=2))
+
+    def test_the_fixture_is_a_schema_3_ledger(self) -> None:
+        import sqlite3
+
+        with sqlite3.connect(SCHEMA_3_LEDGER) as connection:
+            (version,) = connection.execute("SELECT value FROM rb_schema_info").fetchone()
+        assert version == "3"
+
+    def test_opening_migrates_it_to_this_schema_in_place(self, ledger: Ledger) -> None:
+        with ledger.engine.connect() as connection:
+            version = connection.execute(select(t.schema_info.c.value)).scalar_one()
+            keys = inspect(connection).get_pk_constraint(t.processed_events.name)
+            seen = connection.execute(
+                select(t.processed_events.c.source, t.processed_events.c.event_id)
+            ).all()
+        assert version == str(t.SCHEMA_VERSION)
+        assert keys["constrained_columns"] == ["source", "event_id"]
+        assert {(row.source, row.event_id) for row in seen} == {
+            ("", "main-event-1"),
+            ("", "main-event-2"),
+            ("", "main-event-3"),
+        }
+
+    def test_its_referrals_are_generation_1_with_unchanged_ids(self, ledger: Ledger) -> None:
+        with ledger.transaction() as tx:
+            history = tx.load_state(CRIME_REF, {CRIME_REF}).history
+        withdrawn, kept = history["P-0001"], history["P-0002"]
+        assert [(r.referral_id, r.generation) for r in withdrawn.referrals] == [
+            (ids.referral_id(LANCASHIRE, CRIME_REF, "P-0001"), 1)
+        ]
+        assert [w.reason for w in withdrawn.withdrawals] == ["withdrawn"]
+        assert withdrawn.live() == ()
+        assert [(r.referral_id, r.generation) for r in kept.live()] == [
+            (ids.referral_id(LANCASHIRE, CRIME_REF, "P-0002"), 1)
+        ]
+
+    def test_an_event_it_processed_is_still_a_duplicate(
+        self, service: ReferralService, publisher: RecordingPublisher
+    ) -> None:
+        crime = make_crime(make_victim("P-0001"), make_victim("P-0002"))
+        body = cloudevent(crime, event_type="crime.recorded", event_id="main-event-1")
+
+        assert service.process(parse_inbound(body)).result == "duplicate"
+        assert publisher.sent == []
+
+    def test_a_referral_it_sent_is_updated_under_its_own_id(
+        self, service: ReferralService, publisher: RecordingPublisher
+    ) -> None:
+        changed = make_victim("P-0002", phone=FAKE_PHONE.replace("123", "456"))
+        crime = make_crime(make_victim("P-0001"), changed, version=2)
+
+        service.handle(inbound(cloudevent(crime, event_type="crime.recorded")))
+
+        [update] = publisher.sent
+        referral_id = ids.referral_id(LANCASHIRE, CRIME_REF, "P-0002")
+        assert update.type == "victim.referral.updated"
+        assert update.message_id == ids.update_id(referral_id, 2)
+
+    def test_a_victim_it_withdrew_who_agrees_again_is_referred_as_generation_2(
+        self, service: ReferralService, publisher: RecordingPublisher, clock: FakeClock
+    ) -> None:
+        consent = {
+            "case_ref": CRIME_REF,
+            "victim_id": "P-0001",
+            "referral": ConsentState.GIVEN.value,
+            "recorded_at": clock.now().isoformat(),
+            "recorded_by": "PC 0000",
+            "lawful_basis": None,
+        }
+
+        service.handle(
+            inbound(
+                cloudevent(consent, event_type="consent.updated"), routing_key="consent.updated"
+            )
+        )
+
+        created = [m for m in publisher.sent if m.type == "victim.referral.created"]
+        assert [m.message_id for m in created] == [
+            ids.referral_id_for(LANCASHIRE, CRIME_REF, "P-0001", 2)
+        ]
+
+    def test_a_victim_it_held_is_asked_for_consent_when_its_old_hold_ends(
+        self, service: ReferralService, publisher: RecordingPublisher, clock: FakeClock
+    ) -> None:
+        """The old release held for 1 working day with no task; now the officer is asked."""
+        clock.advance(timedelta(days=2))
+
+        assert service.expire_holds() == 1
+
+        [task] = publisher.sent
+        assert task.event["data"]["reason"] == "consent_needed"
+        assert task.event["data"]["victim_id"] == "P-0003"
