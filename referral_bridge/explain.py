@@ -21,6 +21,7 @@ from referral_bridge.core.history import EMPTY_HISTORY, ConsentRecord, VictimHis
 from referral_bridge.core.parsing import InvalidMessage, parse_inbound
 from referral_bridge.core.policy import Policy
 from referral_bridge.core.replay import carry_out
+from referral_bridge.core.review import review_at
 
 
 class _Matter:
@@ -100,6 +101,14 @@ def explain_event(
     )
     for decision in decisions:
         _print(decision, out)
+    check_at = review_at(case, policy)
+    if check_at is not None:
+        print(
+            f"  crime data integrity: a crime was disclosed; if none is recorded from "
+            f"{case.case_ref} by {check_at.isoformat()}, the force crime registrar gets an "
+            "officer.task.crime_review (crime_not_recorded)",
+            file=out,
+        )
     return 0
 
 

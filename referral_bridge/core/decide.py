@@ -301,7 +301,9 @@ def _finish(c: _Context, steps: list[_Step]) -> list[Decision]:
         decisions = [_base(c, Outcome.NONE, "already_leafleted")]
     hold_open = c.past.hold is not None and c.past.hold.open
     if hold_open and not any(d.outcome is Outcome.HOLD for d in decisions):
-        decisions[0] = decisions[0].model_copy(update={"ends_hold": True})
+        # The last decision ends it, so the hold records the final reason (consent_not_obtained
+        # after the officer's task, for example).
+        decisions[-1] = decisions[-1].model_copy(update={"ends_hold": True})
     return [d.model_copy(update={"explanation": _explain(c, d, repeated)}) for d in decisions]
 
 

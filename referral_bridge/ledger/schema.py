@@ -62,8 +62,8 @@ schema_info = Table(
 #: One row per ref, used to serialise work on a matter across workers (SELECT ... FOR UPDATE).
 locks = Table("rb_locks", metadata, Column("ref", String(64), primary_key=True))
 
-#: Version 3: an event is a duplicate if its `source` and `id` were seen before (contract §2).
-#: Rows from before version 3 have source "" and match an id from any source.
+#: Version 4: an event is a duplicate if its `source` and `id` were seen before (contract §2).
+#: Rows from before version 4 have source "" and match an id from any source.
 processed_events = Table(
     "rb_processed_events",
     metadata,
@@ -119,7 +119,7 @@ consents = Table(
 
 #: What was done, unique per case, victim, action and target: referral (target = provider, or
 #: "provider#N" for generation N > 1), update (target = its message id), leaflet (target =
-#: reason), withdrawal (target = provider before version 3, the referral id since).
+#: reason), withdrawal (target = provider before version 4, the referral id since).
 actions = Table(
     "rb_actions",
     metadata,
@@ -134,7 +134,7 @@ actions = Table(
     Column("related_id", String(64)),
     Column("due_at", UtcDateTime()),
     Column("at", UtcDateTime(), nullable=False),
-    #: Version 3, no personal data: referral `generation`, update `revision`, the `fingerprint`
+    #: Version 4, no personal data: referral `generation`, update `revision`, the `fingerprint`
     #: of what the provider holds, a withdrawal's `reason`. NULL: generation 1, reason withdrawn.
     Column("facts", JSON),
     UniqueConstraint("case_ref", "victim_id", "action", "target", name="uq_rb_actions_once"),
@@ -165,11 +165,11 @@ decisions = Table(
     Column("reason", String(64), nullable=False),
     Column("explanation", Text, nullable=False),
     Column("decided_at", UtcDateTime(), nullable=False),
-    #: Version 3: a referral decided after its Victims' Code deadline had passed.
+    #: Version 4: a referral decided after its Victims' Code deadline had passed.
     Column("late", Boolean),
 )
 
-#: Version 3: crime data integrity. One row per incident where a crime was disclosed: checked at
+#: Version 4: crime data integrity. One row per incident where a crime was disclosed: checked at
 #: `review_at`; `raised_at` once its crime-review task is issued; `resolved_at` when a crime is
 #: linked (`resolution`: `recorded_in_time` or `recorded_after_review`).
 crime_reviews = Table(
@@ -237,7 +237,7 @@ audit = Table(
     Column("victim_id", String(64), index=True),
     Column("lawful_basis", String(200)),
     Column("consent_state", String(16)),
-    #: Version 3: `opt_out`, `explicit` or `incident`, beside the state and the lawful basis.
+    #: Version 4: `opt_out`, `explicit` or `incident`, beside the state and the lawful basis.
     Column("consent_regime", String(16)),
     Column("consent_recorded_at", UtcDateTime()),
     Column("consent_recorded_by", String(200)),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -64,7 +65,7 @@ def processed_lines(env: BridgeEnv) -> int:
 
 
 class Run:
-    """A worker and what it has sent so far, event by event."""
+    """One worker for the module (each test uses refs of its own), and what it sends."""
 
     def __init__(self, env: BridgeEnv) -> None:
         self.env = env
@@ -81,6 +82,20 @@ class Run:
         return self.env.take_all(self.env.collect_referrals), self.env.take_all(
             self.env.collect_tasks
         )
+
+
+@pytest.fixture(scope="module")
+def run(rabbitmq_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
+    env = BridgeEnv.create(tmp_path_factory.mktemp("whole-life"), rabbitmq_url=rabbitmq_url)
+    try:
+        yield Run(env)
+    finally:
+        env.close()
+
+
+@pytest.fixture
+def bridge(run: Run) -> BridgeEnv:
+    return run.env
 
 
 def types(messages: list[Received]) -> list[str]:
@@ -118,9 +133,8 @@ def reported(event: dict[str, Any]) -> datetime:
 
 
 def test_declined_after_an_opt_out_referral_withdraws_it_naming_provider_and_reason(
-    bridge: BridgeEnv,
+    run: Run, bridge: BridgeEnv
 ) -> None:
-    run = Run(bridge)
     crime_ref, victim_id = new_ref(), new_ref("P")
     [referral], _ = run.send(crime_event(crime_ref=crime_ref, victim_id=victim_id))
 
@@ -139,9 +153,8 @@ def test_declined_after_an_opt_out_referral_withdraws_it_naming_provider_and_rea
 
 
 def test_a_phone_number_changed_after_a_referral_is_sent_as_a_sealed_update(
-    bridge: BridgeEnv,
+    run: Run, bridge: BridgeEnv
 ) -> None:
-    run = Run(bridge)
     crime_ref, victim_id = new_ref(), new_ref("P")
     first = crime_event(crime_ref=crime_ref, victim_id=victim_id)
     [referral], _ = run.send(first)
@@ -160,9 +173,8 @@ def test_a_phone_number_changed_after_a_referral_is_sent_as_a_sealed_update(
 
 
 def test_reclassified_to_a_sexual_offence_withdraws_the_opt_out_referral_and_asks(
-    bridge: BridgeEnv,
+    run: Run, bridge: BridgeEnv
 ) -> None:
-    run = Run(bridge)
     crime_ref, victim_id = new_ref(), new_ref("P")
     first = crime_event(crime_ref=crime_ref, victim_id=victim_id)
     [referral], _ = run.send(first)
@@ -183,9 +195,8 @@ def test_reclassified_to_a_sexual_offence_withdraws_the_opt_out_referral_and_ask
 
 
 def test_flagged_domestic_abuse_and_unsafe_to_contact_withdraws_the_referral(
-    bridge: BridgeEnv,
+    run: Run, bridge: BridgeEnv
 ) -> None:
-    run = Run(bridge)
     crime_ref, victim_id = new_ref(), new_ref("P")
     first = crime_event(crime_ref=crime_ref, victim_id=victim_id)
     [referral], _ = run.send(first)
@@ -201,9 +212,8 @@ def test_flagged_domestic_abuse_and_unsafe_to_contact_withdraws_the_referral(
 
 
 def test_unsafe_to_contact_after_a_referral_withdraws_it_and_gives_the_leaflet_task(
-    bridge: BridgeEnv,
+    run: Run, bridge: BridgeEnv
 ) -> None:
-    run = Run(bridge)
     crime_ref, victim_id = new_ref(), new_ref("P")
     first = crime_event(crime_ref=crime_ref, victim_id=victim_id)
     run.send(first)
@@ -217,9 +227,8 @@ def test_unsafe_to_contact_after_a_referral_withdraws_it_and_gives_the_leaflet_t
 
 
 def test_a_victim_who_withdrew_and_agrees_again_is_referred_again_under_a_new_id(
-    bridge: BridgeEnv,
+    run: Run, bridge: BridgeEnv
 ) -> None:
-    run = Run(bridge)
     crime_ref, victim_id = new_ref(), new_ref("P")
     [first], _ = run.send(crime_event(crime_ref=crime_ref, victim_id=victim_id))
     now = datetime.now(UTC)
@@ -243,7 +252,9 @@ def test_a_victim_who_withdrew_and_agrees_again_is_referred_again_under_a_new_id
     payload = opened(bridge, again)
     assert payload["consent"]["state"] == "given"
     generations = [
-        row.facts["generation"] for row in bridge.action_rows() if row.action == "referral"
+        row.facts["generation"]
+        for row in bridge.action_rows()
+        if row.action == "referral" and row.case_ref == crime_ref
     ]
     assert generations == [1, 2]
 
@@ -252,9 +263,8 @@ def test_a_victim_who_withdrew_and_agrees_again_is_referred_again_under_a_new_id
 
 
 def test_a_child_victim_not_yet_asked_gets_a_consent_needed_task_that_is_not_overdue(
-    bridge: BridgeEnv,
+    run: Run, bridge: BridgeEnv
 ) -> None:
-    run = Run(bridge)
     crime_ref, victim_id = new_ref(), new_ref("P")
     event = crime_event(crime_ref=crime_ref, victim_id=victim_id)
     victim(event)["date_of_birth"] = "2015-06-01"
@@ -274,9 +284,8 @@ def test_a_child_victim_not_yet_asked_gets_a_consent_needed_task_that_is_not_ove
 
 
 def test_a_relative_bereaved_by_dangerous_driving_goes_to_bereaved_support(
-    bridge: BridgeEnv,
+    run: Run, bridge: BridgeEnv
 ) -> None:
-    run = Run(bridge)
     crime_ref, victim_id = new_ref(), new_ref("P")
     event = crime_event(
         crime_ref=crime_ref,
@@ -301,9 +310,8 @@ def test_a_relative_bereaved_by_dangerous_driving_goes_to_bereaved_support(
 
 
 def test_a_homicide_with_only_the_deceased_recorded_asks_the_officer_to_record_the_family(
-    bridge: BridgeEnv,
+    run: Run, bridge: BridgeEnv
 ) -> None:
-    run = Run(bridge)
     crime_ref, victim_id = new_ref(), new_ref("P")
     event = crime_event(crime_ref=crime_ref, victim_id=victim_id, category="homicide", ho_class="1")
     victim(event)["deceased"] = True
@@ -320,9 +328,8 @@ def test_a_homicide_with_only_the_deceased_recorded_asks_the_officer_to_record_t
 
 
 def test_a_parent_on_a_child_victims_crime_is_not_referred_under_opt_out(
-    bridge: BridgeEnv,
+    run: Run, bridge: BridgeEnv
 ) -> None:
-    run = Run(bridge)
     crime_ref, child_id, parent_id = new_ref(), new_ref("C"), new_ref("P")
     event = crime_event(crime_ref=crime_ref, victim_id=child_id)
     victim(event)["date_of_birth"] = "2016-01-01"
@@ -341,8 +348,9 @@ def test_a_parent_on_a_child_victims_crime_is_not_referred_under_opt_out(
 # --- rules.md change 5: classes normalised and mapped --------------------------------------------
 
 
-def test_a_rape_report_sent_as_other_is_not_referred_without_consent(bridge: BridgeEnv) -> None:
-    run = Run(bridge)
+def test_a_rape_report_sent_as_other_is_not_referred_without_consent(
+    run: Run, bridge: BridgeEnv
+) -> None:
     crime_ref, victim_id = new_ref(), new_ref("P")
 
     sent, tasks = run.send(
@@ -353,8 +361,7 @@ def test_a_rape_report_sent_as_other_is_not_referred_without_consent(bridge: Bri
     assert [t["reason"] for t in task_data(tasks)] == ["consent_needed"]
 
 
-def test_05a_and_5a_are_the_same_class_with_enhanced_rights(bridge: BridgeEnv) -> None:
-    run = Run(bridge)
+def test_05a_and_5a_are_the_same_class_with_enhanced_rights(run: Run, bridge: BridgeEnv) -> None:
     events = [
         crime_event(
             crime_ref=new_ref(),
@@ -378,9 +385,8 @@ def test_05a_and_5a_are_the_same_class_with_enhanced_rights(bridge: BridgeEnv) -
 
 
 def test_an_incident_with_a_crime_disclosed_is_decided_by_the_crime_rules(
-    bridge: BridgeEnv,
+    run: Run, bridge: BridgeEnv
 ) -> None:
-    run = Run(bridge)
     incident_ref, victim_id = new_ref("INC"), new_ref("P")
     event = incident_event(incident_ref=incident_ref, victim_id=victim_id, consent="not_asked")
     event["data"].update(category="crime_reported", crime_disclosed=True)
@@ -393,8 +399,7 @@ def test_an_incident_with_a_crime_disclosed_is_decided_by_the_crime_rules(
     assert payload["consent"]["regime"] == "opt_out"
 
 
-def test_a_declined_incident_is_recorded_as_declined(bridge: BridgeEnv) -> None:
-    run = Run(bridge)
+def test_a_declined_incident_is_recorded_as_declined(run: Run, bridge: BridgeEnv) -> None:
     incident_ref, victim_id = new_ref("INC"), new_ref("P")
 
     _, tasks = run.send(
@@ -404,8 +409,7 @@ def test_a_declined_incident_is_recorded_as_declined(bridge: BridgeEnv) -> None:
     assert [t["reason"] for t in task_data(tasks)] == ["declined"]
 
 
-def test_a_late_referral_is_recorded_as_late(bridge: BridgeEnv) -> None:
-    run = Run(bridge)
+def test_a_late_referral_is_recorded_as_late(run: Run, bridge: BridgeEnv) -> None:
     crime_ref, victim_id = new_ref(), new_ref("P")
     event = crime_event(
         crime_ref=crime_ref, victim_id=victim_id, reported_at=datetime.now(UTC) - timedelta(days=9)
@@ -426,8 +430,9 @@ def test_a_late_referral_is_recorded_as_late(bridge: BridgeEnv) -> None:
 # --- rules.md change 7: the lawful basis beside the consent regime and state ---------------------
 
 
-def test_the_lawful_basis_is_recorded_apart_from_the_consent_state(bridge: BridgeEnv) -> None:
-    run = Run(bridge)
+def test_the_lawful_basis_is_recorded_apart_from_the_consent_state(
+    run: Run, bridge: BridgeEnv
+) -> None:
     crime_ref, victim_id = new_ref(), new_ref("P")
 
     [referral], _ = run.send(crime_event(crime_ref=crime_ref, victim_id=victim_id))

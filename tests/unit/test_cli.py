@@ -278,6 +278,21 @@ class TestRulesExplain:
         assert f"victim {victim_id}: WITHDRAW (declined) -> lancashire-victim-services" in out
         assert f"victim {victim_id}: LEAFLET (declined)" in out
 
+    def test_an_incident_with_a_crime_disclosed_shows_the_crime_rules_and_the_review(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        incident = json.loads((SAMPLES / "incident-recorded-asb.json").read_text("utf-8"))
+        incident["data"].update(crime_disclosed=True, category="domestic_incident")
+        disclosed = tmp_path / "disclosed.json"
+        disclosed.write_text(json.dumps(incident), encoding="utf-8")
+
+        code = run("rules", "explain", str(disclosed), "--policy", str(POLICY_FILE), "--now", NOW)
+
+        out = capsys.readouterr().out
+        assert code == cli.RET_OK
+        assert "rule 6 [explicit]" in out  # domestic abuse, from the incident category
+        assert "officer.task.crime_review" in out
+
     def test_after_an_earlier_referral_a_new_version_shows_the_update(
         self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
     ) -> None:
