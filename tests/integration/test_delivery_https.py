@@ -679,6 +679,12 @@ class TestWithdrawalOrder:
         assert json.loads(record.envelope)["type"] == "victim.referral.withdrawn"
 
 
+def phone_changed() -> Any:
+    """Version 2 of `burglary(CRIME_REF)`: the victim has a new phone number."""
+    moved = make_crime(make_victim("P-0001", phone="07700 900456"), version=2)
+    return inbound(cloudevent(moved, event_type="crime.recorded"))
+
+
 class TestUpdatesOverHttps:
     """Rules version 2: updates go to the provider's inbox exactly as referrals do."""
 
@@ -692,9 +698,8 @@ class TestUpdatesOverHttps:
     ) -> None:
         service = build({LANCASHIRE: https_route(pki, LANCASHIRE, lancashire.url)})
         service.handle(burglary(CRIME_REF))
-        moved = make_crime(make_victim("P-0001", phone="07700 900456"), version=2)
 
-        assert service.handle(inbound(cloudevent(moved, event_type="crime.recorded"))) == Ack()
+        assert service.handle(phone_changed()) == Ack()
 
         update_id = ids.update_id(REFERRAL, 2)
         assert lancashire.store.message_ids() == [REFERRAL, update_id]
@@ -719,8 +724,7 @@ class TestUpdatesOverHttps:
         lancashire.faults.status = 503
         service = build({LANCASHIRE: https_route(pki, LANCASHIRE, lancashire.url)})
         service.handle(burglary(CRIME_REF))
-        moved = make_crime(make_victim("P-0001", phone="07700 900456"), version=2)
-        service.handle(inbound(cloudevent(moved, event_type="crime.recorded")))
+        service.handle(phone_changed())
         assert lancashire.store.message_ids() == []
         lancashire.faults.status = None
 
