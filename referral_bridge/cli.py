@@ -107,7 +107,8 @@ def cmd_rules_explain(args: argparse.Namespace) -> int:
         )
     now = datetime.fromisoformat(args.now) if args.now else None
     raw = sys.stdin.buffer.read() if args.event == "-" else Path(args.event).read_bytes()
-    return explain_event(raw, policy_path=policy_path, now=now, out=sys.stdout)
+    earlier = [Path(name).read_bytes() for name in args.after or ()]
+    return explain_event(raw, policy_path=policy_path, now=now, out=sys.stdout, after=earlier)
 
 
 def _has_env_config() -> bool:
@@ -195,6 +196,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--policy", help="policy file (default: the configured one, else config/policy.toml)"
     )
     explain.add_argument("--now", help="decide as at this RFC 3339 time (default: now)")
+    explain.add_argument(
+        "--after",
+        action="append",
+        metavar="EARLIER",
+        help="an earlier event of the same matter, carried out first (repeat, oldest first): "
+        "shows the update or withdrawal a change would give",
+    )
     explain.set_defaults(func=cmd_rules_explain)
 
     simulate = with_config(

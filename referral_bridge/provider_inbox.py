@@ -1,12 +1,14 @@
 """The reference HTTPS receiver a provider (or a test) runs: `referral-bridge provider inbox`.
 
-It shows the provider's side of contract §4 working end to end: it verifies each referral's
+It shows the provider's side of contract §4 working end to end: it verifies each message's
 signature against the force's public key set, decrypts it with the provider's own key set
 (chosen by `kid`), checks that the signed payload is addressed to this provider and matches the
-(unsigned) envelope's type and id, drops repeats by id (409), and stores each accepted referral
+(unsigned) envelope's type and id, drops repeats by id (409), and stores each accepted message
 durably in SQLite *as the sealed token* before answering 201. Plain text reaches the disk only when
-`store_plaintext` is asked for. Answers: 201 accepted, 409 already held, 4xx refused for good
-(the bridge then gives the officer a leaflet task), 503 when it cannot store right now.
+`store_plaintext` is asked for. An update replaces what is held for its referral (the latest
+revision is current) and is refused for a referral not held; a withdrawal marks the referral
+withdrawn. Answers: 201 accepted, 409 already held, 4xx refused for good (for a referral, the
+bridge then gives the officer a leaflet task), 503 when it cannot store right now.
 
 This module holds what a referral means to the provider, with no HTTP in it; `inbox_app` serves
 it over HTTPS on the bounded server.
@@ -35,7 +37,9 @@ log = structlog.get_logger("referral_bridge.provider_inbox")
 
 CLOUDEVENTS_JSON = "application/cloudevents+json"
 REFERRAL_CREATED = "victim.referral.created"
+REFERRAL_UPDATED = "victim.referral.updated"
 REFERRAL_WITHDRAWN = "victim.referral.withdrawn"
+REFERRAL_TYPES = (REFERRAL_CREATED, REFERRAL_UPDATED, REFERRAL_WITHDRAWN)
 #: A sealed referral is a few kilobytes; anything far larger is not one.
 MAX_BODY_BYTES = 1024 * 1024
 
@@ -49,6 +53,12 @@ CREATE TABLE IF NOT EXISTS inbox (
     envelope     TEXT NOT NULL,
     token        TEXT NOT NULL,
     plaintext    TEXT
+);
+CREATE TABLE IF NOT EXISTS referrals (
+    referral_id  TEXT PRIMARY KEY,
+    current_message_id TEXT NOT NULL,
+    revision     INTEGER NOT NULL,
+    withdrawn_at TEXT
 )
 """
 
@@ -99,30 +109,82 @@ class InboxStore:
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute(_SCHEMA)
+            self._db.executescript(_SCHEMA)
         finally:
             os.umask(previous)
         for suffix in ("", "-wal", "-shm"):
             with contextlib.suppress(FileNotFoundError):
                 Path(f"{self.path}{suffix}").chmod(0o600)
 
-    def add(self, record: InboxRecord) -> bool:
-        """Store the record; False if a message with its id is already held."""
+    def add(self, record: InboxRecord, *, revision: int | None = None) -> str:
+        """Store the record and apply it to the referral it concerns, in one transaction.
+
+        Returns `accepted`, `duplicate` (a message with its id is held), `unknown_referral` (an
+        update for a referral not held) or `referral_withdrawn` (an update after a withdrawal).
+        """
         with self._lock:
-            cursor = self._db.execute(
-                "INSERT OR IGNORE INTO inbox VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    record.message_id,
-                    record.event_type,
-                    record.referral_id,
-                    record.received_at.isoformat(),
-                    record.recipient_kid,
-                    record.envelope,
-                    record.token,
-                    record.plaintext,
-                ),
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                outcome = self._add(record, revision)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT" if outcome == "accepted" else "ROLLBACK")
+            return outcome
+
+    def _add(self, record: InboxRecord, revision: int | None) -> str:
+        state = self._db.execute(
+            "SELECT revision, withdrawn_at FROM referrals WHERE referral_id = ?",
+            (record.referral_id,),
+        ).fetchone()
+        if record.event_type == REFERRAL_UPDATED:
+            if state is None:
+                return "unknown_referral"
+            if state[1] is not None:
+                return "referral_withdrawn"
+        cursor = self._db.execute(
+            "INSERT OR IGNORE INTO inbox VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                record.message_id,
+                record.event_type,
+                record.referral_id,
+                record.received_at.isoformat(),
+                record.recipient_kid,
+                record.envelope,
+                record.token,
+                record.plaintext,
+            ),
+        )
+        if cursor.rowcount != 1:
+            return "duplicate"
+        if record.event_type == REFERRAL_CREATED:
+            self._db.execute(
+                "INSERT OR IGNORE INTO referrals VALUES (?, ?, 1, NULL)",
+                (record.referral_id, record.message_id),
             )
-            return cursor.rowcount == 1
+        elif record.event_type == REFERRAL_UPDATED and revision is not None:
+            # Revisions may arrive out of order: the highest one is what the provider holds.
+            self._db.execute(
+                "UPDATE referrals SET current_message_id = ?, revision = ? "
+                "WHERE referral_id = ? AND revision < ?",
+                (record.message_id, revision, record.referral_id, revision),
+            )
+        else:
+            self._db.execute(
+                "UPDATE referrals SET withdrawn_at = ? WHERE referral_id = ?",
+                (record.received_at.isoformat(), record.referral_id),
+            )
+        return "accepted"
+
+    def current(self, referral_id: str) -> tuple[str, int, bool] | None:
+        """(message id of the current revision, revision, withdrawn) of a referral held."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT current_message_id, revision, withdrawn_at FROM referrals "
+                "WHERE referral_id = ?",
+                (referral_id,),
+            ).fetchone()
+        return None if row is None else (str(row[0]), int(row[1]), row[2] is not None)
 
     def message_ids(self) -> list[str]:
         with self._lock:
@@ -194,7 +256,7 @@ class ReferralInbox:
         message_id, event_type = event.get("id"), event.get("type")
         if not isinstance(message_id, str) or not message_id:
             return Answer(400, "not_cloudevent")
-        if event_type not in (REFERRAL_CREATED, REFERRAL_WITHDRAWN):
+        if event_type not in REFERRAL_TYPES:
             return Answer(400, "unknown_type", message_id)
         if idempotency_key is not None and idempotency_key != message_id:
             return Answer(400, "idempotency_key_mismatch", message_id)
@@ -222,13 +284,16 @@ class ReferralInbox:
             token=token,
             plaintext=json.dumps(payload) if self._store_plaintext else None,
         )
+        revision = payload.get("revision") if event_type == REFERRAL_UPDATED else None
         try:
-            added = self._store.add(record)
+            outcome = self._store.add(record, revision=revision)
         except sqlite3.Error as exc:
             log.error("inbox.store_failed", message_id=message_id, error_type=type(exc).__name__)
             return Answer(503, "store_unavailable", message_id)
-        if not added:
+        if outcome == "duplicate":
             return Answer(409, "duplicate", message_id)
+        if outcome != "accepted":
+            return Answer(422, outcome, message_id)
         return Answer(201, "accepted", message_id)
 
     def _check_payload(self, payload: Any, event_type: str, message_id: str) -> str | None:
@@ -243,21 +308,33 @@ class ReferralInbox:
         referral_id = payload.get("referral_id")
         if not isinstance(referral_id, str) or not referral_id:
             return "no_referral_id"
-        withdrawal_shape = "withdrawn_at" in payload and "victim" not in payload
-        if withdrawal_shape != (event_type == REFERRAL_WITHDRAWN):
+        if _shape(payload) != event_type:
             return "type_mismatch"
-        # A referral names its provider (signed). A withdrawal (contract §4) names none: its id
-        # must be the withdrawal id of the referral it withdraws, which named this provider.
-        if (event_type == REFERRAL_CREATED or "provider" in payload) and payload.get(
-            "provider"
-        ) != self.provider:
+        # Every message names its provider in the signed payload (contract version 2: a
+        # withdrawal too, so one provider cannot replay another's withdrawal to it).
+        if "provider" not in payload:
+            return "no_provider"
+        if payload.get("provider") != self.provider:
             return "wrong_provider"
-        expected_id = (
-            referral_id if event_type == REFERRAL_CREATED else ids.withdrawal_id(referral_id)
-        )
+        if event_type == REFERRAL_CREATED:
+            expected_id = referral_id
+        elif event_type == REFERRAL_UPDATED:
+            revision = payload.get("revision")
+            if not isinstance(revision, int) or isinstance(revision, bool) or revision < 2:
+                return "no_revision"
+            expected_id = ids.update_id(referral_id, revision)
+        else:
+            expected_id = ids.withdrawal_id(referral_id)
         if message_id != expected_id:
             return "id_mismatch"
         return None
+
+
+def _shape(payload: dict[str, Any]) -> str:
+    """The message type a signed payload's fields say it is."""
+    if "withdrawn_at" in payload and "victim" not in payload:
+        return REFERRAL_WITHDRAWN
+    return REFERRAL_UPDATED if "revision" in payload else REFERRAL_CREATED
 
 
 def _code(exc: SealingError) -> str:

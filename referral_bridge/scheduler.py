@@ -1,5 +1,5 @@
-"""Periodic work between messages: ended holds, fallbacks for passed deadlines, then delivery of
-parked and left-over outbox rows."""
+"""Periodic work between messages: ended holds, crime-recording reviews, fallbacks for passed
+deadlines, then delivery of parked and left-over outbox rows."""
 
 from __future__ import annotations
 
@@ -41,6 +41,7 @@ class Scheduler:
         service = self._bridge.service
         steps: tuple[tuple[str, Callable[[], object]], ...] = (
             ("expire_holds", service.expire_holds),
+            ("review_crime_recording", service.review_crime_recording),
             ("issue_overdue_fallbacks", service.issue_overdue_fallbacks),
             ("flush", lambda: service.flush(older_than=OUTBOX_GRACE)),
         )

@@ -18,10 +18,12 @@ from referral_bridge.core.events import (
     CloudEvent,
     ConsentUpdated,
     CrimeRecorded,
+    CrimeReviewTask,
     DeadLetterHeaders,
     IncidentRecorded,
     LeafletTask,
     ReferralPayload,
+    UpdatePayload,
     WithdrawalPayload,
 )
 
@@ -55,20 +57,30 @@ _SCHEMAS: dict[str, tuple[type[BaseModel], _Mode, str]] = {
         "validation",
         "consent.updated data, schemaversion 1",
     ),
-    "victim.referral.created.v1.payload.schema.json": (
+    "victim.referral.created.v2.payload.schema.json": (
         ReferralPayload,
         "serialization",
-        "victim.referral.created signed payload (inside the JWS), schemaversion 1",
+        "victim.referral.created signed payload (inside the JWS), schemaversion 2",
     ),
-    "victim.referral.withdrawn.v1.payload.schema.json": (
+    "victim.referral.updated.v2.payload.schema.json": (
+        UpdatePayload,
+        "serialization",
+        "victim.referral.updated signed payload (inside the JWS), schemaversion 2",
+    ),
+    "victim.referral.withdrawn.v2.payload.schema.json": (
         WithdrawalPayload,
         "serialization",
-        "victim.referral.withdrawn signed payload (inside the JWS), schemaversion 1",
+        "victim.referral.withdrawn signed payload (inside the JWS), schemaversion 2",
     ),
     "officer.task.leaflet.v1.schema.json": (
         LeafletTask,
         "serialization",
         "officer.task.leaflet data, schemaversion 1",
+    ),
+    "officer.task.crime_review.v1.schema.json": (
+        CrimeReviewTask,
+        "serialization",
+        "officer.task.crime_review data, schemaversion 1",
     ),
     "dead-letter.headers.schema.json": (
         DeadLetterHeaders,

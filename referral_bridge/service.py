@@ -19,13 +19,14 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait
 
 from referral_bridge.core import ids
 from referral_bridge.core.calendar import WorkingDayCalendar
-from referral_bridge.core.case import CaseSnapshot
+from referral_bridge.core.case import CaseSnapshot, as_decided
 from referral_bridge.core.decide import decide
 from referral_bridge.core.decisions import Decision, Outcome
 from referral_bridge.core.events import (
     CaseKind,
     ConsentUpdated,
     CrimeRecorded,
+    CrimeStatus,
     DeadLetterReason,
     InboundEvent,
     IncidentRecorded,
@@ -33,6 +34,7 @@ from referral_bridge.core.events import (
 )
 from referral_bridge.core.history import ConsentRecord, VictimHistory
 from referral_bridge.core.messages import (
+    crime_review_task,
     effective_consent,
     leaflet_task,
     referral_payload,
@@ -40,6 +42,7 @@ from referral_bridge.core.messages import (
 )
 from referral_bridge.core.parsing import InvalidMessage, parse_inbound
 from referral_bridge.core.policy import Policy
+from referral_bridge.core.review import review_at, review_due_by
 from referral_bridge.delivery import (
     FALLBACK_EVENT,
     AmqpRoute,
@@ -55,7 +58,9 @@ from referral_bridge.ledger import (
     RecordedAction,
 )
 from referral_bridge.ledger.store import (
+    CANCELLED_CASE_CLOSED,
     CANCELLED_NOTHING_TO_WITHDRAW,
+    CANCELLED_UPDATE_WITHDRAWN,
     Cancellation,
     PendingDelivery,
 )
@@ -66,14 +71,21 @@ from referral_bridge.verdicts import Ack, DeadLetter, InboundMessage, Retry, Ver
 log = structlog.get_logger("referral_bridge.service")
 
 REFERRAL_CREATED = "victim.referral.created"
+REFERRAL_UPDATED = "victim.referral.updated"
 REFERRAL_WITHDRAWN = "victim.referral.withdrawn"
+#: `schemaversion` of the referral messages' data (contract version 2 changed their payloads).
+REFERRAL_SCHEMA_VERSION = 2
 TASK_LEAFLET = "officer.task.leaflet"
 TASK_LEAFLET_ROUTING_KEY = "task.leaflet"
+TASK_CRIME_REVIEW = "officer.task.crime_review"
+TASK_CRIME_REVIEW_ROUTING_KEY = "task.crime_review"
 JOSE = "application/jose"
 JSON_CONTENT = "application/json"
 CLOUDEVENTS_JSON = "application/cloudevents+json"
 #: Synthetic event id under which the hold scheduler records its decisions.
 HOLD_EXPIRY_EVENT = "scheduler:hold-expired"
+#: Synthetic event id under which crime-review tasks are written to the outbox.
+CRIME_REVIEW_EVENT = "scheduler:crime-review"
 #: A case whose holds could not be ended (not an outage) is tried again this much later.
 HOLD_RETRY_AFTER = timedelta(hours=1)
 
@@ -254,7 +266,7 @@ class ReferralService:
         record_ref, named = _refs_named(data)
         with self._ledger.transaction() as tx:
             matter = self._lock_matter(tx, named)
-            if tx.is_processed(event.id):
+            if tx.is_processed(event.id, source=event.source):
                 return Handled(result="duplicate", matter_ref=None)
             if isinstance(data, ConsentUpdated):
                 tx.save_consent(
@@ -270,7 +282,14 @@ class ReferralService:
             else:
                 known = tx.record_version(record_ref)
                 if known is not None and known >= data.version:
-                    tx.mark_processed(event.id, event.type.value, record_ref, "stale_version", now)
+                    tx.mark_processed(
+                        event.id,
+                        event.type.value,
+                        record_ref,
+                        "stale_version",
+                        now,
+                        source=event.source,
+                    )
                     return Handled(result="stale_version", matter_ref=record_ref)
                 kind = CaseKind.CRIME if isinstance(data, CrimeRecorded) else CaseKind.INCIDENT
                 tx.save_record(
@@ -279,13 +298,21 @@ class ReferralService:
                 if isinstance(data, CrimeRecorded):
                     for incident_ref in data.linked_incident_refs:
                         tx.link(incident_ref, data.crime_ref)
+                        self._resolve_crime_review(tx, incident_ref, now)
                 elif data.linked_crime_ref:
                     tx.link(data.incident_ref, data.linked_crime_ref)
+                    self._resolve_crime_review(tx, data.incident_ref, now)
+                else:
+                    check_at = review_at(CaseSnapshot.from_incident(data), self._policy)
+                    if check_at is not None:
+                        tx.schedule_crime_review(data.incident_ref, check_at)
             decisions: tuple[Decision, ...] = ()
             for case_ref in self._cases_to_decide(tx, record_ref, data, matter, now):
                 decisions += self._decide_and_record(tx, case_ref, matter, event.id, now)
             result = "decided" if decisions else "awaiting_case"
-            tx.mark_processed(event.id, event.type.value, record_ref, result, now)
+            tx.mark_processed(
+                event.id, event.type.value, record_ref, result, now, source=event.source
+            )
             return Handled(result=result, matter_ref=record_ref, decisions=decisions)
 
     @staticmethod
@@ -380,6 +407,52 @@ class ReferralService:
         except LedgerUnavailableError:
             log.warning("hold.postpone_failed", case_ref=case_ref)
 
+    @staticmethod
+    def _resolve_crime_review(tx: LedgerTransaction, incident_ref: str, now: datetime) -> None:
+        resolution = tx.resolve_crime_review(incident_ref, now)
+        if resolution is not None:
+            log.info("crime_review.resolved", incident_ref=incident_ref, resolution=resolution)
+
+    def review_crime_recording(self) -> int:
+        """Crime-review tasks for incidents whose disclosed crime is still not recorded (once
+        each); returns the incidents checked."""
+        now = self._clock()
+        due = self._ledger.due_crime_reviews(now)
+        for incident_ref in due:
+            with self._ledger.transaction() as tx:
+                matter = self._lock_matter(tx, {incident_ref})
+                review = tx.crime_review(incident_ref)
+                if review is None or review.raised_at is not None or review.resolved_at:
+                    continue
+                if tx.crimes_among(matter):
+                    tx.resolve_crime_review(incident_ref, now)
+                    continue
+                state = tx.load_state(incident_ref, matter)
+                if state.snapshot is None:
+                    continue
+                incident = snapshot_of(state.snapshot_kind, state.snapshot)
+                task_id = ids.crime_review_task_id(incident_ref)
+                task = crime_review_task(
+                    incident, task_id, review_due_by(now, self._policy, self._calendar)
+                )
+                tx.raise_crime_review(incident_ref, task_id, now)
+                self._enqueue(
+                    tx,
+                    CRIME_REVIEW_EVENT,
+                    "task.crime_review",
+                    task_id,
+                    TASK_CRIME_REVIEW,
+                    JSON_CONTENT,
+                    task.model_dump(mode="json"),
+                    self._routes.tasks_exchange,
+                    TASK_CRIME_REVIEW_ROUTING_KEY,
+                    now,
+                )
+            log.info("crime_review.raised", incident_ref=incident_ref, task_id=task_id)
+        if due:
+            self.flush(event_id=CRIME_REVIEW_EVENT)
+        return len(due)
+
     def flush(
         self,
         *,
@@ -464,12 +537,32 @@ class ReferralService:
         state = tx.load_state(case_ref, matter)
         if state.snapshot is None:
             return ()
-        case = snapshot_of(state.snapshot_kind, state.snapshot)
+        case = as_decided(snapshot_of(state.snapshot_kind, state.snapshot), self._policy)
+        if case.kind is CaseKind.CRIME:
+            # Every incident of the matter, whichever side named the link: the crime follows
+            # referrals made under them (decide._follows).
+            incidents = matter - tx.crimes_among(matter)
+            linked = tuple(sorted(set(case.linked_refs) | incidents))
+            case = case.model_copy(update={"linked_refs": linked})
         decisions = decide(case, state.history, self._policy, now, self._calendar)
         for decision in decisions:
             history = state.history.get(decision.victim_id, VictimHistory())
             self._apply(tx, case, decision, history, event_id, now)
             tx.add_decision(event_id, decision, now)
+        if case.status is not CrimeStatus.RECORDED:
+            # rules.md: referrals already sent stay (support continues); undelivered ones are
+            # cancelled, unless an attempt may have reached the provider.
+            for victim_id, history in state.history.items():
+                for referral in history.live():
+                    if tx.cancel_unsent(referral.referral_id, now, CANCELLED_CASE_CLOSED):
+                        log.info(
+                            "referral.cancelled",
+                            case_ref=case_ref,
+                            victim_id=victim_id,
+                            provider=referral.provider,
+                            message_id=referral.referral_id,
+                            reason=f"crime_{case.status.value}",
+                        )
         return decisions
 
     def _apply(
@@ -485,6 +578,8 @@ class ReferralService:
         match decision.outcome:
             case Outcome.REFER:
                 self._refer(tx, case, decision, history, event_id, now)
+            case Outcome.UPDATE:
+                self._update(tx, case, decision, history, event_id, now)
             case Outcome.LEAFLET:
                 self._leaflet(tx, case, decision, event_id, now)
             case Outcome.WITHDRAW:
@@ -493,10 +588,9 @@ class ReferralService:
                 assert decision.hold_until is not None
                 if not (hold_open and history.hold and history.hold.until == decision.hold_until):
                     tx.open_hold(case.case_ref, decision.victim_id, decision.hold_until)
-                return
             case Outcome.NONE:
                 pass
-        if hold_open and (decision.ends_hold or decision.outcome is not Outcome.NONE):
+        if hold_open and decision.ends_hold:
             tx.end_hold(case.case_ref, decision.victim_id, now, decision.reason)
 
     def _refer(
@@ -508,48 +602,104 @@ class ReferralService:
         event_id: str,
         now: datetime,
     ) -> None:
-        victim = case.victim(decision.victim_id)
-        provider, service, referral_id = decision.provider, decision.service, decision.referral_id
-        if victim is None or provider is None or referral_id is None:
-            raise ValueError("refer decision without a victim, provider or referral id")
-        consent = effective_consent(victim, history.consent)
-        payload = referral_payload(case, victim, decision, consent, now)
-        token = self._sealer.seal(provider, payload.model_dump(mode="json"))
+        provider, referral_id = decision.provider, decision.referral_id
+        if provider is None or referral_id is None:
+            raise ValueError("refer decision without a provider or referral id")
+        generation = decision.generation or 1
         tx.add_action(
             RecordedAction(
                 case_ref=case.case_ref,
-                victim_id=victim.victim_id,
+                victim_id=decision.victim_id,
                 action="referral",
-                target=provider,
+                # One referral per provider and generation (the ledger's last line of defence).
+                target=provider if generation == 1 else f"{provider}#{generation}",
                 message_id=referral_id,
                 provider=provider,
-                service=service,
+                service=decision.service,
                 related_id=None,
                 due_at=decision.deadline,
+                facts={"generation": generation, "fingerprint": decision.fingerprint},
             ),
             now,
         )
+        self._send_referral(tx, case, decision, history, event_id, now, REFERRAL_CREATED)
+
+    def _update(
+        self,
+        tx: LedgerTransaction,
+        case: CaseSnapshot,
+        decision: Decision,
+        history: VictimHistory,
+        event_id: str,
+        now: datetime,
+    ) -> None:
+        if decision.referral_id is None or decision.revision is None:
+            raise ValueError("update decision without a referral id or revision")
+        message_id = ids.update_id(decision.referral_id, decision.revision)
+        tx.add_action(
+            RecordedAction(
+                case_ref=case.case_ref,
+                victim_id=decision.victim_id,
+                action="update",
+                target=message_id,
+                message_id=message_id,
+                provider=decision.provider or "",
+                service=decision.service,
+                related_id=decision.referral_id,
+                due_at=decision.deadline,
+                facts={"revision": decision.revision, "fingerprint": decision.fingerprint},
+            ),
+            now,
+        )
+        self._send_referral(
+            tx, case, decision, history, event_id, now, REFERRAL_UPDATED, message_id=message_id
+        )
+
+    def _send_referral(
+        self,
+        tx: LedgerTransaction,
+        case: CaseSnapshot,
+        decision: Decision,
+        history: VictimHistory,
+        event_id: str,
+        now: datetime,
+        event_type: str,
+        *,
+        message_id: str | None = None,
+    ) -> None:
+        """Seal the whole current minimised referral (created or updated) into the outbox."""
+        victim = case.victim(decision.victim_id)
+        provider, referral_id = decision.provider, decision.referral_id
+        if victim is None or provider is None or referral_id is None:
+            raise ValueError("referral decision without a victim, provider or referral id")
+        consent = effective_consent(victim, history.consent)
+        payload = referral_payload(case, victim, decision, consent, now)
+        token = self._sealer.seal(provider, payload.model_dump(mode="json"))
+        update = event_type == REFERRAL_UPDATED
         self._enqueue(
             tx,
             event_id,
-            "referral",
-            referral_id,
-            REFERRAL_CREATED,
+            "update" if update else "referral",
+            message_id or referral_id,
+            event_type,
             JOSE,
             token,
             self._routes.referrals_exchange,
             provider,
             now,
             provider=provider,
-            deadline=decision.deadline,
+            # An update is not a new referral: no fallback task if it is late.
+            deadline=None if update else decision.deadline,
+            schema_version=REFERRAL_SCHEMA_VERSION,
             audit=AuditFacts(
                 case_ref=case.case_ref,
                 victim_id=victim.victim_id,
                 provider=provider,
-                lawful_basis=consent.basis,
-                consent_state=consent.referral.value,
+                lawful_basis=decision.lawful_basis,
+                consent_state=consent.state.value,
                 consent_recorded_at=consent.recorded_at,
                 consent_recorded_by=consent.recorded_by,
+                consent_regime=decision.regime,
             ),
         )
 
@@ -603,10 +753,8 @@ class ReferralService:
             raise ValueError("withdraw decision without a provider or referral id")
         referral = next(r for r in history.referrals if r.referral_id == referral_id)
         victim = case.victim(decision.victim_id)
-        # The consent in effect said "withdrawn": its time and author, wherever it was recorded.
         consent = effective_consent(victim, history.consent) if victim is not None else None
-        withdrawn_at = (consent.recorded_at if consent else None) or now
-        payload = withdrawal_payload(referral.case_ref, decision, withdrawn_at, now)
+        payload = withdrawal_payload(referral.case_ref, decision, now)
         token = self._sealer.seal(provider, payload.model_dump(mode="json"))
         message_id = ids.withdrawal_id(referral_id)
         # The action is recorded either way, so the withdrawal is decided once.
@@ -615,12 +763,13 @@ class ReferralService:
                 case_ref=case.case_ref,
                 victim_id=decision.victim_id,
                 action="withdrawal",
-                target=provider,
+                target=referral_id,
                 message_id=message_id,
                 provider=provider,
                 service=referral.service,
                 related_id=referral_id,
                 due_at=None,
+                facts={"reason": decision.reason},
             ),
             now,
         )
@@ -636,16 +785,22 @@ class ReferralService:
             provider,
             now,
             provider=provider,
+            schema_version=REFERRAL_SCHEMA_VERSION,
             audit=AuditFacts(
                 case_ref=referral.case_ref,
                 victim_id=decision.victim_id,
                 provider=provider,
-                lawful_basis=consent.basis if consent else None,
-                consent_state="withdrawn",
-                consent_recorded_at=withdrawn_at,
+                lawful_basis=decision.lawful_basis,
+                consent_state=consent.state.value if consent else None,
+                consent_recorded_at=consent.recorded_at if consent else None,
                 consent_recorded_by=consent.recorded_by if consent else None,
+                consent_regime=decision.regime,
             ),
         )
+        # Updates not yet sent are not sent at all: the provider is to delete what it holds.
+        for update in history.updates:
+            if update.referral_id == referral_id:
+                tx.cancel_unsent(update.update_id, now, CANCELLED_UPDATE_WITHDRAWN)
         # A referral not yet handed over must never be: consent has gone (rules.md withdraws
         # only what was sent). If no attempt at it ever started, it is cancelled (no delivery, no
         # fallback task at its deadline, no resend), and so is the withdrawal: the provider never
@@ -661,7 +816,7 @@ class ReferralService:
                 victim_id=decision.victim_id,
                 provider=provider,
                 message_id=referral_id,
-                reason=f"consent_withdrawn_{cancellation.value}",
+                reason=f"{decision.reason}_{cancellation.value}",
             )
 
     def _enqueue(
@@ -680,12 +835,14 @@ class ReferralService:
         provider: str | None = None,
         deadline: datetime | None = None,
         audit: AuditFacts | None = None,
+        schema_version: int = 1,
     ) -> None:
         envelope = OutboundEvent(
             id=message_id,
             source=self._source,
             type=event_type,
             time=now,
+            schemaversion=schema_version,
             datacontenttype=content_type,
             data=data,
         )

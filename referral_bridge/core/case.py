@@ -14,6 +14,7 @@ from referral_bridge.core.events import (
     Officer,
     Victim,
 )
+from referral_bridge.core.policy import Policy
 
 
 class CaseSnapshot(BaseModel):
@@ -37,6 +38,13 @@ class CaseSnapshot(BaseModel):
     crime_disclosed: bool = False
     #: Crimes: incidents it was recorded from. Incidents: the crime recorded from it, if any.
     linked_refs: tuple[str, ...] = ()
+    #: Which rules decide it: the crime rules also decide an incident where a crime was
+    #: disclosed (see `as_decided`).
+    decided_as: CaseKind | None = None
+
+    @property
+    def rules_kind(self) -> CaseKind:
+        return self.decided_as or self.kind
 
     @classmethod
     def from_crime(cls, crime: CrimeRecorded) -> CaseSnapshot:
@@ -82,3 +90,30 @@ def latest(a: datetime | None, b: datetime | None) -> datetime | None:
     if a is None or b is None:
         return a or b
     return max(a, b)
+
+
+def as_decided(case: CaseSnapshot, policy: Policy) -> CaseSnapshot:
+    """The case as the rules see it (rules.md version 2).
+
+    A crime's Home Office class mapped by the policy wins over the category sent (a rape report
+    sent as `other` is still `sexual`). An incident where a crime was disclosed is decided by
+    the crime rules, as offence category `other` with the flag its incident category stands for.
+    Applying it twice changes nothing.
+    """
+    if case.decided_as is not None:
+        return case
+    if case.kind is CaseKind.INCIDENT:
+        if not case.crime_disclosed:
+            return case.model_copy(update={"decided_as": CaseKind.INCIDENT})
+        flag = policy.incident_flags.get(case.category)
+        return case.model_copy(
+            update={
+                "decided_as": CaseKind.CRIME,
+                "category": "other",
+                "flags": {flag: True} if flag else {},
+            }
+        )
+    mapped = policy.category_of_class(case.ho_class)
+    return case.model_copy(
+        update={"decided_as": CaseKind.CRIME, "category": mapped or case.category}
+    )

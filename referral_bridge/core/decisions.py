@@ -9,6 +9,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict
 
 class Outcome(StrEnum):
     REFER = "refer"
+    UPDATE = "update"
     LEAFLET = "leaflet"
     HOLD = "hold"
     WITHDRAW = "withdraw"
@@ -30,11 +31,23 @@ class Decision(BaseModel):
     explanation: str
     provider: str | None = None
     service: str | None = None
-    #: refer: the deterministic referral id; withdraw: the referral being withdrawn.
+    #: refer: the deterministic referral id; update, withdraw: the referral concerned.
     referral_id: str | None = None
+    #: refer: 1, or more for a referral made again after a withdrawal.
+    generation: int | None = None
+    #: update: the revision sent (the created referral is revision 1).
+    revision: int | None = None
+    #: refer, update: fingerprint of the minimised content the provider will hold.
+    fingerprint: str | None = None
+    #: refer, update: the lawful basis for the disclosure (the rule's, or the consent's own).
+    lawful_basis: str | None = None
+    #: withdraw: when its reason arose (consent recorded, or the snapshot that showed it).
+    arose_at: AwareDatetime | None = None
+    #: refer: decided after its Victims' Code deadline had passed.
+    late: bool = False
     #: leaflet: the deterministic task id.
     task_id: str | None = None
-    #: refer: the Victims' Code deadline compliance is measured against.
+    #: refer, update: the Victims' Code deadline compliance is measured against.
     deadline: AwareDatetime | None = None
     #: leaflet: when the officer must give the leaflet.
     due_by: AwareDatetime | None = None

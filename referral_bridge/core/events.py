@@ -299,9 +299,18 @@ class ReferralVictim(Strict):
     needs: Needs
 
 
+class ConsentRegime(StrEnum):
+    """How consent was treated for a referral (contract §4); `opt_out` + `not_asked` is
+    "no objection", which is a consent state, never a lawful basis."""
+
+    OPT_OUT = "opt_out"
+    EXPLICIT = "explicit"
+    INCIDENT = "incident"
+
+
 class ReferralConsent(Strict):
-    referral: ConsentState
-    basis: str
+    regime: ConsentRegime
+    state: ConsentState
     recorded_at: AwareDatetime | None
     recorded_by: str | None
 
@@ -311,8 +320,17 @@ class CaseKind(StrEnum):
     INCIDENT = "incident"
 
 
+class WithdrawalReason(StrEnum):
+    WITHDRAWN = "withdrawn"
+    DECLINED = "declined"
+    NOT_SAFE_TO_CONTACT = "not_safe_to_contact"
+    CONSENT_REGIME_CHANGED = "consent_regime_changed"
+    REROUTED = "rerouted"
+
+
 class ReferralPayload(Strict):
-    """The signed content of `victim.referral.created`: only what the provider needs."""
+    """The signed content of `victim.referral.created` (schemaversion 2): only what the
+    provider needs."""
 
     referral_id: str
     case_ref: str
@@ -325,17 +343,29 @@ class ReferralPayload(Strict):
     service: str
     victim: ReferralVictim
     consent: ReferralConsent
+    lawful_basis: str
     officer: ReferralOfficer
     deadline: AwareDatetime
     issued_at: AwareDatetime
 
 
+class UpdatePayload(ReferralPayload):
+    """The signed content of `victim.referral.updated`: the whole current referral, which
+    replaces what the provider holds for `referral_id`; revisions count from 2."""
+
+    revision: Annotated[int, Field(ge=2)]
+
+
 class WithdrawalPayload(Strict):
-    """The signed content of `victim.referral.withdrawn`."""
+    """The signed content of `victim.referral.withdrawn` (schemaversion 2). `provider` names
+    the addressee, so one provider cannot replay another's withdrawal to it."""
 
     referral_id: str
+    provider: str
     case_ref: str
     victim_id: str
+    reason: WithdrawalReason
+    #: When the reason arose (consent recorded, or the snapshot that showed it).
     withdrawn_at: AwareDatetime
     issued_at: AwareDatetime
 
@@ -356,6 +386,18 @@ class LeafletTask(Strict):
     reason: str
     due_by: AwareDatetime
     provider: str
+
+
+class CrimeReviewTask(Strict):
+    """`officer.task.crime_review` data: for the force crime registrar, no personal data."""
+
+    task_id: str
+    incident_ref: str
+    incident_category: str
+    opened_at: AwareDatetime
+    officer: TaskOfficer
+    reason: Literal["crime_not_recorded"] = "crime_not_recorded"
+    due_by: AwareDatetime
 
 
 class OutboundEvent(Strict):

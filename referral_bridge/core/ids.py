@@ -18,3 +18,24 @@ def withdrawal_id(referral_id_: str) -> str:
 
 def leaflet_task_id(case_ref: str, victim_id: str, reason: str) -> str:
     return str(uuid.uuid5(NAMESPACE, f"task.leaflet\x1f{case_ref}\x1f{victim_id}\x1f{reason}"))
+
+
+def referral_id_for(provider: str, case_ref: str, victim_id: str, generation: int) -> str:
+    """Generation 1 is version 1's id; a referral made again after a withdrawal gets a new one."""
+    if generation < 1:
+        raise ValueError("referral generations count from 1")
+    if generation == 1:
+        return referral_id(provider, case_ref, victim_id)
+    return str(
+        uuid.uuid5(
+            NAMESPACE, f"referral\x1f{provider}\x1f{case_ref}\x1f{victim_id}\x1f{generation}"
+        )
+    )
+
+
+def update_id(referral_id_: str, revision: int) -> str:
+    return str(uuid.uuid5(NAMESPACE, f"update\x1f{referral_id_}\x1f{revision}"))
+
+
+def crime_review_task_id(incident_ref: str) -> str:
+    return str(uuid.uuid5(NAMESPACE, f"task.crime_review\x1f{incident_ref}"))

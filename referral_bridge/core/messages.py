@@ -1,24 +1,31 @@
-"""Outbound messages built from decisions: referral and withdrawal payloads, officer tasks.
+"""Outbound messages built from decisions: referral, update and withdrawal payloads, officer tasks.
 
 Pure builders; the shell seals payloads and wraps everything in CloudEvents envelopes.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+from dataclasses import dataclass
 from datetime import datetime
 
 from referral_bridge.core.case import CaseSnapshot
 from referral_bridge.core.decisions import Decision
 from referral_bridge.core.events import (
+    ConsentRegime,
     ConsentState,
+    CrimeReviewTask,
     LeafletTask,
     ReferralConsent,
     ReferralOfficer,
     ReferralPayload,
     ReferralVictim,
     TaskOfficer,
+    UpdatePayload,
     Victim,
     WithdrawalPayload,
+    WithdrawalReason,
 )
 from referral_bridge.core.history import ConsentRecord
 
@@ -27,8 +34,21 @@ SUPPORT_FLAGS = frozenset(
     {"domestic_abuse", "hate", "terrorism", "trafficking", "modern_slavery", "child_sexual_abuse"}
 )
 
+#: Fields that change with every message and so are not part of what the provider "holds".
+_NOT_CONTENT = frozenset({"referral_id", "issued_at", "deadline", "revision"})
 
-def effective_consent(victim: Victim, update: ConsentRecord | None) -> ReferralConsent:
+
+@dataclass(frozen=True, slots=True)
+class ConsentInEffect:
+    """The victim's current wish, and the lawful basis the consent itself names, if any."""
+
+    state: ConsentState
+    recorded_at: datetime | None
+    recorded_by: str | None
+    lawful_basis: str | None = None
+
+
+def effective_consent(victim: Victim, update: ConsentRecord | None) -> ConsentInEffect:
     """The consent in effect: the later (by recorded_at) of the snapshot's and the latest update.
 
     A snapshot consent without `recorded_at` loses to any update; on a tie the update wins,
@@ -39,17 +59,14 @@ def effective_consent(victim: Victim, update: ConsentRecord | None) -> ReferralC
     if update is not None and (
         snapshot.recorded_at is None or update.recorded_at >= snapshot.recorded_at
     ):
-        return ReferralConsent(
-            referral=ConsentState(update.referral.value),
-            basis=update.lawful_basis
-            or ("consent" if update.referral.value == "given" else "no_objection"),
+        return ConsentInEffect(
+            state=ConsentState(update.referral.value),
             recorded_at=update.recorded_at,
             recorded_by=update.recorded_by,
+            lawful_basis=update.lawful_basis,
         )
-    basis = "consent" if snapshot.referral is ConsentState.GIVEN else "no_objection"
-    return ReferralConsent(
-        referral=snapshot.referral,
-        basis=basis,
+    return ConsentInEffect(
+        state=snapshot.referral,
         recorded_at=snapshot.recorded_at,
         recorded_by=snapshot.recorded_by,
     )
@@ -59,23 +76,37 @@ def referral_payload(
     case: CaseSnapshot,
     victim: Victim,
     decision: Decision,
-    consent: ReferralConsent,
+    consent: ConsentInEffect,
     issued_at: datetime,
 ) -> ReferralPayload:
-    """The minimised referral (contract §4): what the provider needs, never the narrative."""
-    if not (decision.referral_id and decision.provider and decision.service and decision.deadline):
-        raise ValueError("a refer decision needs a referral id, provider, service and deadline")
-    return ReferralPayload(
-        referral_id=decision.referral_id,
-        case_ref=case.case_ref,
-        case_kind=case.kind,
-        reported_at=case.reported_at,
-        offence_label=case.offence_label,
-        offence_category=case.category,
-        flags={name: value for name, value in case.flags.items() if name in SUPPORT_FLAGS},
-        provider=decision.provider,
-        service=decision.service,
-        victim=ReferralVictim(
+    """The minimised referral (contract §4): what the provider needs, never the narrative.
+
+    `case` is the case as decided (`as_decided`), so a mapped category is what the provider
+    sees. An update decision gives the update's payload: the whole referral plus its revision.
+    """
+    if not (
+        decision.referral_id
+        and decision.provider
+        and decision.service
+        and decision.deadline
+        and decision.regime
+        and decision.lawful_basis
+    ):
+        raise ValueError(
+            "a refer or update decision needs a referral id, provider, service, deadline, "
+            "regime and lawful basis"
+        )
+    fields = {
+        "referral_id": decision.referral_id,
+        "case_ref": case.case_ref,
+        "case_kind": case.kind,
+        "reported_at": case.reported_at,
+        "offence_label": case.offence_label,
+        "offence_category": case.category,
+        "flags": {name: value for name, value in case.flags.items() if name in SUPPORT_FLAGS},
+        "provider": decision.provider,
+        "service": decision.service,
+        "victim": ReferralVictim(
             victim_id=victim.victim_id,
             kind=victim.kind,
             name=victim.name,
@@ -84,28 +115,44 @@ def referral_payload(
             contact=victim.contact,
             needs=victim.needs,
         ),
-        consent=consent,
-        officer=ReferralOfficer(
+        "consent": ReferralConsent(
+            regime=ConsentRegime(decision.regime),
+            state=consent.state,
+            recorded_at=consent.recorded_at,
+            recorded_by=consent.recorded_by,
+        ),
+        "lawful_basis": decision.lawful_basis,
+        "officer": ReferralOfficer(
             collar=case.officer.collar,
             name=case.officer.name,
             unit=case.officer.unit,
             email=case.officer.email,
         ),
-        deadline=decision.deadline,
-        issued_at=issued_at,
-    )
+        "deadline": decision.deadline,
+        "issued_at": issued_at,
+    }
+    if decision.revision is not None:
+        return UpdatePayload(**fields, revision=decision.revision)
+    return ReferralPayload(**fields)
 
 
-def withdrawal_payload(
-    case_ref: str, decision: Decision, withdrawn_at: datetime, issued_at: datetime
-) -> WithdrawalPayload:
-    if not decision.referral_id:
-        raise ValueError("a withdraw decision needs the referral id it withdraws")
+def fingerprint(payload: ReferralPayload) -> str:
+    """What the provider holds, as a digest: equal content gives an equal fingerprint."""
+    content = payload.model_dump(mode="json", exclude=set(_NOT_CONTENT))
+    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def withdrawal_payload(case_ref: str, decision: Decision, issued_at: datetime) -> WithdrawalPayload:
+    if not (decision.referral_id and decision.provider and decision.arose_at):
+        raise ValueError("a withdraw decision needs the referral id, provider and when it arose")
     return WithdrawalPayload(
         referral_id=decision.referral_id,
+        provider=decision.provider,
         case_ref=case_ref,
         victim_id=decision.victim_id,
-        withdrawn_at=withdrawn_at,
+        reason=WithdrawalReason(decision.reason),
+        withdrawn_at=decision.arose_at,
         issued_at=issued_at,
     )
 
@@ -123,4 +170,16 @@ def leaflet_task(case: CaseSnapshot, decision: Decision) -> LeafletTask:
         reason=decision.reason,
         due_by=decision.due_by,
         provider=decision.provider,
+    )
+
+
+def crime_review_task(incident: CaseSnapshot, task_id: str, due_by: datetime) -> CrimeReviewTask:
+    """The registrar's task for an incident whose disclosed crime was not recorded in time."""
+    return CrimeReviewTask(
+        task_id=task_id,
+        incident_ref=incident.case_ref,
+        incident_category=incident.category,
+        opened_at=incident.reported_at,
+        officer=TaskOfficer(collar=incident.officer.collar, unit=incident.officer.unit),
+        due_by=due_by,
     )

@@ -1,11 +1,13 @@
 """The consent and routing policy: configuration a data protection officer reads and changes.
 
-The shipped default is `config/policy.toml` (rules.md). It is validated once, at start-up, and
-every problem is reported with the file and key it is in, so it can be fixed without a debugger.
+The shipped default is `config/policy.toml` (rules.md, version 2). It is validated once, at
+start-up, and every problem is reported with the file and key it is in, so it can be fixed
+without a debugger.
 """
 
 from __future__ import annotations
 
+import re
 import tomllib
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -21,12 +23,17 @@ from pydantic import (
 
 from referral_bridge.core.events import CaseKind, Relationship, VictimKind
 
+#: Keys of policy version 1 that version 2 renamed: the error says what to write instead.
+_RENAMED = {("deadlines", "hold_working_days"): "consent_wait_working_days"}
+
 RuleId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")]
 #: A stable snake_case code: rule names, services, categories and flags.
 Code = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
 #: A provider id is also an AMQP routing key, so no wildcards (`*`, `#`) or spaces.
 ProviderId = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9.-]{0,63}$")]
 HoClass = Annotated[str, StringConstraints(pattern=r"^[0-9A-Za-z/]{1,16}$")]
+#: A lawful basis as a data protection officer writes it, e.g. "UK GDPR Art 6(1)(e); DPA 2018 s8".
+LawfulBasis = Annotated[str, StringConstraints(min_length=3, max_length=200)]
 Need = Literal["vulnerable", "intimidated", "persistently_targeted"]
 WorkingDays = Annotated[int, Field(ge=1, le=30)]
 
@@ -70,6 +77,8 @@ class Conditions(_Config):
     flags: tuple[Code, ...] = ()
     #: Matches a victim younger than this on the local date of `reported_at`.
     under_age: Annotated[int, Field(ge=1, le=25)] | None = None
+    #: Matches a parent or guardian on a case with a victim younger than this (rules.md rule 7).
+    guardian_of_under_age: Annotated[int, Field(ge=1, le=25)] | None = None
 
     def is_empty(self) -> bool:
         return self == Conditions()
@@ -89,14 +98,27 @@ class Rule(_Config):
     regime: Regime
     requires_safe_to_contact: bool = False
     requires_contact_person: bool = False
+    #: Why the bridge may disclose the victim's details to the provider (UK GDPR / DPA 2018).
+    lawful_basis: LawfulBasis | None = None
+    #: Regime "none" only: if no victim of the case is a bereaved relative, one
+    #: `bereaved_not_recorded` leaflet task per case, giving this provider's details.
+    bereaved_task_provider: ProviderId | None = None
 
     @model_validator(mode="after")
     def _makes_sense(self) -> Rule:
         if self.regime is Regime.NONE:
             if self.provider is not None or self.service is not None:
                 raise ValueError("regime 'none' sends nothing, so leave out provider and service")
+            if self.lawful_basis is not None:
+                raise ValueError("regime 'none' discloses nothing, so leave out lawful_basis")
         elif self.provider is None or self.service is None:
             raise ValueError(f"regime {self.regime.value!r} needs both a provider and a service")
+        elif self.lawful_basis is None:
+            raise ValueError(
+                f"regime {self.regime.value!r} discloses personal data, so name its lawful_basis"
+            )
+        if self.bereaved_task_provider is not None and self.regime is not Regime.NONE:
+            raise ValueError("bereaved_task_provider only makes sense with regime 'none'")
         if self.requires_contact_person and self.regime is not Regime.EXPLICIT:
             raise ValueError("requires_contact_person only makes sense with regime 'explicit'")
         if len(set(self.applies_to)) != len(self.applies_to):
@@ -111,7 +133,8 @@ class Deadlines(_Config):
     """Victims' Code time limits, in England and Wales working days from `reported_at`."""
 
     referral_working_days: WorkingDays
-    hold_working_days: WorkingDays
+    #: How long a hold waits for explicit consent (`consent_wait`, rules.md).
+    consent_wait_working_days: WorkingDays
     leaflet_working_days: WorkingDays
     leaflet_enhanced_working_days: WorkingDays
 
@@ -124,6 +147,28 @@ class EnhancedRights(_Config):
     ho_classes: tuple[HoClass, ...] = ()
     under_age: Annotated[int, Field(ge=1, le=25)] = 18
     needs: tuple[Need, ...] = ()
+    relationships: tuple[Relationship, ...] = ()
+
+
+class CrimeRecording(_Config):
+    """Crime data integrity: a disclosed crime must become a crime record (rules.md)."""
+
+    #: An incident with a crime disclosed and no crime linked this long after it was opened
+    #: gives one crime-review task for the force crime registrar.
+    review_after_hours: Annotated[int, Field(ge=1, le=720)] = 24
+    review_due_working_days: WorkingDays = 1
+
+
+_CLASS_NUMBER = re.compile(r"^0*([0-9]+)([A-Z]*)$")
+
+
+def normalise_class(ho_class: str) -> str:
+    """Home Office classes compare upper case without leading zeros: `05a` = `5A`, `N100` as is."""
+    value = ho_class.strip().upper()
+    match = _CLASS_NUMBER.match(value)
+    if match is None:
+        return value
+    return f"{int(match.group(1))}{match.group(2)}"
 
 
 class _CrossFieldError(ValueError):
@@ -139,11 +184,40 @@ class Policy(_Config):
 
     deadlines: Deadlines
     enhanced_rights: EnhancedRights
+    #: Offence category -> Home Office classes that always count as it, whatever was sent.
+    class_categories: dict[Code, tuple[HoClass, ...]] = {}
+    #: Incident category -> the crime flag it stands for when a crime is disclosed.
+    incident_flags: dict[Code, Code] = {}
+    crime_recording: CrimeRecording = CrimeRecording()
     rules: tuple[Rule, ...] = Field(min_length=1)
+
+    def category_of_class(self, ho_class: str | None) -> str | None:
+        """The category the policy maps this class to (compared normalised), if any."""
+        if not ho_class:
+            return None
+        return self._class_map().get(normalise_class(ho_class))
+
+    def _class_map(self) -> dict[str, str]:
+        return {
+            normalise_class(ho_class): category
+            for category, classes in self.class_categories.items()
+            for ho_class in classes
+        }
 
     @model_validator(mode="after")
     def _makes_sense(self) -> Policy:
         problems: list[tuple[str, str]] = []
+        mapped: dict[str, str] = {}
+        for category, classes in self.class_categories.items():
+            for ho_class in classes:
+                key = normalise_class(ho_class)
+                if mapped.setdefault(key, category) != category:
+                    problems.append(
+                        (
+                            f"class_categories.{category}",
+                            f"class {ho_class!r} is already mapped to {mapped[key]!r}",
+                        )
+                    )
         for key in ("id", "name"):
             seen: dict[str, int] = {}
             for number, rule in enumerate(self.rules, start=1):
@@ -216,6 +290,9 @@ def _message(kind: str, error: Any, cause: object) -> str:
     if kind == "missing":
         return "is required but missing"
     if kind == "extra_forbidden":
+        renamed = _RENAMED.get(tuple(str(p) for p in error["loc"][-2:]))  # type: ignore[arg-type]
+        if renamed is not None:
+            return f"was renamed in policy version 2: write {renamed} instead"
         return "is not a known setting (check the spelling against the shipped policy)"
     if isinstance(cause, ValueError):
         return str(cause)

@@ -112,10 +112,40 @@ def _v3_delivery_claims(connection: Connection) -> None:
     )
 
 
+_PROCESSED_COLUMNS = "event_id, event_type, record_ref, result, processed_at"
+
+
+def _v4_whole_life(connection: Connection) -> None:
+    """Rules and contract version 2: referral generations and updates, reasons, lateness, the
+    consent regime in the audit trail, crime reviews, and duplicates by `source` + `id`.
+
+    Rows already written keep their meaning: referrals are generation 1 with unchanged ids,
+    withdrawals were for withdrawn consent, and events seen before match by id alone.
+    """
+    _add_columns(connection, t.actions, ["facts"])
+    _add_columns(connection, t.decisions, ["late"])
+    _add_columns(connection, t.audit, ["consent_regime"])
+    t.crime_reviews.create(connection, checkfirst=True)
+    present = {c["name"] for c in inspect(connection).get_columns(t.processed_events.name)}
+    if "source" in present:
+        return
+    # The primary key changes, which SQLite cannot alter: copy, recreate, copy back.
+    old, keep = t.processed_events.name, "rb_processed_events_v2"
+    # Every name below is a constant of this module: nothing comes from input.
+    copy = f"CREATE TABLE {keep} AS SELECT {_PROCESSED_COLUMNS} FROM {old}"  # noqa: S608
+    connection.execute(text(copy))
+    connection.execute(text(f"DROP TABLE {old}"))
+    t.processed_events.create(connection)
+    back = f"INSERT INTO {old} (source, {_PROCESSED_COLUMNS}) SELECT '', {_PROCESSED_COLUMNS} FROM {keep}"  # noqa: S608, E501
+    connection.execute(text(back))
+    connection.execute(text(f"DROP TABLE {keep}"))
+
+
 #: Steps from version N-1 to N. Version 1 is the initial schema, created from the metadata.
 STEPS: dict[int, Callable[[Connection], None]] = {
     2: _v2_delivery_and_audit,
     3: _v3_delivery_claims,
+    4: _v4_whole_life,
 }
 
 

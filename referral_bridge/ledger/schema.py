@@ -48,7 +48,7 @@ class UtcDateTime(TypeDecorator[datetime]):
 
 
 #: Bump with a migration step in migrations.py whenever the tables below change.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 metadata = MetaData()
 
@@ -62,9 +62,12 @@ schema_info = Table(
 #: One row per ref, used to serialise work on a matter across workers (SELECT ... FOR UPDATE).
 locks = Table("rb_locks", metadata, Column("ref", String(64), primary_key=True))
 
+#: Version 4: an event is a duplicate if its `source` and `id` were seen before (contract §2).
+#: Rows from before version 4 have source "" and match an id from any source.
 processed_events = Table(
     "rb_processed_events",
     metadata,
+    Column("source", String(500), primary_key=True),
     Column("event_id", String(200), primary_key=True),
     Column("event_type", String(64), nullable=False),
     Column("record_ref", String(64), nullable=False),
@@ -114,7 +117,9 @@ consents = Table(
     Column("lawful_basis", String(200)),
 )
 
-#: What was done: referral (target = provider), leaflet (target = reason), withdrawal (provider).
+#: What was done, unique per case, victim, action and target: referral (target = provider, or
+#: "provider#N" for generation N > 1), update (target = its message id), leaflet (target =
+#: reason), withdrawal (target = provider before version 4, the referral id since).
 actions = Table(
     "rb_actions",
     metadata,
@@ -129,6 +134,9 @@ actions = Table(
     Column("related_id", String(64)),
     Column("due_at", UtcDateTime()),
     Column("at", UtcDateTime(), nullable=False),
+    #: Version 4, no personal data: referral `generation`, update `revision`, the `fingerprint`
+    #: of what the provider holds, a withdrawal's `reason`. NULL: generation 1, reason withdrawn.
+    Column("facts", JSON),
     UniqueConstraint("case_ref", "victim_id", "action", "target", name="uq_rb_actions_once"),
 )
 
@@ -157,6 +165,22 @@ decisions = Table(
     Column("reason", String(64), nullable=False),
     Column("explanation", Text, nullable=False),
     Column("decided_at", UtcDateTime(), nullable=False),
+    #: Version 4: a referral decided after its Victims' Code deadline had passed.
+    Column("late", Boolean),
+)
+
+#: Version 4: crime data integrity. One row per incident where a crime was disclosed: checked at
+#: `review_at`; `raised_at` once its crime-review task is issued; `resolved_at` when a crime is
+#: linked (`resolution`: `recorded_in_time` or `recorded_after_review`).
+crime_reviews = Table(
+    "rb_crime_reviews",
+    metadata,
+    Column("incident_ref", String(64), primary_key=True),
+    Column("review_at", UtcDateTime(), nullable=False, index=True),
+    Column("task_id", String(64)),
+    Column("raised_at", UtcDateTime()),
+    Column("resolved_at", UtcDateTime()),
+    Column("resolution", String(32)),
 )
 
 #: Messages to publish. Bodies of referrals are sealed: no plaintext personal data here.
@@ -213,6 +237,8 @@ audit = Table(
     Column("victim_id", String(64), index=True),
     Column("lawful_basis", String(200)),
     Column("consent_state", String(16)),
+    #: Version 4: `opt_out`, `explicit` or `incident`, beside the state and the lawful basis.
+    Column("consent_regime", String(16)),
     Column("consent_recorded_at", UtcDateTime()),
     Column("consent_recorded_by", String(200)),
     #: Free text without personal data: an operator's stated reason, a delivery route.

@@ -34,13 +34,14 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from referral_bridge.core.decisions import Decision
+from referral_bridge.core.decisions import Decision, Outcome
 from referral_bridge.core.events import ConsentChange
 from referral_bridge.core.history import (
     ConsentRecord,
     Hold,
     IssuedLeaflet,
     SentReferral,
+    SentUpdate,
     SentWithdrawal,
     VictimHistory,
 )
@@ -60,6 +61,7 @@ class AuditFacts:
     consent_state: str | None = None
     consent_recorded_at: datetime | None = None
     consent_recorded_by: str | None = None
+    consent_regime: str | None = None
 
     def as_json(self) -> dict[str, Any]:
         recorded = self.consent_recorded_at.isoformat() if self.consent_recorded_at else None
@@ -69,6 +71,7 @@ class AuditFacts:
             "provider": self.provider,
             "lawful_basis": self.lawful_basis,
             "consent_state": self.consent_state,
+            "consent_regime": self.consent_regime,
             "consent_recorded_at": recorded,
             "consent_recorded_by": self.consent_recorded_by,
         }
@@ -95,6 +98,12 @@ CANCELLED = "cancelled"
 CANCELLED_WITHDRAWN = f"{CANCELLED}: consent was withdrawn before delivery; never sent"
 CANCELLED_NOTHING_TO_WITHDRAW = (
     f"{CANCELLED}: its referral was never delivered, so there is nothing to withdraw"
+)
+CANCELLED_UPDATE_WITHDRAWN = (
+    f"{CANCELLED}: its referral was withdrawn before it was sent; never sent"
+)
+CANCELLED_CASE_CLOSED = (
+    f"{CANCELLED}: the crime was cancelled or transferred before delivery; never sent"
 )
 CANCELLED_AFTER_ATTEMPT = (
     f"{CANCELLED}: consent was withdrawn after an attempt that may have reached the provider; "
@@ -168,7 +177,7 @@ class ResendResult:
 
 @dataclass(frozen=True, slots=True)
 class RecordedAction:
-    """An action to record for a victim: referral, leaflet or withdrawal."""
+    """An action to record for a victim: referral, update, leaflet or withdrawal."""
 
     case_ref: str
     victim_id: str
@@ -179,6 +188,8 @@ class RecordedAction:
     service: str | None
     related_id: str | None
     due_at: datetime | None
+    #: PII-free facts: generation, revision, fingerprint, reason (see schema.actions).
+    facts: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,17 +226,29 @@ class LedgerTransaction:
             .with_for_update()
         ).all()
 
-    def is_processed(self, event_id: str) -> bool:
+    def is_processed(self, event_id: str, *, source: str) -> bool:
+        """Whether this `source` + `id` was seen (or this id, before duplicates had a source)."""
         row = self._c.execute(
-            select(t.processed_events.c.event_id).where(t.processed_events.c.event_id == event_id)
+            select(t.processed_events.c.event_id).where(
+                t.processed_events.c.event_id == event_id,
+                t.processed_events.c.source.in_({source, ""}),
+            )
         ).first()
         return row is not None
 
     def mark_processed(
-        self, event_id: str, event_type: str, record_ref: str, result: str, at: datetime
+        self,
+        event_id: str,
+        event_type: str,
+        record_ref: str,
+        result: str,
+        at: datetime,
+        *,
+        source: str,
     ) -> None:
         self._c.execute(
             t.processed_events.insert().values(
+                source=source,
                 event_id=event_id,
                 event_type=event_type,
                 record_ref=record_ref,
@@ -321,11 +344,13 @@ class LedgerTransaction:
 
     def _history(self, refs: set[str], case_ref: str) -> dict[str, VictimHistory]:
         referrals: dict[str, list[SentReferral]] = defaultdict(list)
+        updates: dict[str, list[SentUpdate]] = defaultdict(list)
         leaflets: dict[str, list[IssuedLeaflet]] = defaultdict(list)
         withdrawals: dict[str, list[SentWithdrawal]] = defaultdict(list)
         for a in self._c.execute(
             select(t.actions).where(t.actions.c.case_ref.in_(refs)).order_by(t.actions.c.id)
         ):
+            facts = a.facts or {}
             if a.action == "referral":
                 referrals[a.victim_id].append(
                     SentReferral(
@@ -334,6 +359,21 @@ class LedgerTransaction:
                         service=a.service or "",
                         case_ref=a.case_ref,
                         at=a.at,
+                        generation=int(facts.get("generation", 1)),
+                        deadline=a.due_at,
+                        fingerprint=facts.get("fingerprint"),
+                    )
+                )
+            elif a.action == "update":
+                updates[a.victim_id].append(
+                    SentUpdate(
+                        update_id=a.message_id,
+                        referral_id=a.related_id or "",
+                        revision=int(facts.get("revision", 2)),
+                        service=a.service or "",
+                        fingerprint=facts.get("fingerprint"),
+                        at=a.at,
+                        case_ref=a.case_ref,
                     )
                 )
             elif a.action == "leaflet":
@@ -344,7 +384,12 @@ class LedgerTransaction:
                 )
             elif a.action == "withdrawal":
                 withdrawals[a.victim_id].append(
-                    SentWithdrawal(referral_id=a.related_id or "", provider=a.provider, at=a.at)
+                    SentWithdrawal(
+                        referral_id=a.related_id or "",
+                        provider=a.provider,
+                        at=a.at,
+                        reason=str(facts.get("reason", "withdrawn")),
+                    )
                 )
         hold_rows = self._c.execute(select(t.holds).where(t.holds.c.case_ref == case_ref))
         held = {h.victim_id: Hold(until=h.until, open=h.open) for h in hold_rows}
@@ -363,6 +408,7 @@ class LedgerTransaction:
         return {
             v: VictimHistory(
                 referrals=tuple(referrals[v]),
+                updates=tuple(updates[v]),
                 leaflets=tuple(leaflets[v]),
                 withdrawals=tuple(withdrawals[v]),
                 hold=held.get(v),
@@ -384,6 +430,7 @@ class LedgerTransaction:
                 related_id=action.related_id,
                 due_at=action.due_at,
                 at=at,
+                facts=dict(action.facts) if action.facts else None,
             )
         )
 
@@ -429,6 +476,7 @@ class LedgerTransaction:
                 reason=decision.reason,
                 explanation=decision.explanation,
                 decided_at=at,
+                late=decision.late if decision.outcome is Outcome.REFER else None,
             )
         )
 
@@ -450,6 +498,41 @@ class LedgerTransaction:
                 audit=message.audit.as_json() if message.audit else None,
             )
         )
+
+    # --- crime data integrity (rules.md) ----------------------------------------------------------
+
+    def schedule_crime_review(self, incident_ref: str, review_at: datetime) -> None:
+        """Check this incident for a recorded crime at `review_at` (kept if already scheduled)."""
+        key = t.crime_reviews.c.incident_ref == incident_ref
+        if self._c.execute(select(t.crime_reviews.c.incident_ref).where(key)).first() is None:
+            self._c.execute(
+                t.crime_reviews.insert().values(incident_ref=incident_ref, review_at=review_at)
+            )
+
+    def crime_review(self, incident_ref: str) -> Row[Any] | None:
+        return self._c.execute(
+            select(t.crime_reviews).where(t.crime_reviews.c.incident_ref == incident_ref)
+        ).first()
+
+    def raise_crime_review(self, incident_ref: str, task_id: str, at: datetime) -> None:
+        self._c.execute(
+            update(t.crime_reviews)
+            .where(t.crime_reviews.c.incident_ref == incident_ref)
+            .values(task_id=task_id, raised_at=at)
+        )
+
+    def resolve_crime_review(self, incident_ref: str, at: datetime) -> str | None:
+        """Record that a crime was linked; returns the resolution, or None if nothing was open."""
+        row = self.crime_review(incident_ref)
+        if row is None or row.resolved_at is not None:
+            return None
+        resolution = "recorded_after_review" if row.raised_at else "recorded_in_time"
+        self._c.execute(
+            update(t.crime_reviews)
+            .where(t.crime_reviews.c.incident_ref == incident_ref)
+            .values(resolved_at=at, resolution=resolution)
+        )
+        return resolution
 
     # --- delivery to providers -------------------------------------------------------------------
 
@@ -1017,6 +1100,21 @@ class Ledger:
         with self._reading() as connection:
             return list(connection.execute(query).scalars())
 
+    def due_crime_reviews(self, now: datetime, limit: int = 200) -> list[str]:
+        """Incidents whose crime-recording check is due and not yet done."""
+        query = (
+            select(t.crime_reviews.c.incident_ref)
+            .where(
+                t.crime_reviews.c.review_at <= now,
+                t.crime_reviews.c.raised_at.is_(None),
+                t.crime_reviews.c.resolved_at.is_(None),
+            )
+            .order_by(t.crime_reviews.c.review_at)
+            .limit(limit)
+        )
+        with self._reading() as connection:
+            return list(connection.execute(query).scalars())
+
     def counts(self) -> dict[str, dict[str, int]]:
         """Figures for summaries: actions by kind and target, open holds, outbox backlog."""
         with self._reading() as connection:
@@ -1039,6 +1137,8 @@ class Ledger:
                     key = f"referral {row.provider}/{row.service}"
                 elif row.action == "leaflet":
                     key = f"leaflet {row.target}"
+                elif row.action == "update":
+                    key = f"update {row.provider}/{row.service}"
                 else:
                     key = f"withdrawal {row.provider}"
                 by_action[key] = by_action.get(key, 0) + int(row[4])
@@ -1076,6 +1176,7 @@ def _audit_facts(value: Mapping[str, Any] | None) -> AuditFacts | None:
         consent_state=value.get("consent_state"),
         consent_recorded_at=datetime.fromisoformat(recorded) if recorded else None,
         consent_recorded_by=value.get("consent_recorded_by"),
+        consent_regime=value.get("consent_regime"),
     )
 
 
@@ -1094,6 +1195,7 @@ def _audit_row(
         "consent_state": facts.consent_state,
         "consent_recorded_at": facts.consent_recorded_at,
         "consent_recorded_by": facts.consent_recorded_by,
+        "consent_regime": facts.consent_regime,
         "detail": f"delivered by {route}",
     }
 

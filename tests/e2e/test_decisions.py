@@ -76,7 +76,7 @@ def test_an_older_version_after_a_newer_one_has_no_effect(bridge: BridgeEnv) -> 
     assert bridge.processed_results()[v1["id"]] == "stale_version"
 
 
-def test_a_sexual_offence_without_consent_asked_is_held_with_nothing_sent(
+def test_a_sexual_offence_without_consent_asked_is_held_and_the_officer_asked_at_once(
     bridge: BridgeEnv,
 ) -> None:
     crime_ref, victim_id = new_ref(), new_ref("P")
@@ -92,7 +92,9 @@ def test_a_sexual_offence_without_consent_asked_is_held_with_nothing_sent(
         ).all()
     assert [row.victim_id for row in open_holds] == [victim_id]
     assert bridge.take_all(bridge.collect_referrals) == []
-    assert bridge.take_all(bridge.collect_tasks) == []
+    [task] = bridge.take_all(bridge.collect_tasks)
+    assert task.json()["data"]["reason"] == "consent_needed"
+    assert datetime.fromisoformat(task.json()["data"]["due_by"]) > datetime.now(UTC)
 
 
 def test_late_consent_on_a_held_sexual_offence_sends_one_sexual_violence_referral(
@@ -112,7 +114,8 @@ def test_late_consent_on_a_held_sexual_offence_sends_one_sexual_violence_referra
     referrals = bridge.take_all(bridge.collect_referrals)
     assert [r.message_id for r in referrals] == [ids.referral_id(LANCASHIRE, crime_ref, victim_id)]
     assert open_referral(bridge, referrals[0])["service"] == "sexual_violence"
-    assert bridge.take_all(bridge.collect_tasks) == []
+    tasks = bridge.take_all(bridge.collect_tasks)
+    assert [t.json()["data"]["reason"] for t in tasks] == ["consent_needed"]
 
 
 def test_consent_withdrawn_after_a_referral_sends_one_withdrawal_naming_it(
@@ -135,7 +138,7 @@ def test_consent_withdrawn_after_a_referral_sends_one_withdrawal_naming_it(
     assert open_referral(bridge, withdrawals[0])["referral_id"] == referral_id
 
 
-def test_an_incident_later_recorded_as_a_linked_crime_is_referred_only_once(
+def test_an_incident_later_recorded_as_a_linked_crime_is_referred_once_then_updated(
     bridge: BridgeEnv,
 ) -> None:
     incident_ref, crime_ref, victim_id = new_ref("INC"), new_ref(), new_ref("P")
@@ -153,16 +156,20 @@ def test_an_incident_later_recorded_as_a_linked_crime_is_referred_only_once(
     run_until_handled(bridge, incident, distinct=1)
     assert len(bridge.take_all(bridge.collect_referrals)) == 1
     run_until_handled(bridge, crime, incident_v2, distinct=3)
-    assert bridge.take_all(bridge.collect_referrals) == []
+    [update] = bridge.take_all(bridge.collect_referrals)
+    assert update.json()["type"] == "victim.referral.updated"
+    payload = open_referral(bridge, update)
+    assert (payload["case_ref"], payload["revision"]) == (crime_ref, 2)
+    assert payload["referral_id"] == ids.referral_id(LANCASHIRE, incident_ref, victim_id)
     referral_rows = [row for row in bridge.action_rows() if row.action == "referral"]
     assert len(referral_rows) == 1
 
 
-def test_a_hold_that_ended_before_the_case_arrived_gives_a_leaflet_task_at_once(
+def test_a_consent_wait_that_ended_before_the_case_arrived_still_asks_the_officer(
     bridge: BridgeEnv,
 ) -> None:
     crime_ref, victim_id = new_ref(), new_ref("P")
-    five_days_ago = datetime.now(UTC) - timedelta(days=5)
+    ten_days_ago = datetime.now(UTC) - timedelta(days=10)
     bridge.start_worker()
     run_until_handled(
         bridge,
@@ -171,7 +178,7 @@ def test_a_hold_that_ended_before_the_case_arrived_gives_a_leaflet_task_at_once(
             victim_id=victim_id,
             category="sexual",
             ho_class="17",
-            reported_at=five_days_ago,
+            reported_at=ten_days_ago,
         ),
         distinct=1,
     )
@@ -179,8 +186,6 @@ def test_a_hold_that_ended_before_the_case_arrived_gives_a_leaflet_task_at_once(
     assert len(tasks) == 1
     task = tasks[0].json()
     assert tasks[0].routing_key == "task.leaflet"
-    assert task["data"]["reason"] == "consent_not_obtained"
-    assert task["data"]["task_id"] == ids.leaflet_task_id(
-        crime_ref, victim_id, "consent_not_obtained"
-    )
+    assert task["data"]["reason"] == "consent_needed"
+    assert task["data"]["task_id"] == ids.leaflet_task_id(crime_ref, victim_id, "consent_needed")
     assert bridge.take_all(bridge.collect_referrals) == []

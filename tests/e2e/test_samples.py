@@ -85,15 +85,41 @@ def test_the_asb_incident_victim_who_consented_is_referred_once(samples_run: Sam
     assert [r.message_id for r in samples_run.referrals].count(expected) == 1
 
 
-def test_the_consent_update_causes_no_second_referral(samples_run: SamplesRun) -> None:
-    assert len(samples_run.referrals) == 2
+def test_the_consent_update_causes_no_second_referral_but_an_update(
+    samples_run: SamplesRun,
+) -> None:
+    """The provider held "no objection"; the sample records consent given (rules.md version 2:
+    any other change to what the provider holds is sent as an update)."""
+    assert [r.json()["type"] for r in samples_run.referrals] == [
+        "victim.referral.created",
+        "victim.referral.created",
+        "victim.referral.updated",
+    ]
+    burglary = ids.referral_id(LANCASHIRE, BURGLARY["data"]["crime_ref"], BURGLARY_VICTIM)
+    assert samples_run.referrals[2].message_id == ids.update_id(burglary, 2)
     assert samples_run.tasks == []
+
+
+def test_the_provider_opens_the_update_with_the_cli(samples_run: SamplesRun) -> None:
+    keys = samples_run.env.keys
+    opened = open_with_cli(
+        samples_run.referrals[2].body,
+        key=key_path(keys, provider_kid(LANCASHIRE), "private"),
+        verify_with=key_path(keys, BRIDGE_KID, "public"),
+    )
+    assert opened.returncode == RET_OK, opened.stderr.decode()
+    document = json.loads(opened.stdout)
+    assert document["envelope"]["type"] == "victim.referral.updated"
+    payload = document["payload"]
+    assert payload["revision"] == 2
+    assert payload["consent"]["state"] == "given"
+    assert payload["lawful_basis"] == CONSENT["data"]["lawful_basis"]
 
 
 def test_each_referral_goes_to_the_provider_as_a_sealed_cloudevent(
     samples_run: SamplesRun,
 ) -> None:
-    for referral in samples_run.referrals:
+    for referral in samples_run.referrals[:2]:
         envelope = referral.json()
         assert referral.routing_key == LANCASHIRE
         assert envelope["id"] == referral.message_id

@@ -677,3 +677,58 @@ class TestWithdrawalOrder:
         assert record is not None
         assert record.referral_id == REFERRAL
         assert json.loads(record.envelope)["type"] == "victim.referral.withdrawn"
+
+
+def phone_changed() -> Any:
+    """Version 2 of `burglary(CRIME_REF)`: the victim has a new phone number."""
+    moved = make_crime(make_victim("P-0001", phone="07700 900456"), version=2)
+    return inbound(cloudevent(moved, event_type="crime.recorded"))
+
+
+class TestUpdatesOverHttps:
+    """Rules version 2: updates go to the provider's inbox exactly as referrals do."""
+
+    def test_an_update_is_posted_after_its_referral_and_applied_by_the_inbox(
+        self,
+        build: Builder,
+        ledger: Ledger,
+        keys: KeyMaterial,
+        pki: Pki,
+        lancashire: Inbox,
+    ) -> None:
+        service = build({LANCASHIRE: https_route(pki, LANCASHIRE, lancashire.url)})
+        service.handle(burglary(CRIME_REF))
+
+        assert service.handle(phone_changed()) == Ack()
+
+        update_id = ids.update_id(REFERRAL, 2)
+        assert lancashire.store.message_ids() == [REFERRAL, update_id]
+        assert lancashire.store.current(REFERRAL) == (update_id, 2, False)
+        record = lancashire.store.get(update_id)
+        assert record is not None
+        payload = open_sealed(
+            record.token,
+            decryption_keys=keys.provider_keys(LANCASHIRE),
+            verification_keys=keys.bridge_verification_keys(),
+        )
+        assert payload["victim"]["contact"]["phone"] == "07700 900456"
+        assert audit_details(ledger, update_id) == ["delivered by https"]
+
+    def test_an_update_waits_while_its_referral_is_parked(
+        self,
+        build: Builder,
+        clock: FakeClock,
+        pki: Pki,
+        lancashire: Inbox,
+    ) -> None:
+        lancashire.faults.status = 503
+        service = build({LANCASHIRE: https_route(pki, LANCASHIRE, lancashire.url)})
+        service.handle(burglary(CRIME_REF))
+        service.handle(phone_changed())
+        assert lancashire.store.message_ids() == []
+        lancashire.faults.status = None
+
+        clock.advance(timedelta(hours=1))
+        service.flush()
+
+        assert lancashire.store.message_ids() == [REFERRAL, ids.update_id(REFERRAL, 2)]

@@ -18,6 +18,7 @@ from tests.integration.test_delivery_helpers import HOMICIDE, LANCASHIRE
 
 CREATED = "victim.referral.created"
 WITHDRAWN = "victim.referral.withdrawn"
+UPDATED = "victim.referral.updated"
 
 
 @pytest.fixture(scope="module")
@@ -47,9 +48,17 @@ def referral(referral_id: str = "r-1", provider: str = LANCASHIRE) -> dict[str, 
     return {"referral_id": referral_id, "provider": provider, "victim": {"name": "X"}}
 
 
-def withdrawal(referral_id: str = "r-1") -> dict[str, Any]:
-    # As the contract has it: a withdrawal names no provider.
-    return {"referral_id": referral_id, "withdrawn_at": "2026-11-23T10:41:00Z"}
+def withdrawal(referral_id: str = "r-1", provider: str = LANCASHIRE) -> dict[str, Any]:
+    # Contract version 2: a withdrawal names its provider in the signed payload.
+    return {
+        "referral_id": referral_id,
+        "provider": provider,
+        "withdrawn_at": "2026-11-23T10:41:00Z",
+    }
+
+
+def update(referral_id: str = "r-1", revision: int = 2, name: str = "Y") -> dict[str, Any]:
+    return {**referral(referral_id), "victim": {"name": name}, "revision": revision}
 
 
 def post(
@@ -108,11 +117,83 @@ class TestAddressAndType:
     def test_a_withdrawal_naming_another_provider_is_refused(
         self, inbox: ReferralInbox, keys: KeyMaterial
     ) -> None:
-        payload = {**withdrawal(), "provider": HOMICIDE}
+        """Issue 10 finding 8: another provider's withdrawal replayed to this one."""
+        payload = withdrawal(provider=HOMICIDE)
 
         answer = post(inbox, keys, payload, ids.withdrawal_id("r-1"), WITHDRAWN)
 
         assert (answer.status, answer.code) == (400, "wrong_provider")
+
+    def test_a_withdrawal_naming_no_provider_is_refused(
+        self, inbox: ReferralInbox, keys: KeyMaterial
+    ) -> None:
+        payload = {k: v for k, v in withdrawal().items() if k != "provider"}
+
+        answer = post(inbox, keys, payload, ids.withdrawal_id("r-1"), WITHDRAWN)
+
+        assert (answer.status, answer.code) == (400, "no_provider")
+
+
+class TestUpdatesAndWithdrawals:
+    """The inbox applies an update, marks a withdrawal, and never accepts an update for a
+    referral it does not hold."""
+
+    def test_an_update_replaces_what_is_held_for_its_referral(
+        self, inbox: ReferralInbox, keys: KeyMaterial, store: InboxStore
+    ) -> None:
+        post(inbox, keys, referral(), "r-1", CREATED)
+
+        answer = post(inbox, keys, update(), ids.update_id("r-1", 2), UPDATED)
+
+        assert (answer.status, answer.code) == (201, "accepted")
+        assert store.current("r-1") == (ids.update_id("r-1", 2), 2, False)
+
+    def test_an_older_revision_arriving_late_does_not_replace_a_newer_one(
+        self, inbox: ReferralInbox, keys: KeyMaterial, store: InboxStore
+    ) -> None:
+        post(inbox, keys, referral(), "r-1", CREATED)
+        post(inbox, keys, update(revision=3), ids.update_id("r-1", 3), UPDATED)
+
+        answer = post(inbox, keys, update(revision=2), ids.update_id("r-1", 2), UPDATED)
+
+        assert answer.status == 201
+        assert store.current("r-1") == (ids.update_id("r-1", 3), 3, False)
+
+    def test_an_update_for_a_referral_not_held_is_refused(
+        self, inbox: ReferralInbox, keys: KeyMaterial, store: InboxStore
+    ) -> None:
+        answer = post(inbox, keys, update(), ids.update_id("r-1", 2), UPDATED)
+
+        assert (answer.status, answer.code) == (422, "unknown_referral")
+        assert store.count() == 0
+
+    def test_an_update_under_an_id_that_is_not_its_own_is_refused(
+        self, inbox: ReferralInbox, keys: KeyMaterial
+    ) -> None:
+        post(inbox, keys, referral(), "r-1", CREATED)
+
+        answer = post(inbox, keys, update(), ids.update_id("r-1", 3), UPDATED)
+
+        assert (answer.status, answer.code) == (400, "id_mismatch")
+
+    def test_a_referral_replayed_as_an_update_is_refused(
+        self, inbox: ReferralInbox, keys: KeyMaterial
+    ) -> None:
+        answer = post(inbox, keys, referral(), ids.update_id("r-1", 2), UPDATED)
+
+        assert (answer.status, answer.code) == (400, "type_mismatch")
+
+    def test_a_withdrawal_marks_the_referral_and_refuses_later_updates(
+        self, inbox: ReferralInbox, keys: KeyMaterial, store: InboxStore
+    ) -> None:
+        post(inbox, keys, referral(), "r-1", CREATED)
+
+        withdrawn = post(inbox, keys, withdrawal(), ids.withdrawal_id("r-1"), WITHDRAWN)
+        late = post(inbox, keys, update(), ids.update_id("r-1", 2), UPDATED)
+
+        assert withdrawn.status == 201
+        assert store.current("r-1") == ("r-1", 1, True)
+        assert (late.status, late.code) == (422, "referral_withdrawn")
 
 
 class TestStoreFiles:

@@ -225,6 +225,10 @@ class TestScheduler:
                 calls.append("expire_holds")
                 raise ValueError("a bug")
 
+            def review_crime_recording(self) -> int:
+                calls.append("review_crime_recording")
+                return 0
+
             def issue_overdue_fallbacks(self) -> int:
                 calls.append("issue_overdue_fallbacks")
                 raise httpx.DecodingError("odd")
@@ -236,7 +240,12 @@ class TestScheduler:
         bridge = cast(Bridge, type("FakeBridge", (), {"service": Service()})())
         Scheduler(bridge, interval=5.0, monotonic=lambda: 100.0)()
 
-        assert calls == ["expire_holds", "issue_overdue_fallbacks", "flush"]
+        assert calls == [
+            "expire_holds",
+            "review_crime_recording",
+            "issue_overdue_fallbacks",
+            "flush",
+        ]
 
 
 class TestConsumerIsNeverHeldLong:

@@ -158,6 +158,7 @@ class TestMetricsAfterAKnownWorkload:
         assert decisions == {
             ("refer", "not_objected"): 2.0,
             ("hold", "awaiting_consent"): 1.0,
+            ("leaflet", "consent_needed"): 1.0,
             ("leaflet", "declined"): 1.0,
         }
 

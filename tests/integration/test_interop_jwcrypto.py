@@ -217,8 +217,40 @@ class TestTheDocsWorkedExample:
     def test_it_accepts_a_withdrawal_under_its_own_id(
         self, keys: KeyMaterial, docs_example: Any
     ) -> None:
-        payload = {"referral_id": "r-1", "withdrawn_at": "2026-11-23T10:41:00Z"}
+        payload = {
+            "referral_id": "r-1",
+            "provider": PROVIDER,
+            "withdrawn_at": "2026-11-23T10:41:00Z",
+        }
         token = keys.sealer().seal(PROVIDER, payload)
         body = envelope(token, ids.withdrawal_id("r-1"), "victim.referral.withdrawn")
 
         assert docs_example["open_referral"](body) == payload
+
+    def test_it_refuses_a_withdrawal_naming_no_provider(
+        self, keys: KeyMaterial, docs_example: Any
+    ) -> None:
+        payload = {"referral_id": "r-1", "withdrawn_at": "2026-11-23T10:41:00Z"}
+        token = keys.sealer().seal(PROVIDER, payload)
+        body = envelope(token, ids.withdrawal_id("r-1"), "victim.referral.withdrawn")
+
+        with pytest.raises(docs_example["Refused"], match="wrong_provider"):
+            docs_example["open_referral"](body)
+
+    def test_it_accepts_an_update_under_its_own_id(
+        self, keys: KeyMaterial, docs_example: Any
+    ) -> None:
+        payload = {"referral_id": "r-1", "provider": PROVIDER, "victim": {}, "revision": 2}
+        token = keys.sealer().seal(PROVIDER, payload)
+        body = envelope(token, ids.update_id("r-1", 2), "victim.referral.updated")
+
+        assert docs_example["open_referral"](body) == payload
+
+    def test_it_refuses_an_update_sent_as_a_referral(
+        self, keys: KeyMaterial, docs_example: Any
+    ) -> None:
+        payload = {"referral_id": "r-1", "provider": PROVIDER, "victim": {}, "revision": 2}
+        token = keys.sealer().seal(PROVIDER, payload)
+
+        with pytest.raises(docs_example["Refused"], match="type_mismatch"):
+            docs_example["open_referral"](envelope(token, "r-1", "victim.referral.created"))

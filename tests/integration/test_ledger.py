@@ -108,28 +108,46 @@ class TestMigrations:
 class TestProcessedEvents:
     def test_an_event_is_processed_only_once_it_is_marked(self, ledger: Ledger) -> None:
         with ledger.transaction() as tx:
-            assert not tx.is_processed("e-1")
-            tx.mark_processed("e-1", "crime.recorded", CRIME, "decided", AT)
+            assert not tx.is_processed("e-1", source="test")
+            tx.mark_processed("e-1", "crime.recorded", CRIME, "decided", AT, source="test")
         with ledger.transaction() as tx:
-            assert tx.is_processed("e-1")
-            assert not tx.is_processed("e-2")
+            assert tx.is_processed("e-1", source="test")
+            assert not tx.is_processed("e-2", source="test")
+
+    def test_the_same_id_from_another_source_is_another_event(self, ledger: Ledger) -> None:
+        """Contract version 2: duplicates are recognised by `source` + `id`."""
+        with ledger.transaction() as tx:
+            tx.mark_processed("e-1", "crime.recorded", CRIME, "decided", AT, source="niche")
+        with ledger.transaction() as tx:
+            assert tx.is_processed("e-1", source="niche")
+            assert not tx.is_processed("e-1", source="storm")
+            tx.mark_processed("e-1", "crime.recorded", CRIME, "decided", AT, source="storm")
+        with ledger.transaction() as tx:
+            assert tx.is_processed("e-1", source="storm")
+
+    def test_an_id_seen_before_sources_were_kept_matches_any_source(self, ledger: Ledger) -> None:
+        """Rows migrated from schema version 2 have source "" (the id alone decided then)."""
+        with ledger.transaction() as tx:
+            tx.mark_processed("e-old", "crime.recorded", CRIME, "decided", AT, source="")
+        with ledger.transaction() as tx:
+            assert tx.is_processed("e-old", source="niche")
 
     def test_marking_the_same_event_twice_violates_the_primary_key(self, ledger: Ledger) -> None:
         with ledger.transaction() as tx:
-            tx.mark_processed("e-1", "crime.recorded", CRIME, "decided", AT)
+            tx.mark_processed("e-1", "crime.recorded", CRIME, "decided", AT, source="test")
         with pytest.raises(IntegrityError), ledger.transaction() as tx:
-            tx.mark_processed("e-1", "crime.recorded", CRIME, "decided", AT)
+            tx.mark_processed("e-1", "crime.recorded", CRIME, "decided", AT, source="test")
 
     def test_a_failed_transaction_leaves_nothing_behind(self, ledger: Ledger) -> None:
         def fail_after_marking() -> None:
             with ledger.transaction() as tx:
-                tx.mark_processed("e-1", "crime.recorded", CRIME, "decided", AT)
+                tx.mark_processed("e-1", "crime.recorded", CRIME, "decided", AT, source="test")
                 raise RuntimeError("boom")
 
         with pytest.raises(RuntimeError):
             fail_after_marking()
         with ledger.transaction() as tx:
-            assert not tx.is_processed("e-1")
+            assert not tx.is_processed("e-1", source="test")
 
 
 class TestRecords:

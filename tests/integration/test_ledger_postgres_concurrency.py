@@ -191,6 +191,8 @@ class Outcome:
 
     referrals: Counter[tuple[str, str, str]]
     leaflets: Counter[tuple[str, str, str]]
+    #: Updates and withdrawals (a crime recorded from a referred incident updates its referral).
+    follow_ups: int
     processed: int
     unpublished: int
     workers: list[Worker]
@@ -223,7 +225,7 @@ def race(ledger_url: str, seed: int) -> Outcome:
         )
         assert errors == [], [repr(e)[:300] for e in errors]
 
-        clock.advance(timedelta(days=2))
+        clock.advance(timedelta(days=8))  # past the consent wait (5 working days)
         errors = run_together(workers, [w.service.expire_holds for w in workers])
         assert errors == [], [repr(e)[:300] for e in errors]
         return outcome(workers)
@@ -240,15 +242,19 @@ def outcome(workers: list[Worker]) -> Outcome:
         processed = len(connection.execute(select(t.processed_events.c.event_id)).all())
     referrals: Counter[tuple[str, str, str]] = Counter()
     leaflets: Counter[tuple[str, str, str]] = Counter()
+    follow_ups = 0
     for row in actions:
         matter = links.get(row.case_ref, row.case_ref)
         if row.action == "referral":
             referrals[(row.victim_id, row.provider, matter)] += 1
         elif row.action == "leaflet":
             leaflets[(row.victim_id, row.target, matter)] += 1
+        else:
+            follow_ups += 1
     return Outcome(
         referrals=referrals,
         leaflets=leaflets,
+        follow_ups=follow_ups,
         processed=processed,
         unpublished=len(ledger.unpublished()),
         workers=workers,
@@ -279,20 +285,23 @@ class TestCompetingWorkers:
         assert {key: n for key, n in result.referrals.items() if n != 1} == {}
         assert {victim for victim, _, _ in result.referrals} == workload().referred
 
-    def test_each_held_victim_gets_exactly_one_leaflet_task_when_the_hold_ends(
+    def test_each_held_victim_gets_exactly_one_consent_needed_task_and_no_second(
         self, result: Outcome
     ) -> None:
         held = {
             victim: n
             for (victim, reason, _), n in result.leaflets.items()
-            if reason == "consent_not_obtained"
+            if reason == "consent_needed" and victim in workload().held
         }
         assert held == dict.fromkeys(workload().held, 1)
+        assert [key for key in result.leaflets if key[1] == "consent_not_obtained"] == []
 
     def test_every_outbox_message_is_published_by_some_worker(self, result: Outcome) -> None:
         published = {m.message_id for w in result.workers for m in w.publisher.sent}
         assert result.unpublished == 0
-        assert len(published) == sum(result.referrals.values()) + sum(result.leaflets.values())
+        assert len(published) == (
+            sum(result.referrals.values()) + sum(result.leaflets.values()) + result.follow_ups
+        )
 
     def test_only_lost_races_are_retried(self, result: Outcome) -> None:
         retried = set().union(*(w.retries for w in result.workers))

@@ -7,6 +7,7 @@ builds, so these tests pin the service's behaviour end to end short of the broke
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -14,13 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, func, select
+from sqlalchemy import create_engine, func, inspect, select
 from structlog.testing import capture_logs
 
 from referral_bridge.core import ids
+from referral_bridge.core.calendar import WorkingDayCalendar
 from referral_bridge.core.events import (
     ConsentState,
     CrimeRecorded,
+    CrimeStatus,
     DeadLetterReason,
     IncidentRecorded,
 )
@@ -66,6 +69,7 @@ from tests.unit.factories import (
 
 CREATED = "victim.referral.created"
 WITHDRAWN = "victim.referral.withdrawn"
+UPDATED = "victim.referral.updated"
 LEAFLET = "officer.task.leaflet"
 LANCASHIRE = "lancashire-victim-services"
 VICTIM = "P-0001"
@@ -236,17 +240,19 @@ class TestSamples:
         assert [m.type for m in publisher.sent] == [CREATED]
         assert action_rows(ledger) == [("referral", "INC-20261124-0988", "P-00455120", LANCASHIRE)]
 
-    def test_the_consent_sample_after_its_crime_was_referred_sends_nothing_new(
+    def test_the_consent_sample_after_its_crime_was_referred_updates_the_consent_held(
         self, service: ReferralService, publisher: RecordingPublisher, ledger: Ledger
     ) -> None:
+        """The provider held "no objection"; it is told consent was given (rules.md: any other
+        change to what the provider holds is an update), and nobody is referred twice."""
         service.handle(inbound(sample("crime-recorded-burglary.json")))
         verdict = service.handle(
             inbound(sample("consent-updated.json"), routing_key="consent.updated")
         )
 
         assert verdict == Ack()
-        assert [m.type for m in publisher.sent] == [CREATED]
-        assert [row[0] for row in action_rows(ledger)] == ["referral"]
+        assert [m.type for m in publisher.sent] == [CREATED, UPDATED]
+        assert [row[0] for row in action_rows(ledger)] == ["referral", "update"]
 
 
 # --- duplicates and versions ------------------------------------------------------------------
@@ -299,7 +305,10 @@ class TestDuplicatesAndVersions:
         newer = make_crime(declined, category="sexual", ho_class="19C", version=2)
 
         assert service.handle(crime_message(newer)) == Ack()
-        assert [m.event["data"]["reason"] for m in publisher.of_type(LEAFLET)] == ["declined"]
+        assert [m.event["data"]["reason"] for m in publisher.of_type(LEAFLET)] == [
+            "consent_needed",
+            "declined",
+        ]
 
 
 # --- consent and holds ------------------------------------------------------------------------
@@ -325,29 +334,38 @@ class TestConsentAndHolds:
         [message] = publisher.sent
         payload = opened(message, keys, LANCASHIRE)
         assert payload["service"] == "sexual_violence"
-        assert payload["consent"]["referral"] == "given"
+        assert payload["consent"]["state"] == "given"
+        assert payload["consent"]["regime"] == "explicit"
+        assert payload["lawful_basis"] == "consent"  # the consent event's own basis wins
 
-    def test_an_explicit_consent_case_is_held_without_sending_anything(
+    def test_an_explicit_consent_case_is_held_and_the_officer_asked_at_once(
         self, service: ReferralService, publisher: RecordingPublisher, ledger: Ledger
     ) -> None:
+        """rules.md version 2, change 2: the task is due by the leaflet deadline (1 working
+        day), and the hold only waits for consent (5 working days)."""
         assert service.handle(crime_message(sexual_crime())) == Ack()
 
-        assert publisher.sent == []
+        [task] = publisher.sent
+        assert (task.type, task.event["data"]["reason"]) == (LEAFLET, "consent_needed")
+        due_by = datetime.fromisoformat(task.event["data"]["due_by"])
+        assert due_by == REPORTED_AT + timedelta(days=1)  # Tuesday, same wall-clock time
+        assert due_by > START
         with ledger.transaction() as tx:
             hold = tx.load_state(CRIME_REF, {CRIME_REF}).history[VICTIM].hold
         assert hold is not None
         assert hold.open
-        assert hold.until == REPORTED_AT + timedelta(days=1)  # Tuesday, same wall-clock time
+        assert hold.until == REPORTED_AT + timedelta(days=7)  # 5 working days: next Monday
 
-    def test_expiring_holds_before_the_hold_ends_does_nothing(
-        self, service: ReferralService, publisher: RecordingPublisher
+    def test_expiring_holds_before_the_consent_wait_ends_does_nothing(
+        self, service: ReferralService, publisher: RecordingPublisher, clock: FakeClock
     ) -> None:
         service.handle(crime_message(sexual_crime()))
+        clock.advance(timedelta(days=2))
 
         assert service.expire_holds() == 0
-        assert publisher.sent == []
+        assert [m.event["data"]["reason"] for m in publisher.sent] == ["consent_needed"]
 
-    def test_a_hold_that_ends_without_consent_becomes_a_leaflet_task(
+    def test_a_hold_that_ends_without_consent_closes_with_no_second_task(
         self,
         service: ReferralService,
         publisher: RecordingPublisher,
@@ -355,7 +373,7 @@ class TestConsentAndHolds:
         clock: FakeClock,
     ) -> None:
         service.handle(crime_message(sexual_crime()))
-        clock.advance(timedelta(days=2))
+        clock.advance(timedelta(days=8))
 
         assert service.expire_holds() == 1
 
@@ -365,20 +383,23 @@ class TestConsentAndHolds:
             TASKS_EXCHANGE,
             "task.leaflet",
         )
-        assert task.event["data"]["reason"] == "consent_not_obtained"
+        assert task.event["data"]["reason"] == "consent_needed"
         assert task.event["data"]["victim_id"] == VICTIM
         with ledger.transaction() as tx:
             hold = tx.load_state(CRIME_REF, {CRIME_REF}).history[VICTIM].hold
         assert hold is not None
         assert not hold.open
         assert ledger.due_holds(clock.now()) == []
+        with ledger.engine.connect() as connection:
+            reasons = connection.execute(
+                select(t.decisions.c.outcome, t.decisions.c.reason).order_by(t.decisions.c.id)
+            ).all()
+        assert ("none", "consent_not_obtained") in [tuple(r) for r in reasons]
 
     def test_a_leaflet_task_carries_no_name_or_contact_details_of_the_victim(
-        self, service: ReferralService, publisher: RecordingPublisher, clock: FakeClock
+        self, service: ReferralService, publisher: RecordingPublisher
     ) -> None:
         service.handle(crime_message(sexual_crime()))
-        clock.advance(timedelta(days=2))
-        service.expire_holds()
 
         [task] = publisher.sent
         assert not [marker for marker in PERSONAL_MARKERS if marker in task.body.decode()]
@@ -387,7 +408,7 @@ class TestConsentAndHolds:
         self, service: ReferralService, publisher: RecordingPublisher, clock: FakeClock
     ) -> None:
         service.handle(crime_message(sexual_crime()))
-        clock.advance(timedelta(days=2))
+        clock.advance(timedelta(days=8))
         service.expire_holds()
 
         verdict = service.handle(consent_message("given", at=clock.now()))
@@ -399,7 +420,7 @@ class TestConsentAndHolds:
         self, service: ReferralService, publisher: RecordingPublisher, clock: FakeClock
     ) -> None:
         service.handle(crime_message(sexual_crime()))
-        clock.advance(timedelta(days=2))
+        clock.advance(timedelta(days=8))
         service.expire_holds()
         clock.advance(timedelta(minutes=5))
 
@@ -431,6 +452,8 @@ class TestWithdrawal:
         payload = opened(withdrawal, keys, LANCASHIRE)
         assert payload["referral_id"] == referral.message_id
         assert (payload["case_ref"], payload["victim_id"]) == (CRIME_REF, VICTIM)
+        assert (payload["provider"], payload["reason"]) == (LANCASHIRE, "withdrawn")
+        assert withdrawal.event["schemaversion"] == 2
 
     def test_withdrawal_without_a_referral_sends_nothing(
         self, service: ReferralService, publisher: RecordingPublisher
@@ -438,9 +461,9 @@ class TestWithdrawal:
         service.handle(crime_message(sexual_crime()))  # held, not referred
 
         assert service.handle(consent_message("withdrawn", at=START)) == Ack()
-        assert publisher.sent == []
+        assert [m.type for m in publisher.sent] == [LEAFLET]
 
-    def test_consent_given_after_a_withdrawal_never_refers_again(
+    def test_consent_given_after_a_withdrawal_refers_again_under_a_new_id(
         self, service: ReferralService, publisher: RecordingPublisher, clock: FakeClock
     ) -> None:
         service.handle(crime_message(make_crime()))
@@ -450,14 +473,17 @@ class TestWithdrawal:
 
         service.handle(consent_message("given", at=clock.now()))
 
-        assert [m.type for m in publisher.sent] == [CREATED, WITHDRAWN]
+        assert [m.type for m in publisher.sent] == [CREATED, WITHDRAWN, CREATED]
+        first, _, again = publisher.sent
+        assert first.message_id == ids.referral_id(LANCASHIRE, CRIME_REF, VICTIM)
+        assert again.message_id == ids.referral_id_for(LANCASHIRE, CRIME_REF, VICTIM, 2)
 
 
 # --- linked incidents and crimes --------------------------------------------------------------
 
 
 class TestLinkedCases:
-    def test_a_crime_linking_an_already_referred_incident_does_not_refer_again(
+    def test_a_crime_linking_an_already_referred_incident_updates_instead_of_referring(
         self, service: ReferralService, publisher: RecordingPublisher, ledger: Ledger
     ) -> None:
         consenting = make_victim(consent=ConsentState.GIVEN, consent_at=REPORTED_AT)
@@ -468,8 +494,11 @@ class TestLinkedCases:
 
         assert service.handle(crime_message(crime)) == Ack()
 
-        assert [m.type for m in publisher.sent] == [CREATED]
-        assert [(a, ref) for a, ref, _, _ in action_rows(ledger)] == [("referral", INCIDENT_REF)]
+        assert [m.type for m in publisher.sent] == [CREATED, UPDATED]
+        assert [(a, ref) for a, ref, _, _ in action_rows(ledger)] == [
+            ("referral", INCIDENT_REF),
+            ("update", CRIME_REF),
+        ]
 
     def test_an_incident_naming_an_already_referred_crime_does_not_refer_again(
         self, service: ReferralService, publisher: RecordingPublisher
@@ -510,9 +539,11 @@ class TestLinkedCases:
         assert service.handle(consent_message("given", at=later, case_ref=CRIME_REF)) == Ack()
         assert service.handle(consent_message("given", at=later, case_ref="LC-26-0000777")) == Ack()
 
-        assert [m.type for m in publisher.sent] == [CREATED]
+        assert [m.type for m in publisher.sent].count(CREATED) == 1
         referrals = [row for row in action_rows(ledger) if row[0] == "referral"]
         assert [(ref, victim) for _, ref, victim, _ in referrals] == [(INCIDENT_REF, VICTIM)]
+        updates = [ref for action, ref, _, _ in action_rows(ledger) if action == "update"]
+        assert set(updates) == {CRIME_REF}  # the other crime leaves it to the first
 
     def test_an_open_hold_under_an_incident_ends_when_a_crime_is_recorded_from_it(
         self, service: ReferralService, ledger: Ledger, clock: FakeClock
@@ -545,7 +576,7 @@ class TestHoldExpiryFailures:
                 .where(t.records.c.record_ref == CRIME_REF)
                 .values(snapshot={"not": "a crime"})
             )
-        clock.advance(timedelta(days=5))
+        clock.advance(timedelta(days=8))
 
         service.expire_holds()
 
@@ -557,7 +588,8 @@ class TestHoldExpiryFailures:
         assert postponed.until > clock.now()
         assert ended is not None
         assert not ended.open
-        assert [m.type for m in publisher.sent] == [LEAFLET]
+        # The two consent_needed tasks went out at once; the ended hold sends nothing more.
+        assert [m.type for m in publisher.sent] == [LEAFLET, LEAFLET]
 
 
 # --- failures ---------------------------------------------------------------------------------
@@ -870,3 +902,269 @@ class TestOrdering:
         assert verdict == Ack()
         assert len(publisher.of_type(CREATED)) == 2
         assert ledger.unpublished() == []
+
+
+# --- crime data integrity (rules.md version 2, change 6) ---------------------------------------
+
+CRIME_REVIEW = "officer.task.crime_review"
+CALENDAR = WorkingDayCalendar()
+
+
+def disclosed_incident(**changes: Any) -> IncidentRecorded:
+    incident = make_incident(category="crime_reported", crime_disclosed=True)
+    return incident.model_copy(update=changes)
+
+
+def review_row(ledger: Ledger) -> Any:
+    with ledger.engine.connect() as connection:
+        return connection.execute(
+            select(t.crime_reviews).where(t.crime_reviews.c.incident_ref == INCIDENT_REF)
+        ).first()
+
+
+class TestCrimeReview:
+    def test_no_crime_recorded_24_hours_after_a_disclosure_gives_one_review_task(
+        self,
+        service: ReferralService,
+        publisher: RecordingPublisher,
+        ledger: Ledger,
+        clock: FakeClock,
+    ) -> None:
+        service.handle(incident_message(disclosed_incident()))
+        assert service.review_crime_recording() == 0  # not yet due
+        clock.advance(timedelta(hours=24))
+
+        assert service.review_crime_recording() == 1
+        clock.advance(timedelta(hours=1))
+        assert service.review_crime_recording() == 0
+
+        [task] = publisher.of_type(CRIME_REVIEW)
+        assert (task.exchange, task.routing_key) == (TASKS_EXCHANGE, "task.crime_review")
+        data = task.event["data"]
+        assert data["task_id"] == ids.crime_review_task_id(INCIDENT_REF)
+        assert (data["incident_ref"], data["incident_category"]) == (
+            INCIDENT_REF,
+            "crime_reported",
+        )
+        assert data["reason"] == "crime_not_recorded"
+        raised = START + timedelta(hours=24)
+        assert datetime.fromisoformat(data["due_by"]) == CALENDAR.add_working_days(raised, 1)
+        assert not [marker for marker in PERSONAL_MARKERS if marker in task.body.decode()]
+
+    def test_a_crime_recorded_in_time_gives_no_task_and_records_the_resolution(
+        self,
+        service: ReferralService,
+        publisher: RecordingPublisher,
+        ledger: Ledger,
+        clock: FakeClock,
+    ) -> None:
+        service.handle(incident_message(disclosed_incident()))
+        clock.advance(timedelta(hours=3))
+        crime = make_crime().model_copy(update={"linked_incident_refs": (INCIDENT_REF,)})
+        service.handle(crime_message(crime))
+        clock.advance(timedelta(days=2))
+
+        assert service.review_crime_recording() == 0
+        assert publisher.of_type(CRIME_REVIEW) == []
+        row = review_row(ledger)
+        assert (row.resolution, row.raised_at) == ("recorded_in_time", None)
+
+    def test_a_crime_recorded_after_the_task_is_recorded_as_the_resolution(
+        self,
+        service: ReferralService,
+        publisher: RecordingPublisher,
+        ledger: Ledger,
+        clock: FakeClock,
+    ) -> None:
+        service.handle(incident_message(disclosed_incident()))
+        clock.advance(timedelta(hours=30))
+        service.review_crime_recording()
+        incident = disclosed_incident(version=2, linked_crime_ref=CRIME_REF)
+
+        service.handle(incident_message(incident))
+
+        row = review_row(ledger)
+        assert row.resolution == "recorded_after_review"
+        assert row.resolved_at == clock.now()
+        assert len(publisher.of_type(CRIME_REVIEW)) == 1
+
+    def test_an_incident_with_no_crime_disclosed_is_never_reviewed(
+        self, service: ReferralService, ledger: Ledger, clock: FakeClock
+    ) -> None:
+        service.handle(incident_message(make_incident()))
+        clock.advance(timedelta(days=3))
+
+        assert service.review_crime_recording() == 0
+        assert review_row(ledger) is None
+
+
+class TestCancelledCrime:
+    def test_a_referral_not_yet_delivered_is_cancelled_when_the_crime_is_cancelled(
+        self, ledger: Ledger, keys: KeyMaterial, clock: FakeClock
+    ) -> None:
+        publisher = RecordingPublisher(fail_times=1)  # the referral is parked, not delivered
+        service = make_service(
+            ledger=ledger, sealer=keys.sealer(), publisher=publisher, clock=clock
+        )
+        service.handle(crime_message(make_crime()))
+        assert publisher.sent == []
+        cancelled = make_crime(version=2, status=CrimeStatus.CANCELLED)
+
+        service.handle(crime_message(cancelled))
+        clock.advance(timedelta(hours=1))
+        service.flush()
+
+        assert publisher.sent == []
+        [row] = [d for d in ledger.deliveries(state="cancelled")]
+        assert row.message_id == ids.referral_id(LANCASHIRE, CRIME_REF, VICTIM)
+
+    def test_a_referral_already_delivered_stays_when_the_crime_is_cancelled(
+        self, service: ReferralService, publisher: RecordingPublisher
+    ) -> None:
+        service.handle(crime_message(make_crime()))
+
+        service.handle(crime_message(make_crime(version=2, status=CrimeStatus.CANCELLED)))
+
+        assert [m.type for m in publisher.sent] == [CREATED]
+
+
+class TestOrderingPerReferral:
+    def test_an_update_never_overtakes_the_referral_it_concerns(
+        self, ledger: Ledger, keys: KeyMaterial, clock: FakeClock
+    ) -> None:
+        publisher = RecordingPublisher(fail_times=1)  # the referral is parked
+        service = make_service(
+            ledger=ledger, sealer=keys.sealer(), publisher=publisher, clock=clock
+        )
+        service.handle(crime_message(make_crime()))
+        changed = make_crime(make_victim(phone="07700 900456"), version=2)
+
+        service.handle(crime_message(changed))  # the update waits for its referral
+        assert publisher.sent == []
+        clock.advance(timedelta(hours=1))
+        service.flush()
+
+        referral_id = ids.referral_id(LANCASHIRE, CRIME_REF, VICTIM)
+        assert [(m.type, m.message_id) for m in publisher.sent] == [
+            (CREATED, referral_id),
+            (UPDATED, ids.update_id(referral_id, 2)),
+        ]
+
+
+# --- upgrading a ledger written by the release before rules version 2 ---------------------------
+
+SCHEMA_3_LEDGER = Path(__file__).parent / "data" / "ledger-schema-3.sqlite3"
+
+
+class TestUpgradeFromSchema3:
+    """A ledger written by the release before rules version 2 (schema 3) keeps working after the
+    upgrade: migrated in place at start-up, its referrals are generation 1 with unchanged ids.
+
+    `data/ledger-schema-3.sqlite3` was written by that release's own code (see
+    `data/make_ledger_schema_3.py`), not rebuilt from today's tables.
+    """
+
+    @pytest.fixture
+    def ledger(self, tmp_path: Path) -> Iterator[Ledger]:
+        copy = tmp_path / "ledger.sqlite3"
+        shutil.copyfile(SCHEMA_3_LEDGER, copy)
+        opened = Ledger.open(f"sqlite:///{copy}")
+        yield opened
+        opened.dispose()
+
+    @pytest.fixture
+    def clock(self) -> FakeClock:
+        # After everything that release wrote (its clock ran to START + 2 hours).
+        return FakeClock(START + timedelta(hours=2))
+
+    def test_the_fixture_is_a_schema_3_ledger(self) -> None:
+        import sqlite3
+
+        with sqlite3.connect(SCHEMA_3_LEDGER) as connection:
+            (version,) = connection.execute("SELECT value FROM rb_schema_info").fetchone()
+        assert version == "3"
+
+    def test_opening_migrates_it_to_this_schema_in_place(self, ledger: Ledger) -> None:
+        with ledger.engine.connect() as connection:
+            version = connection.execute(select(t.schema_info.c.value)).scalar_one()
+            keys = inspect(connection).get_pk_constraint(t.processed_events.name)
+            seen = connection.execute(
+                select(t.processed_events.c.source, t.processed_events.c.event_id)
+            ).all()
+        assert version == str(t.SCHEMA_VERSION)
+        assert keys["constrained_columns"] == ["source", "event_id"]
+        assert {(row.source, row.event_id) for row in seen} == {
+            ("", "main-event-1"),
+            ("", "main-event-2"),
+            ("", "main-event-3"),
+        }
+
+    def test_its_referrals_are_generation_1_with_unchanged_ids(self, ledger: Ledger) -> None:
+        with ledger.transaction() as tx:
+            history = tx.load_state(CRIME_REF, {CRIME_REF}).history
+        withdrawn, kept = history["P-0001"], history["P-0002"]
+        assert [(r.referral_id, r.generation) for r in withdrawn.referrals] == [
+            (ids.referral_id(LANCASHIRE, CRIME_REF, "P-0001"), 1)
+        ]
+        assert [w.reason for w in withdrawn.withdrawals] == ["withdrawn"]
+        assert withdrawn.live() == ()
+        assert [(r.referral_id, r.generation) for r in kept.live()] == [
+            (ids.referral_id(LANCASHIRE, CRIME_REF, "P-0002"), 1)
+        ]
+
+    def test_an_event_it_processed_is_still_a_duplicate(
+        self, service: ReferralService, publisher: RecordingPublisher
+    ) -> None:
+        crime = make_crime(make_victim("P-0001"), make_victim("P-0002"))
+        body = cloudevent(crime, event_type="crime.recorded", event_id="main-event-1")
+
+        assert service.process(parse_inbound(body)).result == "duplicate"
+        assert publisher.sent == []
+
+    def test_a_referral_it_sent_is_updated_under_its_own_id(
+        self, service: ReferralService, publisher: RecordingPublisher
+    ) -> None:
+        changed = make_victim("P-0002", phone=FAKE_PHONE.replace("123", "456"))
+        crime = make_crime(make_victim("P-0001"), changed, version=2)
+
+        service.handle(inbound(cloudevent(crime, event_type="crime.recorded")))
+
+        [update] = publisher.sent
+        referral_id = ids.referral_id(LANCASHIRE, CRIME_REF, "P-0002")
+        assert update.type == "victim.referral.updated"
+        assert update.message_id == ids.update_id(referral_id, 2)
+
+    def test_a_victim_it_withdrew_who_agrees_again_is_referred_as_generation_2(
+        self, service: ReferralService, publisher: RecordingPublisher, clock: FakeClock
+    ) -> None:
+        consent = {
+            "case_ref": CRIME_REF,
+            "victim_id": "P-0001",
+            "referral": ConsentState.GIVEN.value,
+            "recorded_at": clock.now().isoformat(),
+            "recorded_by": "PC 0000",
+            "lawful_basis": None,
+        }
+
+        service.handle(
+            inbound(
+                cloudevent(consent, event_type="consent.updated"), routing_key="consent.updated"
+            )
+        )
+
+        created = [m for m in publisher.sent if m.type == "victim.referral.created"]
+        assert [m.message_id for m in created] == [
+            ids.referral_id_for(LANCASHIRE, CRIME_REF, "P-0001", 2)
+        ]
+
+    def test_a_victim_it_held_is_asked_for_consent_when_its_old_hold_ends(
+        self, service: ReferralService, publisher: RecordingPublisher, clock: FakeClock
+    ) -> None:
+        """The old release held for 1 working day with no task; now the officer is asked."""
+        clock.advance(timedelta(days=2))
+
+        assert service.expire_holds() == 1
+
+        [task] = publisher.sent
+        assert task.event["data"]["reason"] == "consent_needed"
+        assert task.event["data"]["victim_id"] == "P-0003"

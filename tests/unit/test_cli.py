@@ -209,7 +209,16 @@ def sample_personal_values(path: Path) -> list[str]:
     return values
 
 
+BURGLARY = SAMPLES / "crime-recorded-burglary.json"
+
+
 class TestRulesExplain:
+    def explain_after(self, event: Path, earlier: Path) -> int:
+        return run(
+            "rules", "explain", str(event), "--after", str(earlier),
+            "--policy", str(POLICY_FILE), "--now", NOW,
+        )  # fmt: skip
+
     def explain(self, sample: str) -> int:
         return run(
             "rules", "explain", str(SAMPLES / sample), "--policy", str(POLICY_FILE), "--now", NOW
@@ -237,7 +246,69 @@ class TestRulesExplain:
     ) -> None:
         self.explain("crime-recorded-burglary.json")
 
-        assert "rule 7 [opt_out]" in capsys.readouterr().out
+        assert "rule 8 [opt_out]" in capsys.readouterr().out
+
+    def test_after_an_earlier_referral_a_declined_consent_shows_the_withdrawal(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        crime = json.loads((SAMPLES / "crime-recorded-burglary.json").read_text("utf-8"))
+        victim_id = crime["data"]["victims"][0]["victim_id"]
+        declined = {
+            "specversion": "1.0",
+            "id": "explain-consent-1",
+            "source": "test",
+            "type": "consent.updated",
+            "schemaversion": 1,
+            "data": {
+                "case_ref": crime["data"]["crime_ref"],
+                "victim_id": victim_id,
+                "referral": "declined",
+                "recorded_at": "2026-11-23T10:30:00Z",
+                "recorded_by": "PC 0000",
+            },
+        }
+        consent = tmp_path / "declined.json"
+        consent.write_text(json.dumps(declined), encoding="utf-8")
+
+        code = self.explain_after(consent, BURGLARY)
+
+        out = capsys.readouterr().out
+        assert code == cli.RET_OK
+        assert "after 1 earlier event(s)" in out
+        assert f"victim {victim_id}: WITHDRAW (declined) -> lancashire-victim-services" in out
+        assert f"victim {victim_id}: LEAFLET (declined)" in out
+
+    def test_an_incident_with_a_crime_disclosed_shows_the_crime_rules_and_the_review(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        incident = json.loads((SAMPLES / "incident-recorded-asb.json").read_text("utf-8"))
+        incident["data"].update(crime_disclosed=True, category="domestic_incident")
+        disclosed = tmp_path / "disclosed.json"
+        disclosed.write_text(json.dumps(incident), encoding="utf-8")
+
+        code = run("rules", "explain", str(disclosed), "--policy", str(POLICY_FILE), "--now", NOW)
+
+        out = capsys.readouterr().out
+        assert code == cli.RET_OK
+        assert "rule 6 [explicit]" in out  # domestic abuse, from the incident category
+        assert "officer.task.crime_review" in out
+
+    def test_after_an_earlier_referral_a_new_version_shows_the_update(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        crime = json.loads((SAMPLES / "crime-recorded-burglary.json").read_text("utf-8"))
+        crime["id"] = "explain-v2"
+        crime["data"]["version"] += 1
+        crime["data"]["victims"][0]["contact"]["preferred"] = "post"
+        newer = tmp_path / "v2.json"
+        newer.write_text(json.dumps(crime), encoding="utf-8")
+
+        code = self.explain_after(newer, BURGLARY)
+
+        out = capsys.readouterr().out
+        assert code == cli.RET_OK
+        assert "UPDATE (referral_changed)" in out
+        assert "to revision 2" in out
 
     @pytest.mark.parametrize("sample", sorted(p.name for p in SAMPLES.glob("*.json")))
     def test_an_explanation_holds_no_personal_data_from_the_sample(

@@ -29,6 +29,7 @@ from referral_bridge.core.history import (
     SentWithdrawal,
     VictimHistory,
 )
+from referral_bridge.core.replay import carry_out
 from tests.unit.factories import (
     ADULT_DOB,
     CRIME_REF,
@@ -64,12 +65,26 @@ def wd(days: int, start: datetime = REPORTED_AT) -> datetime:
     return CALENDAR.add_working_days(start, days)
 
 
+def decide_all(
+    case: CaseSnapshot, past: VictimHistory | None = None, *, now: datetime = NOW
+) -> tuple[Decision, ...]:
+    """Every decision for the case's first victim."""
+    history: Mapping[str, VictimHistory] = {case.victims[0].victim_id: past} if past else {}
+    decisions = decide(case, history, default_policy(), now, CALENDAR)
+    return tuple(d for d in decisions if d.victim_id == case.victims[0].victim_id)
+
+
 def decide_one(
     case: CaseSnapshot, past: VictimHistory | None = None, *, now: datetime = NOW
 ) -> Decision:
-    history: Mapping[str, VictimHistory] = {case.victims[0].victim_id: past} if past else {}
-    (decision,) = decide(case, history, default_policy(), now, CALENDAR)
+    (decision,) = decide_all(case, past, now=now)
     return decision
+
+
+def referred(case: CaseSnapshot, *, now: datetime = NOW) -> VictimHistory:
+    """The first victim's history after the case was decided and carried out at `now`."""
+    decisions = decide(case, {}, default_policy(), now, CALENDAR)
+    return carry_out({}, decisions, now).get(case.victims[0].victim_id, VictimHistory())
 
 
 def referral(provider: str = LVS, service: str = "general") -> SentReferral:
@@ -95,14 +110,17 @@ class Row:
     past: VictimHistory | None = None
     now: datetime = NOW
     extra: dict[str, object] = field(default_factory=dict)
+    #: Further decisions for the same victim, (outcome, reason), in order.
+    also: tuple[tuple[Outcome, str], ...] = ()
 
 
 def check(row: Row) -> Decision:
-    decision = decide_one(row.case, row.past, now=row.now)
+    decision, *more = decide_all(row.case, row.past, now=row.now)
     got = (decision.rule, decision.outcome, decision.reason, decision.provider, decision.service)
     assert got == (row.rule, row.outcome, row.reason, row.provider, row.service)
     for name, value in row.extra.items():
         assert getattr(decision, name) == value, name
+    assert [(d.outcome, d.reason) for d in more] == list(row.also)
     return decision
 
 
@@ -114,45 +132,89 @@ RULE_ROWS = {
         crime_case(make_victim(kind=ORG, consent=GIVEN, contact_person=FAKE_CONTACT_PERSON)),
         "1", Outcome.REFER, "consent_given", LVS, "business",
     ),
-    "2: a deceased victim gets nothing": Row(
+    "2: a deceased victim with no bereaved relative recorded: one task to record the family": Row(
         crime_case(make_victim(deceased=True, consent=GIVEN), category="homicide"),
+        "2", Outcome.LEAFLET, "bereaved_not_recorded", LVS, extra={"due_by": wd(1)},
+    ),
+    "2: a deceased victim with a bereaved relative recorded gets nothing": Row(
+        crime_case(
+            make_victim(deceased=True),
+            make_victim("P-0002", relationship=Relationship.BEREAVED_RELATIVE),
+            category="homicide",
+        ),
         "2", Outcome.NONE, "deceased",
     ),
-    "3: a homicide victim goes to the homicide service": Row(
-        crime_case(make_victim(consent=GIVEN), category="homicide", ho_class="2"),
+    "3: a relative bereaved by homicide goes to the homicide service": Row(
+        crime_case(
+            make_victim(consent=GIVEN, relationship=Relationship.BEREAVED_RELATIVE),
+            category="homicide",
+        ),
         "3", Outcome.REFER, "consent_given", HOMICIDE, "homicide",
     ),
-    "3: a bereaved relative goes to the homicide service": Row(
+    "4: a relative bereaved by dangerous driving goes to bereaved support, not homicide": Row(
         crime_case(
             make_victim(consent=GIVEN, relationship=Relationship.BEREAVED_RELATIVE),
             category="vehicle",
         ),
-        "3", Outcome.REFER, "consent_given", HOMICIDE, "homicide",
+        "4", Outcome.REFER, "consent_given", LVS, "bereaved",
     ),
-    "4: a sexual offence goes to sexual violence": Row(
-        crime_case(make_victim(consent=GIVEN), category="sexual"),
-        "4", Outcome.REFER, "consent_given", LVS, "sexual_violence",
-    ),
-    "5: a domestic abuse flag goes to domestic abuse": Row(
-        crime_case(make_victim(consent=GIVEN), flags={"domestic_abuse": True}),
-        "5", Outcome.REFER, "consent_given", LVS, "domestic_abuse",
-    ),
-    "6: a child goes to children and young people": Row(
-        crime_case(make_victim(consent=GIVEN, date_of_birth=CHILD_DOB)),
-        "6", Outcome.REFER, "consent_given", LVS, "children_young_people",
-    ),
-    "7: any other crime goes to general": Row(
-        crime_case(make_victim(consent=GIVEN)),
-        "7", Outcome.REFER, "consent_given", LVS, "general",
-    ),
-    "8: an incident goes to general": Row(
-        incident_case(make_victim(consent=GIVEN)),
+    "a living victim of a homicide case who is not bereaved is another victim of crime": Row(
+        crime_case(make_victim(consent=GIVEN), category="homicide", ho_class="2"),
         "8", Outcome.REFER, "consent_given", LVS, "general",
     ),
-    # Precedence: the first matching row decides.
-    "homicide wins over domestic abuse and child": Row(
+    "5: a sexual offence goes to sexual violence": Row(
+        crime_case(make_victim(consent=GIVEN), category="sexual"),
+        "5", Outcome.REFER, "consent_given", LVS, "sexual_violence",
+    ),
+    "5: a rape report (N100) sent as other is a sexual offence": Row(
+        crime_case(make_victim(), category="other", ho_class="N100"),
+        "5", Outcome.HOLD, "awaiting_consent", LVS, "sexual_violence",
+        also=((Outcome.LEAFLET, "consent_needed"),),
+    ),
+    "5: a mapped class is compared normalised (019c is 19C)": Row(
+        crime_case(make_victim(consent=GIVEN), category="violence_with_injury", ho_class="019c"),
+        "5", Outcome.REFER, "consent_given", LVS, "sexual_violence",
+    ),
+    "6: a domestic abuse flag goes to domestic abuse": Row(
+        crime_case(make_victim(consent=GIVEN), flags={"domestic_abuse": True}),
+        "6", Outcome.REFER, "consent_given", LVS, "domestic_abuse",
+    ),
+    "7: a child goes to children and young people": Row(
+        crime_case(make_victim(consent=GIVEN, date_of_birth=CHILD_DOB)),
+        "7", Outcome.REFER, "consent_given", LVS, "children_young_people",
+    ),
+    "7: a parent on a child's crime follows the child's rule": Row(
         crime_case(
-            make_victim(consent=GIVEN, date_of_birth=CHILD_DOB),
+            make_victim(relationship=Relationship.PARENT_OR_GUARDIAN),
+            make_victim("C-0001", date_of_birth=CHILD_DOB),
+        ),
+        "7", Outcome.HOLD, "awaiting_consent", LVS, "children_young_people",
+        also=((Outcome.LEAFLET, "consent_needed"),),
+    ),
+    "a parent on an adult's crime is another victim of crime": Row(
+        crime_case(make_victim(relationship=Relationship.PARENT_OR_GUARDIAN)),
+        "8", Outcome.REFER, "not_objected", LVS, "general",
+    ),
+    "8: any other crime goes to general": Row(
+        crime_case(make_victim(consent=GIVEN)),
+        "8", Outcome.REFER, "consent_given", LVS, "general",
+    ),
+    "9: a domestic incident goes to domestic abuse with consent": Row(
+        incident_case(make_victim(consent=GIVEN), category="domestic_incident"),
+        "9", Outcome.REFER, "consent_given", LVS, "domestic_abuse",
+    ),
+    "10: an incident goes to general": Row(
+        incident_case(make_victim(consent=GIVEN)),
+        "10", Outcome.REFER, "consent_given", LVS, "general",
+    ),
+    # Precedence: the first matching row decides.
+    "a bereaved child of a homicide goes to the homicide service": Row(
+        crime_case(
+            make_victim(
+                consent=GIVEN,
+                date_of_birth=CHILD_DOB,
+                relationship=Relationship.BEREAVED_RELATIVE,
+            ),
             category="homicide",
             flags={"domestic_abuse": True},
         ),
@@ -160,13 +222,13 @@ RULE_ROWS = {
     ),
     "sexual wins over domestic abuse": Row(
         crime_case(make_victim(consent=GIVEN), category="sexual", flags={"domestic_abuse": True}),
-        "4", Outcome.REFER, "consent_given", LVS, "sexual_violence",
+        "5", Outcome.REFER, "consent_given", LVS, "sexual_violence",
     ),
     "domestic abuse wins over child": Row(
         crime_case(
             make_victim(consent=GIVEN, date_of_birth=CHILD_DOB), flags={"domestic_abuse": True}
         ),
-        "5", Outcome.REFER, "consent_given", LVS, "domestic_abuse",
+        "6", Outcome.REFER, "consent_given", LVS, "domestic_abuse",
     ),
     "organisation wins over a crime category rule": Row(
         crime_case(make_victim(kind=ORG, consent=GIVEN), category="sexual"),
@@ -174,19 +236,31 @@ RULE_ROWS = {
     ),
     "an unknown date of birth is not a child": Row(
         crime_case(make_victim(date_of_birth=None)),
-        "7", Outcome.REFER, "not_objected", LVS, "general",
+        "8", Outcome.REFER, "not_objected", LVS, "general",
     ),
-    # Incidents follow only the incident rules.
+    # Incidents with no crime disclosed follow only the incident rules.
     "an incident with a child victim follows the incident rule, not the child rule": Row(
         incident_case(make_victim(date_of_birth=CHILD_DOB)),
-        "8", Outcome.LEAFLET, "incident_information", LVS,
+        "10", Outcome.LEAFLET, "incident_information", LVS,
     ),
-    "an incident where a crime was disclosed still follows the incident rule": Row(
+    # An incident where a crime was disclosed is decided by the crime rules.
+    "an incident where a crime was disclosed is a crime (opt-out)": Row(
         incident_case(make_victim(), crime_disclosed=True, category="crime_reported"),
-        "8", Outcome.LEAFLET, "incident_information", LVS,
+        "8", Outcome.REFER, "not_objected", LVS, "general",
     ),
-    "a deceased victim of an incident gets nothing": Row(
-        incident_case(make_victim(deceased=True)), "2", Outcome.NONE, "deceased"
+    "a disclosed crime in a domestic incident is domestic abuse (explicit)": Row(
+        incident_case(make_victim(), crime_disclosed=True, category="domestic_incident"),
+        "6", Outcome.HOLD, "awaiting_consent", LVS, "domestic_abuse",
+        also=((Outcome.LEAFLET, "consent_needed"),),
+    ),
+    "a child victim of a disclosed crime follows the child rule": Row(
+        incident_case(make_victim(date_of_birth=CHILD_DOB), crime_disclosed=True),
+        "7", Outcome.HOLD, "awaiting_consent", LVS, "children_young_people",
+        also=((Outcome.LEAFLET, "consent_needed"),),
+    ),
+    "a deceased victim of an incident with no bereaved relative: the family is recorded": Row(
+        incident_case(make_victim(deceased=True)),
+        "2", Outcome.LEAFLET, "bereaved_not_recorded", LVS,
     ),
     "an organisation victim of an incident without consent gets nothing": Row(
         incident_case(make_victim(kind=ORG, contact_person=FAKE_CONTACT_PERSON)),
@@ -206,11 +280,11 @@ class TestChildOnTheLondonDateOfTheReport:
 
     def test_a_victim_turning_18_that_london_day_is_not_a_child(self) -> None:
         case = crime_case(make_victim(date_of_birth=date(2008, 7, 1)), reported_at=self.REPORTED)
-        assert decide_one(case).rule == "7"
+        assert decide_one(case).rule == "8"
 
     def test_a_victim_turning_18_the_next_day_is_a_child(self) -> None:
         case = crime_case(make_victim(date_of_birth=date(2008, 7, 2)), reported_at=self.REPORTED)
-        assert decide_one(case).rule == "6"
+        assert decide_all(case)[0].rule == "7"
 
 
 # --- Regimes ------------------------------------------------------------------------------------
@@ -228,77 +302,76 @@ def asb(consent: ConsentState = NOT_ASKED) -> CaseSnapshot:
     return incident_case(make_victim(consent=consent))
 
 
-OPEN_HOLD = VictimHistory(hold=Hold(until=wd(1)))
-EXPIRED = VictimHistory(
-    hold=Hold(until=wd(1), open=False),
-    leaflets=(
-        IssuedLeaflet(
-            task_id=ids.leaflet_task_id(CRIME_REF, "P-0001", "consent_not_obtained"),
-            reason="consent_not_obtained",
-            provider=LVS,
-            at=wd(1),
-        ),
+ASKED = (
+    IssuedLeaflet(
+        task_id=ids.leaflet_task_id(CRIME_REF, "P-0001", "consent_needed"),
+        reason="consent_needed",
+        provider=LVS,
+        at=NOW,
     ),
 )
-SV = ("4", LVS, "sexual_violence")
+OPEN_HOLD = VictimHistory(hold=Hold(until=wd(5)), leaflets=ASKED)
+EXPIRED = VictimHistory(hold=Hold(until=wd(5), open=False), leaflets=ASKED)
 
 REGIME_ROWS = {
     "explicit, given: refer": Row(
-        sexual(GIVEN), "4", Outcome.REFER, "consent_given", LVS, "sexual_violence",
+        sexual(GIVEN), "5", Outcome.REFER, "consent_given", LVS, "sexual_violence",
         extra={"deadline": wd(2)},
     ),
     "explicit, declined: leaflet declined": Row(
-        sexual(DECLINED), "4", Outcome.LEAFLET, "declined", LVS, extra={"due_by": wd(1)}
+        sexual(DECLINED), "5", Outcome.LEAFLET, "declined", LVS, extra={"due_by": wd(1)}
     ),
-    "explicit, not asked: hold for one working day": Row(
-        sexual(), "4", Outcome.HOLD, "awaiting_consent", LVS, "sexual_violence",
-        extra={"hold_until": wd(1), "ends_hold": False},
+    "explicit, not asked: consent_needed task at once, due by the leaflet deadline, and hold": Row(
+        sexual(), "5", Outcome.HOLD, "awaiting_consent", LVS, "sexual_violence",
+        extra={"hold_until": wd(5), "ends_hold": False},
+        also=((Outcome.LEAFLET, "consent_needed"),),
     ),
-    "explicit, not asked, hold already open with the same end: still hold": Row(
-        sexual(), "4", Outcome.HOLD, "awaiting_consent", LVS, "sexual_violence",
-        past=OPEN_HOLD, now=wd(1) - timedelta(seconds=1), extra={"ends_hold": False},
+    "explicit, not asked, hold already open and the officer asked: still hold, no new task": Row(
+        sexual(), "5", Outcome.HOLD, "awaiting_consent", LVS, "sexual_violence",
+        past=OPEN_HOLD, now=wd(5) - timedelta(seconds=1), extra={"ends_hold": False},
     ),
-    "explicit, not asked, hold has just ended: leaflet consent_not_obtained": Row(
-        sexual(), "4", Outcome.LEAFLET, "consent_not_obtained", LVS,
-        past=OPEN_HOLD, now=wd(1), extra={"ends_hold": True, "due_by": wd(1)},
+    "explicit, not asked, consent wait has just ended: none, no second task": Row(
+        sexual(), "5", Outcome.NONE, "consent_not_obtained",
+        past=OPEN_HOLD, now=wd(5), extra={"ends_hold": True, "task_id": None},
     ),
-    "explicit, not asked, no hold recorded and its time passed: leaflet without ending one": Row(
-        sexual(), "4", Outcome.LEAFLET, "consent_not_obtained", LVS,
-        now=LATER, extra={"ends_hold": False},
+    "explicit, not asked, first seen after the wait: the officer is still asked": Row(
+        sexual(), "5", Outcome.LEAFLET, "consent_needed", LVS,
+        now=LATER, extra={"ends_hold": False, "due_by": wd(1)},
+        also=((Outcome.NONE, "consent_not_obtained"),),
     ),
     "explicit, consent while the hold is open: refer and end the hold": Row(
         sexual(GIVEN, consent_at=REPORTED_AT + timedelta(hours=3)),
-        "4", Outcome.REFER, "consent_given", LVS, "sexual_violence",
+        "5", Outcome.REFER, "consent_given", LVS, "sexual_violence",
         past=OPEN_HOLD, extra={"ends_hold": True},
     ),
     "explicit, consent after the hold ended still refers": Row(
         sexual(),
-        "4", Outcome.REFER, "consent_given", LVS, "sexual_violence",
+        "5", Outcome.REFER, "consent_given", LVS, "sexual_violence",
         past=EXPIRED.model_copy(
             update={"consent": consent_update(ConsentChange.GIVEN, REPORTED_AT + timedelta(days=4))}
         ),
         now=LATER, extra={"ends_hold": False},
     ),
     "opt-out, given: refer": Row(
-        burglary(GIVEN), "7", Outcome.REFER, "consent_given", LVS, "general",
-        extra={"deadline": wd(2)},
+        burglary(GIVEN), "8", Outcome.REFER, "consent_given", LVS, "general",
+        extra={"deadline": wd(2), "late": False},
     ),
-    "opt-out, not asked: refer": Row(
-        burglary(), "7", Outcome.REFER, "not_objected", LVS, "general", now=LATER,
-        extra={"deadline": wd(2), "hold_until": None},
+    "opt-out, not asked, decided after the deadline: refer, recorded as late": Row(
+        burglary(), "8", Outcome.REFER, "not_objected", LVS, "general", now=LATER,
+        extra={"deadline": wd(2), "hold_until": None, "late": True},
     ),
     "opt-out, declined: leaflet declined": Row(
-        burglary(DECLINED), "7", Outcome.LEAFLET, "declined", LVS, extra={"due_by": wd(5)}
+        burglary(DECLINED), "8", Outcome.LEAFLET, "declined", LVS, extra={"due_by": wd(5)}
     ),
     "incident, given: refer": Row(
-        asb(GIVEN), "8", Outcome.REFER, "consent_given", LVS, "general",
+        asb(GIVEN), "10", Outcome.REFER, "consent_given", LVS, "general",
         extra={"deadline": wd(2)},
     ),
     "incident, not asked: leaflet at once, never a hold": Row(
-        asb(), "8", Outcome.LEAFLET, "incident_information", LVS, extra={"due_by": wd(5)}
+        asb(), "10", Outcome.LEAFLET, "incident_information", LVS, extra={"due_by": wd(5)}
     ),
-    "incident, declined: leaflet incident_information": Row(
-        asb(DECLINED), "8", Outcome.LEAFLET, "incident_information", LVS
+    "incident, declined: leaflet declined": Row(
+        asb(DECLINED), "10", Outcome.LEAFLET, "declined", LVS
     ),
     "organisation, given without a contact person: nothing": Row(
         crime_case(make_victim(kind=ORG, consent=GIVEN)),
@@ -320,53 +393,65 @@ def test_each_regime_turns_consent_into_an_outcome(row: Row) -> None:
     check(row)
 
 
-SENT = VictimHistory(referrals=(referral(),))
+SENT = referred(crime_case(make_victim(consent=GIVEN, consent_at=REPORTED_AT)))
+REFERRAL_ID = ids.referral_id(LVS, CRIME_REF, "P-0001")
+WITHDRAWN_SENT = SENT.model_copy(
+    update={
+        "withdrawals": (
+            SentWithdrawal(referral_id=REFERRAL_ID, provider=LVS, at=NOW, reason="withdrawn"),
+        )
+    }
+)
 WITHDRAWN_ROWS = {
     "withdrawn after a referral: withdraw it from its provider": Row(
-        burglary(WITHDRAWN), "7", Outcome.WITHDRAW, "consent_withdrawn", LVS, "general",
-        past=SENT, extra={"referral_id": referral().referral_id},
+        burglary(WITHDRAWN), "8", Outcome.WITHDRAW, "withdrawn", LVS, "general",
+        past=SENT, extra={"referral_id": REFERRAL_ID},
     ),
-    "withdrawn by a later consent.updated: withdraw": Row(
-        burglary(GIVEN, consent_at=REPORTED_AT), "7", Outcome.WITHDRAW, "consent_withdrawn",
+    "withdrawn by a later consent.updated: withdraw, as of the consent's time": Row(
+        burglary(GIVEN, consent_at=REPORTED_AT), "8", Outcome.WITHDRAW, "withdrawn",
         LVS, "general",
         past=SENT.model_copy(
             update={"consent": consent_update(ConsentChange.WITHDRAWN, LATER)}
         ),
+        now=LATER + timedelta(hours=1), extra={"arose_at": LATER},
+    ),
+    "declined after a referral: withdraw it, and the officer gives a leaflet": Row(
+        burglary(GIVEN, consent_at=REPORTED_AT), "8", Outcome.WITHDRAW, "declined",
+        LVS, "general",
+        past=SENT.model_copy(update={"consent": consent_update(ConsentChange.DECLINED, LATER)}),
+        also=((Outcome.LEAFLET, "declined"),),
     ),
     "withdrawn before any referral: nothing": Row(
-        burglary(WITHDRAWN), "7", Outcome.NONE, "withdrawn", extra={"referral_id": None}
+        burglary(WITHDRAWN), "8", Outcome.NONE, "withdrawn", extra={"referral_id": None}
     ),
     "withdrawn while held: nothing, and the hold ends": Row(
-        sexual(WITHDRAWN), "4", Outcome.NONE, "withdrawn", past=OPEN_HOLD,
+        sexual(WITHDRAWN), "5", Outcome.NONE, "withdrawn", past=OPEN_HOLD,
         extra={"ends_hold": True},
     ),
     "withdrawn again after the withdrawal went out: nothing": Row(
-        burglary(WITHDRAWN), "7", Outcome.NONE, "withdrawn",
-        past=SENT.model_copy(
-            update={
-                "withdrawals": (
-                    SentWithdrawal(referral_id=referral().referral_id, provider=LVS, at=NOW),
-                )
-            }
-        ),
+        burglary(WITHDRAWN), "8", Outcome.NONE, "withdrawn", past=WITHDRAWN_SENT,
     ),
     "withdrawn on a cancelled crime: the withdrawal still goes out": Row(
         crime_case(make_victim(consent=WITHDRAWN), status=CrimeStatus.CANCELLED),
-        "7", Outcome.WITHDRAW, "consent_withdrawn", LVS, "general", past=SENT,
+        "8", Outcome.WITHDRAW, "withdrawn", LVS, "general", past=SENT,
     ),
-    "consent after a withdrawal never re-refers": Row(
-        burglary(WITHDRAWN, consent_at=REPORTED_AT), "7", Outcome.NONE, "previously_withdrawn",
-        past=VictimHistory(consent=consent_update(ConsentChange.GIVEN, LATER)),
+    "a snapshot that no longer says withdrawn does not refer again without consent": Row(
+        burglary(NOT_ASKED), "8", Outcome.NONE, "previously_withdrawn", past=WITHDRAWN_SENT,
     ),
-    "consent after a sent withdrawal never re-refers": Row(
-        burglary(GIVEN, consent_at=LATER), "7", Outcome.NONE, "previously_withdrawn",
-        past=SENT.model_copy(
-            update={
-                "withdrawals": (
-                    SentWithdrawal(referral_id=referral().referral_id, provider=LVS, at=NOW),
-                )
-            }
-        ),
+    "consent given after a withdrawal refers again, under a new referral id": Row(
+        burglary(GIVEN, consent_at=LATER), "8", Outcome.REFER, "consent_given", LVS, "general",
+        past=WITHDRAWN_SENT, now=LATER,
+        extra={
+            "generation": 2,
+            "referral_id": ids.referral_id_for(LVS, CRIME_REF, "P-0001", 2),
+            "deadline": wd(2, LATER),
+            "late": False,
+        },
+    ),
+    "consent given for the first time after a snapshot said withdrawn refers": Row(
+        burglary(WITHDRAWN, consent_at=REPORTED_AT), "8", Outcome.REFER, "consent_given", LVS,
+        "general", past=VictimHistory(consent=consent_update(ConsentChange.GIVEN, LATER)),
+        extra={"generation": 1, "referral_id": REFERRAL_ID},
     ),
 }  # fmt: skip
 
@@ -428,11 +513,7 @@ class TestCancelledOrTransferredCrime:
 
 class TestWhatWasAlreadyDone:
     def test_a_referred_victim_is_not_referred_again(self) -> None:
-        decision = decide_one(burglary(GIVEN), SENT)
-        assert (decision.outcome, decision.reason) == (Outcome.NONE, "already_referred")
-
-    def test_reclassification_does_not_re_decide_a_referred_victim(self) -> None:
-        decision = decide_one(sexual(), SENT, now=LATER)
+        decision = decide_one(burglary(GIVEN, consent_at=REPORTED_AT), SENT)
         assert (decision.outcome, decision.reason) == (Outcome.NONE, "already_referred")
 
     def test_reclassification_re_decides_a_victim_not_yet_referred(self) -> None:
@@ -440,7 +521,7 @@ class TestWhatWasAlreadyDone:
         past = VictimHistory(
             leaflets=(IssuedLeaflet(task_id="t", reason="no_safe_contact", provider=LVS, at=NOW),)
         )
-        assert decide_one(sexual(), past).outcome is Outcome.HOLD
+        assert decide_all(sexual(), past)[0].outcome is Outcome.HOLD
 
     def test_a_leaflet_for_the_same_reason_is_not_repeated(self) -> None:
         past = VictimHistory(
@@ -529,8 +610,38 @@ class TestDeadlines:
         assert (decision.outcome, decision.due_by) == (Outcome.LEAFLET, wd(1))
 
     def test_a_leaflet_names_the_matched_rules_provider(self) -> None:
-        case = crime_case(make_victim(consent=DECLINED), category="homicide")
+        case = crime_case(
+            make_victim(consent=DECLINED, relationship=Relationship.BEREAVED_RELATIVE),
+            category="homicide",
+        )
         assert decide_one(case).provider == HOMICIDE
+
+    @pytest.mark.parametrize(
+        "case",
+        [
+            pytest.param(
+                burglary(DECLINED, relationship=Relationship.BEREAVED_RELATIVE), id="bereaved"
+            ),
+            pytest.param(
+                crime_case(
+                    make_victim(consent=DECLINED, relationship=Relationship.PARENT_OR_GUARDIAN),
+                    make_victim("C-0001", date_of_birth=CHILD_DOB),
+                ),
+                id="parent-of-a-child",
+            ),
+            pytest.param(
+                crime_case(make_victim(consent=DECLINED), flags={"modern_slavery": True}),
+                id="modern-slavery",
+            ),
+            pytest.param(
+                crime_case(make_victim(consent=DECLINED), category="other", ho_class="05a"),
+                id="class-compared-normalised",
+            ),
+        ],
+    )
+    def test_version_2_enhanced_rights_are_due_in_one_working_day(self, case: CaseSnapshot) -> None:
+        decision = decide_one(case)
+        assert (decision.outcome, decision.due_by) == (Outcome.LEAFLET, wd(1))
 
 
 class TestIds:
@@ -553,7 +664,8 @@ class TestDecideAsAWhole:
 
     def test_uses_each_victims_own_history(self) -> None:
         case = crime_case(make_victim("P-0001"), make_victim("P-0002"))
-        decisions = decide(case, {"P-0001": SENT}, default_policy(), NOW, CALENDAR)
+        past = referred(case)
+        decisions = decide(case, {"P-0001": past}, default_policy(), NOW, CALENDAR)
         assert [d.reason for d in decisions] == ["already_referred", "not_objected"]
 
     def test_is_deterministic(self) -> None:
@@ -572,9 +684,9 @@ ALL_ROWS = {**RULE_ROWS, **REGIME_ROWS, **WITHDRAWN_ROWS}
 
 @pytest.mark.parametrize("row", ALL_ROWS.values(), ids=ALL_ROWS.keys())
 def test_the_explanation_names_rule_and_reason_but_no_personal_data(row: Row) -> None:
-    decision = decide_one(row.case, row.past, now=row.now)
-    text = decision.explanation
-    assert f"rule {decision.rule}" in text
-    assert decision.victim_id in text
-    assert not [value for value in PII if value in text]
-    assert ADULT_DOB.isoformat() not in text
+    for decision in decide_all(row.case, row.past, now=row.now):
+        text = decision.explanation
+        assert f"rule {decision.rule}" in text
+        assert decision.victim_id in text
+        assert not [value for value in PII if value in text]
+        assert ADULT_DOB.isoformat() not in text
