@@ -36,6 +36,7 @@ from referral_bridge.core.events import (
     EventType,
     InboundEvent,
 )
+from referral_bridge.core.limits import MAX_EVENT_BYTES, MAX_JSON_DEPTH
 
 # pydantic's error dicts, typed loosely so the core imports nothing beyond pydantic itself.
 _ErrorDetails = Mapping[str, Any]
@@ -48,10 +49,8 @@ __all__ = [
     "translate_validation_error",
 ]
 
-DEFAULT_MAX_BYTES = 1_048_576
-#: Deepest nesting accepted; the contract's deepest path (data.victims[i].contact.address.lines)
-#: is six levels, so this is generous without letting a hostile body exhaust the stack.
-MAX_DEPTH = 32
+DEFAULT_MAX_BYTES = MAX_EVENT_BYTES
+MAX_DEPTH = MAX_JSON_DEPTH
 #: Problems listed in a detail; the rest are counted, keeping headers short.
 MAX_LISTED_PROBLEMS = 10
 
