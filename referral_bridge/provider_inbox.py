@@ -32,6 +32,7 @@ import structlog
 
 from referral_bridge.core import ids
 from referral_bridge.core.limits import MAX_SEALED_EVENT_BYTES
+from referral_bridge.files import private_dir
 from referral_bridge.sealing import KeySet, SealingError, open_event
 
 log = structlog.get_logger("referral_bridge.provider_inbox")
@@ -100,7 +101,7 @@ class InboxStore:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self.path.parent, tighten_existing=False)
         self._lock = threading.Lock()
         # The files hold sealed tokens (and plain text if asked): owner-only, like a key file.
         # Created under umask 077, so the -wal and -shm files SQLite makes are 0600 from the

@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 
 from kombu.connection import Connection
 
+from referral_bridge.files import private_dir
 from referral_bridge.transport.errors import TransportConfigError
 
 EMBEDDED_URL = "filesystem://"
@@ -67,7 +68,8 @@ class BrokerSpec:
         or RabbitMQ closes the connection. Short-lived connections leave it at 0.
         """
         for folder in self.data_folders:
-            folder.mkdir(parents=True, exist_ok=True)
+            # Message files hold whole events; they are created 0600 under cli's umask 077.
+            private_dir(folder)
         return Connection(
             self.url,
             transport_options=dict(self.transport_options),
