@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import stat
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,8 +14,9 @@ from referral_bridge.cli import main
 from referral_bridge.files import private_tree
 from referral_bridge.ledger import Ledger
 from referral_bridge.provider_inbox import InboxStore
+from tests.e2e.helpers import Worker
 from tests.integration.conftest import wait_until
-from tests.unit.test_systemd_notify import cli_command, embedded_config
+from tests.unit.test_systemd_notify import embedded_config
 
 
 def mode(path: Path) -> int:
@@ -35,16 +35,20 @@ def permissive_umask() -> Iterator[None]:
 pytestmark = pytest.mark.usefixtures("permissive_umask")
 
 
+def assert_owner_only_while_open(database: Path) -> None:
+    ledger = Ledger.open(f"sqlite:///{database}")
+    try:
+        # While a connection is open, the -wal and -shm files exist.
+        files = [Path(f"{database}{suffix}") for suffix in ("", "-wal", "-shm")]
+        assert [mode(path) for path in files] == [0o600] * 3
+    finally:
+        ledger.dispose()
+
+
 class TestLedger:
     def test_a_new_sqlite_ledger_is_owner_only_with_its_wal_and_shm(self, tmp_path: Path) -> None:
         database = tmp_path / "data" / "ledger.sqlite3"
-        ledger = Ledger.open(f"sqlite:///{database}")
-        try:
-            # While a connection is open, the -wal and -shm files exist.
-            files = [Path(f"{database}{suffix}") for suffix in ("", "-wal", "-shm")]
-            assert [mode(path) for path in files] == [0o600] * 3
-        finally:
-            ledger.dispose()
+        assert_owner_only_while_open(database)
         assert mode(database.parent) == 0o700
 
     def test_an_existing_ledger_left_readable_is_tightened(self, tmp_path: Path) -> None:
@@ -52,12 +56,7 @@ class TestLedger:
         Ledger.open(f"sqlite:///{database}").dispose()
         database.chmod(0o644)
 
-        ledger = Ledger.open(f"sqlite:///{database}")
-        try:
-            files = [Path(f"{database}{suffix}") for suffix in ("", "-wal", "-shm")]
-            assert [mode(path) for path in files] == [0o600] * 3
-        finally:
-            ledger.dispose()
+        assert_owner_only_while_open(database)
 
 
 class TestCommands:
@@ -84,23 +83,14 @@ class TestCommands:
         left.write_text("{}")
         (tmp_path / "data").chmod(0o755)
         left.chmod(0o644)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("REFERRAL_BRIDGE_")}
-        log_path = tmp_path / "worker.log"
-        with log_path.open("wb") as log_file:
-            # Inherits this test's umask 022.
-            process = subprocess.Popen(
-                [*cli_command(), "--log-json", "run", "--config", str(config)],
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                env=env,
-            )
+        # Started from this test, so under its umask 022.
+        worker = Worker(config=config, log_path=tmp_path / "worker.log").start()
         try:
-            assert wait_until(lambda: "transport.consuming" in log_path.read_text(), timeout=60), (
-                log_path.read_text()
+            assert wait_until(lambda: "transport.consuming" in worker.log_text(), timeout=60), (
+                worker.log_text()
             )
         finally:
-            process.terminate()
-            process.wait(timeout=60)
+            worker.terminate()
 
         ledger = tmp_path / "data" / "ledger.sqlite3"
         assert (mode(tmp_path / "data"), mode(left), mode(ledger)) == (0o700, 0o600, 0o600)
