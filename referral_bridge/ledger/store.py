@@ -617,7 +617,8 @@ class LedgerTransaction:
 
 def _sqlite_engine(url: str) -> Engine:
     database = make_url(url).database
-    if database and database != ":memory:":
+    # Not for a SQLite URI ("file:...?mode=ro&uri=true"): SQLite reads it, it is not a path.
+    if database and database != ":memory:" and not database.startswith("file:"):
         private_sqlite(Path(database))  # it holds victims' snapshots: 0600, in a 0700 folder
     engine = create_engine(url, connect_args={"timeout": 30})
 
