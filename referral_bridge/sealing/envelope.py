@@ -103,8 +103,8 @@ def seal(
     size = len(body.encode("utf-8"))
     if size > MAX_SIGNED_PAYLOAD_BYTES:
         raise TooLargeError(
-            f"the payload is {size} bytes; at most {MAX_SIGNED_PAYLOAD_BYTES} can be sealed "
-            "(referral_bridge/core/limits.py)"
+            f"the payload is too large to seal: {size} bytes, and at most "
+            f"{MAX_SIGNED_PAYLOAD_BYTES} can be sealed (referral_bridge/core/limits.py)"
         )
     try:
         signed = jws.serialize_compact(
@@ -143,8 +143,8 @@ def open_sealed(
     token = token.strip()
     if len(token) > MAX_SEALED_TOKEN_BYTES:
         raise TooLargeError(
-            f"the sealed referral is {len(token)} characters; the largest the bridge seals is "
-            f"{MAX_SEALED_TOKEN_BYTES}, so this is not one of its referrals"
+            f"the sealed referral is too large: {len(token)} characters, and the largest the "
+            f"bridge seals is {MAX_SEALED_TOKEN_BYTES}, so this is not one of its referrals"
         )
     jwe_header = _compact_header(token, parts=5, what="JWE")
     _expect(jwe_header, "alg", JWE_ALG, what="JWE")
@@ -213,8 +213,8 @@ def open_event(
     text = text.strip()
     if len(text) > MAX_SEALED_EVENT_BYTES:
         raise TooLargeError(
-            f"the event is {len(text)} characters; a sealed referral's event is at most "
-            f"{MAX_SEALED_EVENT_BYTES}, so this is not one"
+            f"the event is too large: {len(text)} characters, and a sealed referral's event is "
+            f"at most {MAX_SEALED_EVENT_BYTES}, so this is not one"
         )
     if not text.startswith("{"):
         payload = open_sealed(

@@ -61,12 +61,12 @@ class TestSizes:
         assert _PARTIES.open(token) == payload
 
     def test_a_payload_over_the_limit_is_refused_as_too_large_when_sealing(self) -> None:
-        with pytest.raises(TooLargeError, match="can be sealed"):
+        with pytest.raises(TooLargeError, match="too large to seal"):
             _PARTIES.seal(_padded(MAX_SIGNED_PAYLOAD_BYTES + 1))
 
     def test_a_token_over_the_limit_is_reported_as_too_large(self) -> None:
         segment = "A" * MAX_SEALED_TOKEN_BYTES
-        with pytest.raises(TooLargeError, match="largest the bridge seals"):
+        with pytest.raises(TooLargeError, match="too large"):
             _PARTIES.open(".".join([_TOKEN.split(".")[0], "A", "A", segment, "A"]))
 
     def test_an_event_over_the_limit_is_reported_as_too_large(self) -> None:
