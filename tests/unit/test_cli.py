@@ -146,6 +146,17 @@ class TestKeysGenerate:
         assert (tmp_path / "k1.private.jwk").read_bytes() == before
 
 
+def open_with(keys: KeyMaterial, path: Path, provider: str) -> int:
+    return run(
+        "open",
+        str(path),
+        "--key",
+        str(keys.provider_private[provider]),
+        "--verify-with",
+        str(keys.bridge_public),
+    )
+
+
 class TestOpen:
     @pytest.fixture
     def sealed(self, tmp_path: Path, keys: KeyMaterial) -> Path:
@@ -165,14 +176,7 @@ class TestOpen:
     def test_a_provider_opens_a_sealed_referral_with_its_key(
         self, sealed: Path, keys: KeyMaterial, capsys: pytest.CaptureFixture[str]
     ) -> None:
-        code = run(
-            "open",
-            str(sealed),
-            "--key",
-            str(keys.provider_private["lancashire-victim-services"]),
-            "--verify-with",
-            str(keys.bridge_public),
-        )
+        code = open_with(keys, sealed, "lancashire-victim-services")
 
         assert code == cli.RET_OK
         assert json.loads(capsys.readouterr().out)["payload"] == {"referral_id": "r-1"}
@@ -180,14 +184,7 @@ class TestOpen:
     def test_opening_with_another_providers_key_is_a_verify_failure(
         self, sealed: Path, keys: KeyMaterial
     ) -> None:
-        code = run(
-            "open",
-            str(sealed),
-            "--key",
-            str(keys.provider_private["homicide-service"]),
-            "--verify-with",
-            str(keys.bridge_public),
-        )
+        code = open_with(keys, sealed, "homicide-service")
 
         assert code == cli.RET_VERIFY
 
@@ -219,14 +216,7 @@ class TestOpen:
         path = tmp_path / "hostile.txt"
         path.write_text(change(token), encoding="utf-8")
 
-        code = run(
-            "open",
-            str(path),
-            "--key",
-            str(keys.provider_private["lancashire-victim-services"]),
-            "--verify-with",
-            str(keys.bridge_public),
-        )
+        code = open_with(keys, path, "lancashire-victim-services")
 
         assert code == cli.RET_VERIFY
         assert said in capsys.readouterr().err
