@@ -122,6 +122,7 @@ class HttpsRoute:
             raise TransientDeliveryError(
                 "timeout",
                 f"{self.provider}: an earlier attempt past its deadline has not ended yet",
+                maybe_delivered=False,  # nothing was sent
             )
         outcome = _Outcome()
         self._sockets.begin()
