@@ -29,7 +29,7 @@ def cmd_inbox(args: argparse.Namespace) -> int:
     from referral_bridge.sealing import load_key_set
 
     host, _, port = args.listen.rpartition(":")
-    if not host or not port.isdigit():
+    if not host or not (port.isascii() and port.isdigit()):
         print(f"referral-bridge: --listen {args.listen!r} is not HOST:PORT", file=sys.stderr)
         return RET_USAGE
     store = InboxStore(Path(args.store))
