@@ -30,6 +30,7 @@ from referral_bridge.delivery import (
     Route,
 )
 from referral_bridge.errors import ConfigError, LedgerUnavailableError
+from referral_bridge.files import private_dir, private_tree
 from referral_bridge.ledger import Ledger
 from referral_bridge.metrics import BridgeMetrics
 from referral_bridge.sealing import (
@@ -259,8 +260,12 @@ def build_when_ready(
 def build(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -> Bridge:
     """Build the bridge; raises ConfigError, LedgerUnavailableError or LedgerSchemaError."""
     policy, keys = validate(settings)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    # Owner-only, with the embedded broker's message files (whole events) tightened if an older
+    # version or a hand left them looser; the SQLite ledger's files are seen to by Ledger.open.
+    private_dir(settings.data_dir)
     broker = broker_of(settings)
+    for folder in {folder.parent for folder in broker.data_folders}:
+        private_tree(folder)
     topology = topology_of(settings)
     publisher = Publisher(broker, topology)
     # Before the ledger opens: a bad CA bundle or client certificate is a ConfigError.

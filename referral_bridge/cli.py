@@ -40,6 +40,7 @@ from referral_bridge.exit_codes import (
     RET_USAGE,
     RET_VERIFY,
 )
+from referral_bridge.files import private_umask
 from referral_bridge.logging import configure_logging
 from referral_bridge.resources import DEFAULT_POLICY
 from referral_bridge.sealing import InvalidKeyIdError, KeyFileError, SealingError
@@ -247,7 +248,9 @@ def main(argv: Sequence[str] | None = None, *, stderr: TextIO | None = None) -> 
     configure_logging(json=args.log_json, level=args.log_level)
     err = stderr or sys.stderr
     try:
-        return int(args.func(args))
+        # Whatever a command writes (ledger, broker files, logs, inbox, keys) is owner-only.
+        with private_umask():
+            return int(args.func(args))
     except ConfigError as exc:
         print(f"referral-bridge: {exc}", file=err)
         return RET_CONFIG

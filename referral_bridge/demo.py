@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from referral_bridge.bootstrap import broker_of, topology_of
+from referral_bridge.files import private_dir
 from referral_bridge.ledger import Ledger
 from referral_bridge.resources import DEFAULT_POLICY, SAMPLES
 from referral_bridge.sealing import generate_key_pair, load_key_set, open_event
@@ -35,7 +36,7 @@ WAIT_SECONDS = 180.0
 
 def prepare(data_dir: Path) -> Path:
     """Keys (kept between runs) and a config file; the ledger and queues start empty each run."""
-    data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(data_dir)
     for stale in (
         "broker",
         "ledger.sqlite3",

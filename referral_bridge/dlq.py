@@ -17,7 +17,10 @@ duplicate check makes the second replay harmless. Purging appends its audit reco
 a hook, so that nothing is removed unaudited.
 
 Nothing here prints: the CLI (commands/dlq.py) renders what these functions return, and only
-`DeadLetterMessage.summary()` and `safe_headers()` are fit to show without `--reveal`.
+`DeadLetterMessage.summary()` and `safe_headers()` are fit to show without `--reveal`. Anyone who
+can publish to the broker can set any header, so nothing read from a dead letter is shown as it
+came: reasons and event types only if they are the contract's, routing keys only if they are
+known ones, ids only if they look like ids, free text escaped and scrubbed (display.safe_text).
 """
 
 from __future__ import annotations
@@ -41,8 +44,9 @@ from kombu.exceptions import OperationalError
 from kombu.message import Message
 from kombu.utils.json import loads as kombu_loads
 
+from referral_bridge.core.events import DeadLetterReason, EventType
+from referral_bridge.display import safe_text
 from referral_bridge.errors import BridgeError
-from referral_bridge.logging import scrub
 from referral_bridge.transport.consumer import (
     ATTEMPTS_HEADER,
     DETAIL_HEADER,
@@ -96,10 +100,16 @@ KNOWN_HEADERS = (
 )
 NOT_SHOWN = "[not shown]"
 
-# A message id is used as the dead letter's id only if it looks like an id, not free text.
+# A message id is used as the dead letter's id only if it looks like an id, not free text: a UUID,
+# or a code without a long run of digits (a phone number) or anything else the scrubber masks.
 _SAFE_MESSAGE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/-]{0,199}")
-# The same test as parsing.py's for showing a type in a detail.
-_SAFE_TYPE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_DIGIT_RUN = re.compile(r"\d{7,}")
+#: Reason codes and event types are shown only if they are the contract's own.
+_REASONS = frozenset(reason.value for reason in DeadLetterReason)
+_EVENT_TYPES = frozenset(event_type.value for event_type in EventType)
+#: Detail headers are at most this long (the dead-letter header schema's maxLength).
+_MAX_DETAIL = 2000
 # The contract's Ref: case and victim ids, which audit records may hold.
 _REF = re.compile(r"[A-Za-z0-9][A-Za-z0-9_./:-]{0,63}")
 _DURATION = re.compile(r"(\d+)([smhdw])")
@@ -139,9 +149,13 @@ class DeadLetterMessage:
     failed_at: datetime | None
     first_failed_at: datetime | None
     attempts: int | None
-    original_routing_key: str
+    #: The routing key as received (replay publishes with it); may be anything a producer chose.
+    original_routing_key: str = field(repr=False)
+    #: The routing key as shown: itself if it is a known one (an event type, a provider id),
+    #: else NOT_SHOWN.
+    shown_routing_key: str
     replay_count: int
-    #: The body's CloudEvents `type`, when it is JSON and the type looks like a type name.
+    #: The body's CloudEvents `type`, when it is JSON and the type is one of the contract's.
     event_type: str | None
 
     @property
@@ -154,7 +168,7 @@ class DeadLetterMessage:
             "id": self.id,
             "reason": self.reason,
             "event_type": self.event_type,
-            "original_routing_key": self.original_routing_key,
+            "original_routing_key": self.shown_routing_key,
             "first_failed_at": _iso(self.first_failed_at),
             "failed_at": _iso(self.failed_at),
             "attempts": self.attempts,
@@ -164,14 +178,22 @@ class DeadLetterMessage:
 
     def safe_headers(self) -> dict[str, Any]:
         """Headers with the values of any the bridge did not write replaced by NOT_SHOWN."""
+        known: dict[str, Any] = {
+            REASON_HEADER: self.reason,
+            DETAIL_HEADER: self.detail,
+            ORIGINAL_ROUTING_KEY_HEADER: self.shown_routing_key,
+            FAILED_AT_HEADER: _iso(self.failed_at) or NOT_SHOWN,
+            FIRST_FAILED_AT_HEADER: _iso(self.first_failed_at) or NOT_SHOWN,
+        }
         shown: dict[str, Any] = {}
         for name, value in self.headers.items():
-            if name == DETAIL_HEADER:
-                shown[name] = scrub(str(value))
-            elif name in KNOWN_HEADERS and isinstance(value, str | int):
+            # Names are input too: one that is not the bridge's is shown escaped, its value not.
+            if name in known:
+                shown[name] = known[name]
+            elif name in KNOWN_HEADERS and type(value) is int:
                 shown[name] = value
             else:
-                shown[name] = NOT_SHOWN
+                shown[safe_text(name, limit=100)] = NOT_SHOWN
         return shown
 
     def refs(self) -> tuple[str | None, tuple[str, ...]]:
@@ -268,18 +290,23 @@ Progress = Callable[[int, int], None]
 class DeadLetterQueue:
     """The dead-letter queue of one broker and topology."""
 
-    def __init__(self, spec: BrokerSpec, topology: Topology) -> None:
+    def __init__(
+        self, spec: BrokerSpec, topology: Topology, *, provider_ids: Iterable[str] = ()
+    ) -> None:
         self._spec = spec
         self._topology = topology
+        #: Routing keys fit to show: the contract's event types, and the providers' ids (the
+        #: routing keys of their outcomes).
+        self._shown_routing_keys = _EVENT_TYPES | frozenset(provider_ids)
 
     @contextlib.contextmanager
     def session(self) -> Iterator[DeadLetterSession]:
         """A snapshot of the queue; whatever is not removed stays, even if the caller dies."""
         name = self._topology.dead_letter_queue
         session: DeadLetterSession = (
-            _EmbeddedSession(self._spec, name)
+            _EmbeddedSession(self._spec, name, self._shown_routing_keys)
             if self._spec.embedded
-            else _AmqpSession(self._spec, name)
+            else _AmqpSession(self._spec, name, self._shown_routing_keys)
         )
         try:
             yield session
@@ -455,7 +482,9 @@ class _AmqpSession:
     may hold them: a replay of many thousands of messages should be done in batches.
     """
 
-    def __init__(self, spec: BrokerSpec, queue_name: str) -> None:
+    def __init__(
+        self, spec: BrokerSpec, queue_name: str, shown_routing_keys: frozenset[str]
+    ) -> None:
         self._spec = spec
         self._connection: Connection = spec.connection()
         self._messages: dict[int, Message] = {}
@@ -480,7 +509,7 @@ class _AmqpSession:
                 if message is None:
                     break
                 self._messages[position] = message
-                letters.append(_letter(message, position))
+                letters.append(_letter(message, position, shown_routing_keys))
             self._channel = channel
             self.letters: Sequence[DeadLetterMessage] = letters
         except (OperationalError, *self._connection.connection_errors) as exc:
@@ -531,7 +560,9 @@ class _EmbeddedSession:
     A test pins this against the Publisher's own dead letters.
     """
 
-    def __init__(self, spec: BrokerSpec, queue_name: str) -> None:
+    def __init__(
+        self, spec: BrokerSpec, queue_name: str, shown_routing_keys: frozenset[str]
+    ) -> None:
         folder = Path(str(spec.transport_options["data_folder_in"]))
         self._connection: Connection = spec.connection()
         self._paths: dict[int, Path] = {}
@@ -554,7 +585,7 @@ class _EmbeddedSession:
                     continue
                 position = len(letters)
                 self._paths[position] = path
-                letters.append(_letter(message, position))
+                letters.append(_letter(message, position, shown_routing_keys))
             self.letters: Sequence[DeadLetterMessage] = letters
         finally:
             self._connection.release()
@@ -576,7 +607,9 @@ class _EmbeddedSession:
 # --- reading a message -----------------------------------------------------------------------
 
 
-def _letter(message: Message, position: int) -> DeadLetterMessage:
+def _letter(
+    message: Message, position: int, shown_routing_keys: frozenset[str]
+) -> DeadLetterMessage:
     body = message.body
     raw = body if isinstance(body, bytes) else str(body).encode(message.content_encoding or "utf-8")
     headers = dict(message.headers or {})
@@ -584,11 +617,13 @@ def _letter(message: Message, position: int) -> DeadLetterMessage:
     failed_at = _parse_time(failed_at_text)
     first_failed_at = _parse_time(str(headers.get(FIRST_FAILED_AT_HEADER, ""))) or failed_at
     message_id = (message.properties or {}).get("message_id")
-    if isinstance(message_id, str) and _SAFE_MESSAGE_ID.fullmatch(message_id):
+    if isinstance(message_id, str) and _looks_like_an_id(message_id):
         letter_id = message_id
     else:
         digest = hashlib.sha256(failed_at_text.encode() + b"\x00" + raw).hexdigest()
         letter_id = digest[:16]
+    reason = headers.get(REASON_HEADER)
+    routing_key = str(headers.get(ORIGINAL_ROUTING_KEY_HEADER) or "")
     return DeadLetterMessage(
         id=letter_id,
         position=position,
@@ -597,14 +632,27 @@ def _letter(message: Message, position: int) -> DeadLetterMessage:
         message_id=message_id if isinstance(message_id, str) else None,
         content_type=message.content_type or None,
         content_encoding=message.content_encoding or None,
-        reason=str(headers.get(REASON_HEADER) or "unknown"),
-        detail=scrub(str(headers.get(DETAIL_HEADER, ""))),
+        reason=reason if isinstance(reason, str) and reason in _REASONS else "unknown",
+        detail=safe_text(headers.get(DETAIL_HEADER, ""), limit=_MAX_DETAIL),
         failed_at=failed_at,
         first_failed_at=first_failed_at,
         attempts=_int_or_none(headers.get(ATTEMPTS_HEADER)),
-        original_routing_key=str(headers.get(ORIGINAL_ROUTING_KEY_HEADER) or ""),
+        original_routing_key=routing_key,
+        shown_routing_key=(
+            routing_key if routing_key in shown_routing_keys or not routing_key else NOT_SHOWN
+        ),
         replay_count=_int_or_none(headers.get(REPLAY_COUNT_HEADER)) or 0,
         event_type=_event_type(raw),
+    )
+
+
+def _looks_like_an_id(text: str) -> bool:
+    if _UUID.fullmatch(text):
+        return True
+    return bool(
+        _SAFE_MESSAGE_ID.fullmatch(text)
+        and not _DIGIT_RUN.search(text)
+        and safe_text(text, limit=len(text)) == text
     )
 
 
@@ -613,7 +661,7 @@ def _event_type(body: bytes) -> str | None:
     if not isinstance(document, dict):
         return None
     value = document.get("type")
-    return value if isinstance(value, str) and _SAFE_TYPE.fullmatch(value) else None
+    return value if isinstance(value, str) and value in _EVENT_TYPES else None
 
 
 def _json_or_none(body: bytes) -> Any:
@@ -636,7 +684,7 @@ def _int_or_none(value: Any) -> int | None:
         return None
     if isinstance(value, int):
         return value
-    if isinstance(value, str) and value.isdigit():
+    if isinstance(value, str) and value.isascii() and value.isdigit():  # not '²'
         return int(value)
     return None
 

@@ -59,7 +59,7 @@ def parse_listen(listen: str) -> tuple[str, int] | None:
         return None
     host, sep, port_text = value.rpartition(":")
     host = host.removeprefix("[").removesuffix("]")
-    if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
+    if not sep or not host or not _digits(port_text) or int(port_text) > 65535:
         raise ConfigError(
             [
                 f'metrics.listen: {value!r} is not host:port; use e.g. "127.0.0.1:9464", '
@@ -67,6 +67,11 @@ def parse_listen(listen: str) -> tuple[str, int] | None:
             ]
         )
     return host, int(port_text)
+
+
+def _digits(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also accepts '²', which int() refuses."""
+    return text.isascii() and text.isdigit()
 
 
 @dataclass(frozen=True, slots=True)

@@ -53,6 +53,7 @@ from referral_bridge.core.events import (
     Victim,
     VictimConsent,
 )
+from referral_bridge.core.parsing import CONTRACT_FIELD_NAMES
 from referral_bridge.logging import scrub
 
 __all__ = [
@@ -110,6 +111,9 @@ FREE_TEXT_FIELDS: frozenset[tuple[type[BaseModel], str]] = frozenset({(Offence, 
 
 #: A plain-text value is shown only as one token like an id, code or URN: no spaces, no '@'.
 _CODE_LIKE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/+-]{0,199}")
+#: As many digits in a row as a UK phone number has (ids and refs have fewer), and a UUID.
+_PHONE_LIKE_DIGITS = re.compile(r"\d{10,}")
+_UUID = re.compile(r"[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}")
 #: Whole numbers are shown only below this: a phone number or a date as digits is longer.
 _MAX_SHOWN_NUMBER = 1_000_000
 
@@ -154,6 +158,9 @@ def mask_document(document: Any) -> Any:
     if isinstance(event_type, str) and event_type in {t.value for t in EventType}:
         data_model = DATA_MODELS[EventType(event_type)]
     masked = _mask_model(document, CloudEvent, 0, skip=frozenset({"data"}))
+    if "type" in masked and data_model is None:
+        # A type the bridge does not know is input like any other text (issue 10).
+        masked["type"] = MASKED_UNKNOWN
     if "data" in document:
         data = document["data"]
         masked["data"] = (
@@ -246,6 +253,8 @@ def _scalar(value: Any, annotation: Any) -> Any:
         return value  # an enum or literal member, or a timestamp: nothing else validates
     if not _CODE_LIKE.fullmatch(value):
         return MASKED_FREE_TEXT if _is_plain_text(annotation) else MASKED_LOOKS_PERSONAL
+    if _PHONE_LIKE_DIGITS.search(value) and not _UUID.fullmatch(value):
+        return MASKED_LOOKS_PERSONAL  # e.g. "jane.doe.07700900456": the scrubber needs a gap
     return value if scrub(value) == value else MASKED_LOOKS_PERSONAL
 
 
@@ -266,7 +275,7 @@ def _mask_mapping(value: dict[str, Any], mask: typing.Callable[[Any], Any]) -> d
     masked: dict[str, Any] = {}
     hidden_keys = 0
     for key, item in value.items():
-        if key not in _contract_field_names():
+        if key not in CONTRACT_FIELD_NAMES:
             hidden_keys += 1
             key = f"[masked key {hidden_keys}]"
         masked[key] = mask(item)
@@ -357,27 +366,3 @@ def _extra_annotation(model: type[BaseModel]) -> Any:
     if typing.get_origin(extra) is dict:
         return typing.get_args(extra)[1]
     return Any
-
-
-@functools.cache
-def _contract_field_names() -> frozenset[str]:
-    """Every field name of the inbound models: the only object keys shown where no model applies."""
-    names: set[str] = set()
-    pending: list[type[BaseModel]] = [CloudEvent, *DATA_MODELS.values()]
-    seen: set[type[BaseModel]] = set()
-    while pending:
-        model = pending.pop()
-        if model in seen:
-            continue
-        seen.add(model)
-        for name, info in model.model_fields.items():
-            names.add(name)
-            pending += _models_in(info.annotation)
-    return frozenset(names)
-
-
-def _models_in(annotation: Any) -> list[type[BaseModel]]:
-    annotation = _strip_annotated(annotation)
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return [annotation]
-    return [m for arg in typing.get_args(annotation) for m in _models_in(arg)]

@@ -31,6 +31,8 @@ from typing import Any
 import structlog
 
 from referral_bridge.core import ids
+from referral_bridge.core.limits import MAX_SEALED_EVENT_BYTES
+from referral_bridge.files import private_dir
 from referral_bridge.sealing import KeySet, SealingError, open_event
 
 log = structlog.get_logger("referral_bridge.provider_inbox")
@@ -40,8 +42,8 @@ REFERRAL_CREATED = "victim.referral.created"
 REFERRAL_UPDATED = "victim.referral.updated"
 REFERRAL_WITHDRAWN = "victim.referral.withdrawn"
 REFERRAL_TYPES = (REFERRAL_CREATED, REFERRAL_UPDATED, REFERRAL_WITHDRAWN)
-#: A sealed referral is a few kilobytes; anything far larger is not one.
-MAX_BODY_BYTES = 1024 * 1024
+#: The largest referral event the bridge can send (core/limits.py); anything larger is not one.
+MAX_BODY_BYTES = MAX_SEALED_EVENT_BYTES
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS inbox (
@@ -99,7 +101,7 @@ class InboxStore:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self.path.parent, tighten_existing=False)
         self._lock = threading.Lock()
         # The files hold sealed tokens (and plain text if asked): owner-only, like a key file.
         # Created under umask 077, so the -wal and -shm files SQLite makes are 0600 from the
@@ -249,7 +251,7 @@ class ReferralInbox:
             return Answer(415, "unsupported_media_type")
         try:
             event = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError):
+        except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError included
             return Answer(400, "invalid_json")
         if not isinstance(event, dict) or event.get("specversion") != "1.0":
             return Answer(400, "not_cloudevent")

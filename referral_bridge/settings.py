@@ -16,6 +16,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from referral_bridge.core.limits import MAX_EVENT_BYTES
 from referral_bridge.errors import ConfigError
 
 CONFIG_ENV = "REFERRAL_BRIDGE_CONFIG"
@@ -37,7 +38,9 @@ class BridgeSection(_Section):
     source: str = "urn:referral-bridge"
     data_dir: Path = Path("var/data")
     policy_file: Path = Path("policy.toml")
-    max_message_bytes: Annotated[int, Field(ge=1024, le=64 * 1024 * 1024)] = 1024 * 1024
+    #: At most MAX_EVENT_BYTES: the sealing limits are derived from it (core/limits.py), so a
+    #: referral from any event accepted can be sealed and opened.
+    max_message_bytes: Annotated[int, Field(ge=1024, le=MAX_EVENT_BYTES)] = MAX_EVENT_BYTES
     #: Attempts at a message whose processing keeps failing before it is dead-lettered.
     max_processing_attempts: Annotated[int, Field(ge=1, le=100)] = 5
     #: How often the worker looks for holds that have ended and unsent outbox rows.

@@ -27,6 +27,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from referral_bridge.commands import SubParsers, with_config
+from referral_bridge.display import escape_controls, mask_url
 from referral_bridge.errors import ConfigError
 from referral_bridge.exit_codes import RET_CONFIG, RET_CONNECT, RET_OK
 from referral_bridge.health import PROBE_TIMEOUT_SECONDS, parse_listen, probe_broker, probe_ledger
@@ -332,7 +333,7 @@ def _sqlite_probe_engine(url: str, timeout: float) -> Engine:
 
 def check_ledger(settings: Settings, *, timeout: float) -> list[Finding]:
     url = make_url(settings.ledger_url)
-    where = url.render_as_string(hide_password=True)
+    where = mask_url(settings.ledger_url)
     if url.get_backend_name() == "sqlite":
         database = Path(url.database or "")
         if not database.exists():
@@ -447,13 +448,14 @@ def exit_code(findings: Iterable[Finding]) -> int:
 
 def render(findings: list[Finding], config: Path | None, *, out: TextIO, err: TextIO) -> int:
     for finding in findings:
-        print(f"{finding.status.value:<5} {finding.check:<8} {finding.detail}", file=out)
+        detail = escape_controls(finding.detail)
+        print(f"{finding.status.value:<5} {finding.check:<8} {detail}", file=out)
     code = exit_code(findings)
     failed = [f for f in findings if f.status is Status.FAIL]
     if failed:
         print(f"referral-bridge: check-config: {len(failed)} check(s) failed:", file=err)
         for finding in failed:
-            print(f"  {finding.check}: {finding.detail}", file=err)
+            print(f"  {finding.check}: {escape_controls(finding.detail)}", file=err)
     else:
         where = findings[0].detail if findings else config
         print(f"configuration ok: {where}", file=out)

@@ -66,7 +66,11 @@ def _duration(text: str) -> timedelta:
 
 
 def render_table(headings: Sequence[str], rows: Sequence[Sequence[str]], out: TextIO) -> None:
-    """Columns padded to their widest cell; the last column is not padded."""
+    """Columns padded to their widest cell; the last column is not padded. Control characters
+    in a cell are shown escaped: a cell must not be able to rewrite the operator's terminal."""
+    from referral_bridge.display import escape_controls
+
+    rows = [[escape_controls(cell) for cell in row] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headings)]
     for cells in (headings, *rows):
         padded = [c.ljust(w) for c, w in zip(cells[:-1], widths[:-1], strict=True)]
@@ -82,7 +86,7 @@ def _letter_row(letter: DeadLetterMessage) -> list[str]:
         letter.id,
         letter.reason,
         letter.event_type or EMPTY,
-        letter.original_routing_key or EMPTY,
+        letter.shown_routing_key or EMPTY,
         format_time(letter.first_failed_at),
         str(letter.attempts) if letter.attempts is not None else EMPTY,
         str(letter.replay_count),
@@ -173,7 +177,8 @@ def _queue(settings: Settings) -> DeadLetterQueue:
     from referral_bridge.bootstrap import topology_of
     from referral_bridge.dlq import DeadLetterQueue
 
-    return DeadLetterQueue(_broker(settings), topology_of(settings))
+    broker = _broker(settings)
+    return DeadLetterQueue(broker, topology_of(settings), provider_ids=settings.providers)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -310,7 +315,7 @@ def _show_text(letter: DeadLetterMessage, *, reveal: bool, audit_ids: Sequence[i
         ("reason", letter.reason),
         ("detail", letter.detail or EMPTY),
         ("event type", letter.event_type or EMPTY),
-        ("routing key", letter.original_routing_key or EMPTY),
+        ("routing key", letter.shown_routing_key or EMPTY),
         ("failed at", failed if first == failed else f"{failed} (first failed {first})"),
         ("attempts", str(letter.attempts) if letter.attempts is not None else EMPTY),
         ("replays", str(letter.replay_count)),
@@ -352,7 +357,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     selection = DeadLetterFilter(ids=frozenset(args.ids), reason=args.reason)
     settings = operator_settings_from(args)
     broker, topology = _broker(settings), topology_of(settings)
-    queue = DeadLetterQueue(broker, topology)
+    queue = DeadLetterQueue(broker, topology, provider_ids=settings.providers)
     with Publisher(broker, topology) as publisher:
         try:
             report = queue.replay(

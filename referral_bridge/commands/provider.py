@@ -18,6 +18,7 @@ from pathlib import Path
 from types import FrameType
 
 from referral_bridge.commands import SubParsers, settings_from, with_config
+from referral_bridge.display import safe_text
 from referral_bridge.exit_codes import RET_FAILURE, RET_OK, RET_USAGE
 
 
@@ -28,7 +29,7 @@ def cmd_inbox(args: argparse.Namespace) -> int:
     from referral_bridge.sealing import load_key_set
 
     host, _, port = args.listen.rpartition(":")
-    if not host or not port.isdigit():
+    if not host or not (port.isascii() and port.isdigit()):
         print(f"referral-bridge: --listen {args.listen!r} is not HOST:PORT", file=sys.stderr)
         return RET_USAGE
     store = InboxStore(Path(args.store))
@@ -102,10 +103,12 @@ def cmd_deliveries(args: argparse.Namespace) -> int:
         print()
         return RET_OK
     for record in records:
+        # The case ref came in with an event: escaped and scrubbed like anything from outside.
         print(
             f"{record['message_id']}  {record['kind']:<12} {record['provider'] or '-':<28} "
-            f"{record['state']:<9} attempts={record['attempts']} case={record['case_ref']} "
-            f"next={record['next_attempt_at'] or '-'} error={record['last_error'] or '-'}"
+            f"{record['state']:<9} attempts={record['attempts']} "
+            f"case={safe_text(record['case_ref'])} next={record['next_attempt_at'] or '-'} "
+            f"error={safe_text(record['last_error'] or '-')}"
         )
     if not records:
         print("nothing to show", file=sys.stderr)

@@ -24,9 +24,9 @@ import json
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, get_args
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from referral_bridge.core.events import (
     DATA_MODELS,
@@ -36,11 +36,13 @@ from referral_bridge.core.events import (
     EventType,
     InboundEvent,
 )
+from referral_bridge.core.limits import MAX_EVENT_BYTES, MAX_JSON_DEPTH
 
 # pydantic's error dicts, typed loosely so the core imports nothing beyond pydantic itself.
 _ErrorDetails = Mapping[str, Any]
 
 __all__ = [
+    "CONTRACT_FIELD_NAMES",
     "DEFAULT_MAX_BYTES",
     "MAX_DEPTH",
     "InvalidMessage",
@@ -48,10 +50,8 @@ __all__ = [
     "translate_validation_error",
 ]
 
-DEFAULT_MAX_BYTES = 1_048_576
-#: Deepest nesting accepted; the contract's deepest path (data.victims[i].contact.address.lines)
-#: is six levels, so this is generous without letting a hostile body exhaust the stack.
-MAX_DEPTH = 32
+DEFAULT_MAX_BYTES = MAX_EVENT_BYTES
+MAX_DEPTH = MAX_JSON_DEPTH
 #: Problems listed in a detail; the rest are counted, keeping headers short.
 MAX_LISTED_PROBLEMS = 10
 
@@ -60,14 +60,13 @@ _CORE_ATTRIBUTES = frozenset({"specversion", "id", "source", "type"})
 _JSON_MEDIA_TYPE = "application/json"
 _UTF8_BOM = b"\xef\xbb\xbf"
 
-# A location segment is shown only if it looks like a contract field name. Segments that come
-# from the input (unknown keys, flag names) and do not look like one are masked, because a
-# producer could, by mistake, put personal data in a key.
+# A location segment is shown only if it is a field name of the contract's models. Segments that
+# come from the input (unknown keys, extra flag names such as `jane_doe_07700900456`) are masked,
+# however harmless they look, because a producer could put personal data in a key.
 _SAFE_SEGMENT = re.compile(r"[a-z_][a-z0-9_-]{0,39}")
 # The json module's messages are fixed phrases ("Expecting ',' delimiter"); this guard keeps a
 # future phrase that quotes input from reaching a header.
 _SAFE_JSON_MESSAGE = re.compile(r"[A-Za-z0-9 ,':\\-]{1,80}")
-_SAFE_TYPE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 # Our own wording per pydantic error type. pydantic's `msg` can quote the input (and `ctx` can
@@ -209,9 +208,35 @@ def _location(prefix: str, loc: Iterable[int | str]) -> str:
         if isinstance(segment, int):
             path += f"[{segment}]"
             continue
-        shown = segment if _SAFE_SEGMENT.fullmatch(segment) else "<key>"
+        shown = segment if segment in CONTRACT_FIELD_NAMES else "<key>"
         path = f"{path}.{shown}" if path else shown
     return path or "(body)"
+
+
+def _field_names(*models: type[BaseModel]) -> frozenset[str]:
+    """Every field name and alias of `models` and of the models their fields hold."""
+    names: set[str] = set()
+    seen: set[type[BaseModel]] = set()
+    pending = list(models)
+    while pending:
+        model = pending.pop()
+        if model in seen:
+            continue
+        seen.add(model)
+        for name, info in model.model_fields.items():
+            names.update(n for n in (name, info.alias) if n and _SAFE_SEGMENT.fullmatch(n))
+            pending.extend(_models_in(info.annotation))
+    return frozenset(names)
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [model for argument in get_args(annotation) for model in _models_in(argument)]
+
+
+#: Every field name of the inbound contract's models: the only object keys ever shown.
+CONTRACT_FIELD_NAMES = _field_names(CloudEvent, *DATA_MODELS.values())
 
 
 def _decode(body: bytes) -> str:
@@ -320,10 +345,12 @@ def _event_type(value: str) -> EventType:
     try:
         return EventType(value)
     except ValueError:
-        shown = f"'{value}'" if _SAFE_TYPE.fullmatch(value) else "(not shown)"
+        # The unknown type itself is not echoed: it is input, and could be anything.
         known = ", ".join(sorted(t.value for t in EventType))
         raise InvalidMessage(
-            DeadLetterReason.UNKNOWN_TYPE, f"type {shown} is not handled; known types: {known}"
+            DeadLetterReason.UNKNOWN_TYPE,
+            f"the type (not shown; `dlq show --reveal` has it) is not handled; known types: "
+            f"{known}",
         ) from None
 
 

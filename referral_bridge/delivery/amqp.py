@@ -29,6 +29,7 @@ from kombu.exceptions import OperationalError
 from kombu.messaging import Producer
 
 from referral_bridge.delivery.errors import TransientDeliveryError
+from referral_bridge.display import mask_url
 from referral_bridge.ledger.store import OutboxMessage
 from referral_bridge.transport.errors import (
     BrokerUnavailableError,
@@ -142,7 +143,7 @@ class ReferralsBrokerPublisher:
 
     @property
     def display_url(self) -> str:
-        return str(Connection(self._url).as_uri())
+        return mask_url(self._url)
 
     def publish(
         self,

@@ -5,15 +5,29 @@
 provider refused the message for good. Response bodies are never read at all (the response is
 streamed and closed after its status line and headers): a provider's answer could echo what it
 was sent, could be huge, or could be badly encoded, and none of that may touch the bridge.
+
+Each attempt has a hard wall-clock deadline (connect + read timeout). httpx's timeouts apply to
+each socket operation, so a provider trickling a byte a second never trips them; the attempt
+therefore runs on a thread of its own, and the caller (the consumer thread, which pings the
+systemd watchdog) waits for it until the deadline and no longer. At the deadline the attempt's
+sockets are shut down, which ends the request at once; should the thread still be stuck (in a
+DNS look-up, which nothing can interrupt), the route refuses new attempts until it ends.
 """
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import ssl
+import threading
+import time
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
+from typing import Any
 
+import httpcore
 import httpx
 
 from referral_bridge.delivery.errors import (
@@ -41,6 +55,7 @@ class HttpsRoute:
         url: str,
         client: httpx.Client,
         max_attempt_seconds: float | None = None,
+        sockets: AttemptSockets | None = None,
     ) -> None:
         self.provider = provider
         self._url = url
@@ -48,6 +63,11 @@ class HttpsRoute:
         #: The longest one attempt can take (connect + read timeout); the engine's pass budget
         #: uses it to decide whether an in-place retry still fits.
         self.max_attempt_seconds = max_attempt_seconds
+        #: The hard deadline of each attempt; None leaves only httpx's per-operation timeouts.
+        self.deadline_seconds = max_attempt_seconds
+        self._sockets = sockets or AttemptSockets()
+        #: An attempt abandoned at its deadline whose thread has not ended yet.
+        self._straggler: threading.Thread | None = None
 
     @classmethod
     def build(
@@ -73,13 +93,14 @@ class HttpsRoute:
             context.load_cert_chain(
                 str(client_cert), str(client_key) if client_key is not None else None
             )
+        sockets = AttemptSockets()
         client = httpx.Client(
             verify=context,
             timeout=httpx.Timeout(
                 connect=connect_timeout, read=read_timeout, write=read_timeout, pool=connect_timeout
             ),
             follow_redirects=False,
-            transport=transport,
+            transport=transport or _CuttableTransport(context, sockets),
             headers={"User-Agent": "referral-bridge"},
             # No proxy variables or ~/.netrc credentials for provider traffic.
             trust_env=False,
@@ -89,9 +110,43 @@ class HttpsRoute:
             url=url,
             client=client,
             max_attempt_seconds=connect_timeout + read_timeout,
+            sockets=sockets,
         )
 
     def deliver(self, message: OutboxMessage) -> None:
+        if self.deadline_seconds is None:
+            self._attempt(message)
+            return
+        straggler = self._straggler
+        if straggler is not None and straggler.is_alive():
+            raise TransientDeliveryError(
+                "timeout",
+                f"{self.provider}: an earlier attempt past its deadline has not ended yet",
+                maybe_delivered=False,  # nothing was sent
+            )
+        outcome = _Outcome()
+        self._sockets.begin()
+        thread = threading.Thread(
+            target=outcome.run,
+            args=(lambda: self._attempt(message),),
+            name=f"https-{self.provider}",
+            daemon=True,
+        )
+        thread.start()
+        thread.join(self.deadline_seconds)
+        if thread.is_alive():
+            # Shutting the sockets down ends a blocked read or write at once; the thread then
+            # finishes on its own, and its outcome is ignored.
+            self._sockets.cut()
+            self._straggler = thread
+            raise TransientDeliveryError(
+                "timeout",
+                f"{self.provider}: no complete answer within the attempt's deadline of "
+                f"{self.deadline_seconds:g} s (connect + read timeout)",
+            )
+        outcome.result()
+
+    def _attempt(self, message: OutboxMessage) -> None:
         try:
             # Streamed and closed unread: only the status and Retry-After count.
             with self._client.stream(
@@ -131,6 +186,137 @@ class HttpsRoute:
 
     def close(self) -> None:
         self._client.close()
+
+
+class _Outcome:
+    """What an attempt's thread returned or raised, handed back to the waiting caller."""
+
+    def __init__(self) -> None:
+        self._error: BaseException | None = None
+
+    def run(self, attempt: Callable[[], None]) -> None:
+        try:
+            attempt()
+        except BaseException as exc:  # handed to the caller, which re-raises it
+            self._error = exc
+
+    def result(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+
+class AttemptSockets:
+    """The sockets the current attempt has used, so they can be shut down at its deadline."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._in_use: set[_TrackedStream] = set()
+
+    def begin(self) -> None:
+        with self._lock:
+            self._in_use.clear()
+
+    def using(self, stream: _TrackedStream) -> None:
+        with self._lock:
+            self._in_use.add(stream)
+
+    def cut(self) -> None:
+        with self._lock:
+            streams = list(self._in_use)
+            self._in_use.clear()
+        for stream in streams:
+            stream.shut_down()
+
+
+class _TrackedStream(httpcore.NetworkStream):
+    """A network stream that tells AttemptSockets whenever an attempt uses it."""
+
+    def __init__(self, inner: httpcore.NetworkStream, sockets: AttemptSockets) -> None:
+        self._inner = inner
+        self._sockets = sockets
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        self._sockets.using(self)
+        return self._inner.read(max_bytes, timeout)
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._sockets.using(self)
+        self._inner.write(buffer, timeout)
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.NetworkStream:
+        self._sockets.using(self)  # a trickled handshake is cut like a trickled answer
+        return _TrackedStream(
+            self._inner.start_tls(ssl_context, server_hostname, timeout), self._sockets
+        )
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+    def shut_down(self) -> None:
+        """Wake whichever thread is blocked on this socket; its owner then closes it."""
+        sock = self._inner.get_extra_info("socket")
+        if isinstance(sock, socket.socket):
+            # The plain socket's shutdown: ssl.SSLSocket's own would also drop its TLS state
+            # under the feet of the thread reading it.
+            with contextlib.suppress(OSError):
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+class _TrackingBackend(httpcore.NetworkBackend):
+    def __init__(self, sockets: AttemptSockets) -> None:
+        self._inner = httpcore.SyncBackend()
+        self._sockets = sockets
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        stream = self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
+        return _TrackedStream(stream, self._sockets)
+
+    def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        return _TrackedStream(
+            self._inner.connect_unix_socket(path, timeout, socket_options), self._sockets
+        )
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+
+class _CuttableTransport(httpx.HTTPTransport):
+    """httpx's own transport (request mapping, error mapping) over a pool of tracked sockets.
+
+    httpx takes no network backend, so the pool it would build (no proxy: trust_env is off) is
+    built again with one; tests against a real trickling server pin that this works.
+    """
+
+    def __init__(self, ssl_context: ssl.SSLContext, sockets: AttemptSockets) -> None:
+        super().__init__(verify=ssl_context, trust_env=False)
+        limits = httpx.Limits()
+        self._pool = httpcore.ConnectionPool(
+            ssl_context=ssl_context,
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+            network_backend=_TrackingBackend(sockets),
+        )
 
 
 def classify(status: int, retry_after: str | None, provider: str) -> DeliveryError | None:

@@ -46,6 +46,7 @@ from referral_bridge.core.history import (
     VictimHistory,
 )
 from referral_bridge.errors import LedgerSchemaError, LedgerUnavailableError
+from referral_bridge.files import private_sqlite
 from referral_bridge.ledger import schema as t
 from referral_bridge.ledger.migrations import migrate
 
@@ -616,8 +617,9 @@ class LedgerTransaction:
 
 def _sqlite_engine(url: str) -> Engine:
     database = make_url(url).database
-    if database and database != ":memory:":
-        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    # Not for a SQLite URI ("file:...?mode=ro&uri=true"): SQLite reads it, it is not a path.
+    if database and database != ":memory:" and not database.startswith("file:"):
+        private_sqlite(Path(database))  # it holds victims' snapshots: 0600, in a 0700 folder
     engine = create_engine(url, connect_args={"timeout": 30})
 
     @event.listens_for(engine, "connect")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,11 +21,22 @@ from joserfc.errors import JoseError
 from joserfc.jwe import JWERegistry
 from joserfc.jws import JWSRegistry
 
+from referral_bridge.core.limits import (
+    MAX_JWE_HEADER_SEGMENT,
+    MAX_JWS_BYTES,
+    MAX_JWS_HEADER_SEGMENT,
+    MAX_SEALED_EVENT_BYTES,
+    MAX_SEALED_TOKEN_BYTES,
+    MAX_SIGNATURE_SEGMENT,
+    MAX_SIGNED_PAYLOAD_BYTES,
+    b64url_length,
+)
 from referral_bridge.sealing.errors import (
     BadSignatureError,
     MalformedTokenError,
     NotSealedEventError,
     TamperedError,
+    TooLargeError,
     UnexpectedAlgorithmError,
     UnknownKeyError,
     UnsuitableKeyError,
@@ -53,6 +65,18 @@ CONTENT_TYPE = "application/jose"
 # even if a header check here were ever loosened.
 _JWE_REGISTRY = JWERegistry(algorithms=[JWE_ALG, JWE_ENC])
 _JWS_REGISTRY = JWSRegistry(algorithms=[JWS_ALG])
+# The library's own size limits (64 KiB of ciphertext by default) set from the shared ones, so
+# that it never refuses, as if tampered, a referral this module sealed; _check_compact refuses
+# anything larger first, as too large.
+_JWE_REGISTRY.max_protected_header_length = MAX_JWE_HEADER_SEGMENT
+_JWE_REGISTRY.max_ciphertext_length = b64url_length(MAX_JWS_BYTES)
+_JWS_REGISTRY.max_header_length = MAX_JWS_HEADER_SEGMENT
+_JWS_REGISTRY.max_payload_length = b64url_length(MAX_SIGNED_PAYLOAD_BYTES)
+_JWS_REGISTRY.max_signature_length = MAX_SIGNATURE_SEGMENT
+#: One segment of a compact token: unpadded base64url, nothing else (no whitespace, no padding).
+_SEGMENT = re.compile(r"[A-Za-z0-9_-]*")
+#: A P-256 coordinate: 32 bytes, 43 characters of unpadded base64url.
+_P256_COORDINATE = re.compile(r"[A-Za-z0-9_-]{43}")
 # Header members that change how a token is processed and that the contract never uses.
 _REFUSED_JWE_HEADERS = frozenset({"zip", "crit"})
 _REFUSED_JWS_HEADERS = frozenset({"crit", "b64"})
@@ -76,6 +100,12 @@ def seal(
     recipient_public = encrypt_to.public_key if isinstance(encrypt_to, PrivateKey) else encrypt_to
 
     body = json.dumps(dict(payload), separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    size = len(body.encode("utf-8"))
+    if size > MAX_SIGNED_PAYLOAD_BYTES:
+        raise TooLargeError(
+            f"the payload is too large to seal: {size} bytes, and at most "
+            f"{MAX_SIGNED_PAYLOAD_BYTES} can be sealed (referral_bridge/core/limits.py)"
+        )
     try:
         signed = jws.serialize_compact(
             {"alg": JWS_ALG, "kid": signing_key.kid, "typ": JWS_TYP},
@@ -111,6 +141,11 @@ def open_sealed(
 ) -> dict[str, Any]:
     """Decrypt a sealed referral, verify its inner signature, and return the JSON payload."""
     token = token.strip()
+    if len(token) > MAX_SEALED_TOKEN_BYTES:
+        raise TooLargeError(
+            f"the sealed referral is too large: {len(token)} characters, and the largest the "
+            f"bridge seals is {MAX_SEALED_TOKEN_BYTES}, so this is not one of its referrals"
+        )
     jwe_header = _compact_header(token, parts=5, what="JWE")
     _expect(jwe_header, "alg", JWE_ALG, what="JWE")
     _expect(jwe_header, "enc", JWE_ENC, what="JWE")
@@ -121,16 +156,15 @@ def open_sealed(
             f"key {key.kid!r} in the decryption key set is public; opening needs the "
             "matching *.private.jwk file"
         )
+    _check_epk(jwe_header)
     try:
         decrypted = jwe.decrypt_compact(token, key.jwk, registry=_JWE_REGISTRY)
     except JoseError:
-        # The library cannot tell tampering from a wrong key of the same kid, and neither can
-        # we; the cause text is dropped because it adds nothing an operator can act on.
-        raise TamperedError(
-            f"the sealed referral failed its integrity check with key {key.kid!r}: it was "
-            "altered or truncated in transit, or encrypted to another key reusing that kid; "
-            "ask the sender to re-send it and check both sides hold the same key"
-        ) from None
+        raise _tampered(key.kid) from None
+    except (ValueError, TypeError, KeyError, AttributeError):
+        # The key import refuses a point that is not on the curve; whatever else the library
+        # raises on a hostile header is still a malformed token, never a crash.
+        raise _bad_epk() from None
 
     try:
         inner = decrypted.plaintext.decode("ascii") if decrypted.plaintext else ""
@@ -177,6 +211,11 @@ def open_event(
     else:
         text = body
     text = text.strip()
+    if len(text) > MAX_SEALED_EVENT_BYTES:
+        raise TooLargeError(
+            f"the event is too large: {len(text)} characters, and a sealed referral's event is "
+            f"at most {MAX_SEALED_EVENT_BYTES}, so this is not one"
+        )
     if not text.startswith("{"):
         payload = open_sealed(
             text, decryption_keys=decryption_keys, verification_keys=verification_keys
@@ -185,7 +224,7 @@ def open_event(
 
     try:
         event = json.loads(text)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):
         raise MalformedTokenError("the event body starts like JSON but is not valid JSON") from None
     if not isinstance(event, dict):
         raise MalformedTokenError("the event body is not a JSON object (a CloudEvent)")
@@ -215,9 +254,16 @@ def _compact_header(token: str, *, parts: int, what: str) -> dict[str, Any]:
             f"the {what} has {len(segments)} dot-separated parts, not {parts}; it is not a "
             f"{what} compact string"
         )
+    if not all(_SEGMENT.fullmatch(segment) for segment in segments):
+        # Whitespace, padding or other characters inside a segment: base64 decoders disagree on
+        # whether to skip them, so two parties could read different tokens from the same text.
+        raise MalformedTokenError(
+            f"the {what} holds characters other than base64url and its dots; it is not a "
+            f"{what} compact string"
+        )
     try:
         header = json.loads(_b64url_decode(segments[0]))
-    except (ValueError, binascii.Error):
+    except (ValueError, binascii.Error, RecursionError):
         raise MalformedTokenError(f"the {what} header is not base64url-encoded JSON") from None
     if not isinstance(header, dict):
         raise MalformedTokenError(f"the {what} header is not a JSON object")
@@ -263,11 +309,44 @@ def _key_for(header: Mapping[str, Any], keys: KeySet, *, what: str, purpose: str
 def _payload_object(payload: bytes) -> dict[str, Any]:
     try:
         document = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (ValueError, RecursionError):
         raise MalformedTokenError("the signed payload is not UTF-8 JSON") from None
     if not isinstance(document, dict):
         raise MalformedTokenError("the signed payload is not a JSON object")
     return document
+
+
+def _check_epk(header: Mapping[str, Any]) -> None:
+    """The ephemeral key must be a public P-256 JWK before the library is given it."""
+    epk = header.get("epk")
+    if not (
+        isinstance(epk, dict)
+        and epk.get("kty") == "EC"
+        and epk.get("crv") == "P-256"
+        and "d" not in epk
+        and all(
+            isinstance(epk.get(name), str) and _P256_COORDINATE.fullmatch(epk[name])
+            for name in ("x", "y")
+        )
+    ):
+        raise _bad_epk()
+
+
+def _bad_epk() -> MalformedTokenError:
+    return MalformedTokenError(
+        "the JWE header's ephemeral key (epk) is not a valid P-256 public key; the token was "
+        "not made by a contract-conforming sender"
+    )
+
+
+def _tampered(kid: str) -> TamperedError:
+    # The library cannot tell tampering from a wrong key of the same kid, and neither can we; the
+    # cause text is dropped because it adds nothing an operator can act on.
+    return TamperedError(
+        f"the sealed referral failed its integrity check with key {kid!r}: it was altered or "
+        "truncated in transit, or encrypted to another key reusing that kid; ask the sender to "
+        "re-send it and check both sides hold the same key"
+    )
 
 
 def _show(value: object) -> str:

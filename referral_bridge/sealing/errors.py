@@ -52,6 +52,11 @@ class MalformedTokenError(SealingError):
     undecodable header, a payload that is not a JSON object, an event without a string ``data``)."""
 
 
+class TooLargeError(SealingError):
+    """Raised when a payload is too large to seal, or a token or event too large to open; the
+    limits are in referral_bridge/core/limits.py, shared by both sides."""
+
+
 class NotSealedEventError(SealingError):
     """Raised when a CloudEvent given to be opened does not declare
     ``datacontenttype: application/jose``."""

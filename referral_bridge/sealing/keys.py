@@ -361,7 +361,7 @@ def _inside_credentials_directory(path: Path) -> bool:
 def _parse_json(raw: bytes, path: Path) -> Any:
     try:
         return json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError included
         # The decoder's message can quote the file's text, which may be key material.
         raise InvalidKeyFileError(
             f"{path} is not UTF-8 JSON; a key file holds one JWK or a JWKS", path=path

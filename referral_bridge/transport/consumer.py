@@ -4,9 +4,11 @@
 
 from __future__ import annotations
 
+import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from typing import Any
 
 import structlog
 from kombu.connection import Connection
@@ -41,6 +43,10 @@ ATTEMPTS_HEADER = "x-rb-attempts"
 REPLAY_COUNT_HEADER = "x-rb-replay-count"
 FIRST_FAILED_AT_HEADER = "x-rb-first-failed-at"
 CARRIED_HEADERS = (REPLAY_COUNT_HEADER, FIRST_FAILED_AT_HEADER)
+_MAX_REPLAYS = 10_000
+_MAX_TIMESTAMP_CHARS = 40
+#: Dot-separated words, as AMQP topic routing keys are.
+_ROUTING_KEY = re.compile(r"[A-Za-z0-9_-]{1,64}(?:\.[A-Za-z0-9_-]{1,64}){0,7}")
 
 
 #: AMQP heartbeat of the consuming connection, in seconds. Both ends drop a connection silent
@@ -213,7 +219,7 @@ class Consumer:
     def _on_message(self, message: Message) -> None:
         inbound = InboundMessage(
             body=_raw_body(message),
-            headers=dict(message.headers or {}),
+            headers=inbound_headers(message.headers or {}),
             routing_key=_original_routing_key(message),
             redelivered=_redelivered(message),
             delivery_tag=message.delivery_tag,
@@ -274,6 +280,34 @@ class _ConnectionLostError(Exception):
     """Internal: the consuming connection broke; consumption resumes on a new one."""
 
 
+def inbound_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
+    """The headers of a consumed message, less any `x-rb-*` a producer set.
+
+    Those headers are the bridge's own (dead-letter reasons, details, times, counts) and operator
+    tools show them; a producer's would otherwise travel into a dead letter and onto an
+    operator's screen (a name, a phone number, terminal escapes). The two that `dlq replay` sets
+    are kept, and only when well-formed.
+    """
+    kept = {name: value for name, value in headers.items() if not name.lower().startswith("x-rb-")}
+    count = headers.get(REPLAY_COUNT_HEADER)
+    if type(count) is int and 0 < count <= _MAX_REPLAYS:
+        kept[REPLAY_COUNT_HEADER] = count
+    first_failed = _timestamp(headers.get(FIRST_FAILED_AT_HEADER))
+    if first_failed is not None:
+        kept[FIRST_FAILED_AT_HEADER] = rfc3339_utc(first_failed)
+    return kept
+
+
+def _timestamp(value: object) -> datetime | None:
+    if not isinstance(value, str) or len(value) > _MAX_TIMESTAMP_CHARS:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else None
+
+
 def _raw_body(message: Message) -> bytes:
     body = message.body
     if isinstance(body, bytes):
@@ -285,7 +319,10 @@ def _raw_body(message: Message) -> bytes:
 def _original_routing_key(message: Message) -> str:
     headers = message.headers or {}
     original = headers.get(ORIGINAL_ROUTING_KEY_HEADER)
-    if isinstance(original, str) and original:
+    # The bridge sets it only on what it puts straight into the work queue (the embedded broker,
+    # through the default exchange); on one routed by an exchange it is a producer's, ignored.
+    direct = not (message.delivery_info or {}).get("exchange")
+    if direct and isinstance(original, str) and _ROUTING_KEY.fullmatch(original):
         return original
     return str((message.delivery_info or {}).get("routing_key") or "")
 

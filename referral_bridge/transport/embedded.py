@@ -29,6 +29,8 @@ from urllib.parse import urlsplit
 
 from kombu.connection import Connection
 
+from referral_bridge.display import mask_url
+from referral_bridge.files import private_dir
 from referral_bridge.transport.errors import TransportConfigError
 
 EMBEDDED_URL = "filesystem://"
@@ -56,8 +58,8 @@ class BrokerSpec:
 
     @property
     def display_url(self) -> str:
-        """The URL with any password masked, fit for logs and error messages."""
-        return str(Connection(self.url).as_uri())
+        """The URL with any password and secret query value masked, fit for logs and errors."""
+        return mask_url(self.url)
 
     def connection(self, *, heartbeat: float = 0) -> Connection:
         """A new, not yet connected kombu Connection; creates the embedded folders if needed.
@@ -67,7 +69,8 @@ class BrokerSpec:
         or RabbitMQ closes the connection. Short-lived connections leave it at 0.
         """
         for folder in self.data_folders:
-            folder.mkdir(parents=True, exist_ok=True)
+            # Message files hold whole events; they are created 0600 under cli's umask 077.
+            private_dir(folder)
         return Connection(
             self.url,
             transport_options=dict(self.transport_options),
@@ -110,6 +113,13 @@ def broker_spec(url: str | None, data_dir: Path) -> BrokerSpec:
     if scheme in _EMBEDDED_SCHEMES:
         return embedded_broker_spec(data_dir)
     if scheme in _AMQP_SCHEMES:
+        try:
+            Connection(url.strip())  # parses only; kombu refuses query parameters it does not know
+        except (TypeError, ValueError):
+            raise TransportConfigError(
+                f"the broker URL {mask_url(url.strip())} cannot be used: a query parameter is "
+                "not one kombu knows (e.g. heartbeat, ssl); put the password in the user part"
+            ) from None
         return BrokerSpec(
             url=url.strip(),
             # Every publish then waits for the broker's ack or nack (see Publisher).

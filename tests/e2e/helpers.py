@@ -237,6 +237,8 @@ class Worker:
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
     exit_codes: list[int] = field(default_factory=list)
+    #: Added to the worker's environment (e.g. NOTIFY_SOCKET, as systemd sets it).
+    env: dict[str, str] = field(default_factory=dict)
 
     def start(self) -> Worker:
         assert self.process is None or self.process.poll() is not None, "already running"
@@ -246,7 +248,7 @@ class Worker:
                 [*cli_command(), "--log-json", "run", "--config", str(self.config)],
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
-                env=worker_environment(),
+                env={**worker_environment(), **self.env},
             )
         finally:
             log_file.close()

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -273,3 +275,93 @@ def make_engine(
         sleep=lambda _seconds: None,
         monotonic=monotonic or time.monotonic,
     )
+
+
+class TricklingProvider:
+    """An HTTPS provider on 127.0.0.1 that reads each request whole, then answers one byte per
+    second for `seconds` (a status line, then an endless header), never finishing in time.
+
+    httpx's read timeout applies to each read, so one byte a second never trips it.
+    """
+
+    def __init__(self, pki: Pki, *, seconds: float = 120.0) -> None:
+        self._context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self._context.load_cert_chain(str(pki.server_cert), str(pki.server_key))
+        self._seconds = seconds
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.2)
+        self.port = int(self._listener.getsockname()[1])
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        #: Requests read in full, and connections the client cut before the trickle ended.
+        self.requests = 0
+        self.cut_by_client = 0
+        self._threads = [threading.Thread(target=self._accept, daemon=True)]
+        self._threads[0].start()
+
+    @property
+    def url(self) -> str:
+        return f"https://localhost:{self.port}/referrals"
+
+    def close(self) -> None:
+        self._stop.set()
+        for thread in list(self._threads):
+            thread.join(timeout=10)
+        self._listener.close()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                connection, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            thread = threading.Thread(target=self._serve, args=(connection,), daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def _serve(self, connection: socket.socket) -> None:
+        try:
+            with self._context.wrap_socket(connection, server_side=True) as tls:
+                tls.settimeout(10)
+                self._read_request(tls)
+                with self._lock:
+                    self.requests += 1
+                answer = b"HTTP/1.1 200 OK\r\nX-Trickle: " + b"a" * int(self._seconds)
+                for index in range(len(answer)):
+                    tls.sendall(answer[index : index + 1])
+                    if self._stop.wait(1.0):
+                        return
+        except (OSError, ssl.SSLError):
+            with self._lock:
+                self.cut_by_client += 1
+
+    @staticmethod
+    def _read_request(tls: ssl.SSLSocket) -> None:
+        received = b""
+        while b"\r\n\r\n" not in received:
+            chunk = tls.recv(65536)
+            if not chunk:
+                raise ConnectionResetError("client went away before its request was complete")
+            received += chunk
+        head, _, body = received.partition(b"\r\n\r\n")
+        length = next(
+            int(line.split(b":", 1)[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        )
+        while len(body) < length:
+            chunk = tls.recv(65536)
+            if not chunk:
+                raise ConnectionResetError("client went away before its request was complete")
+            body += chunk
+
+
+@contextmanager
+def trickling_provider(pki: Pki, *, seconds: float = 120.0) -> Iterator[TricklingProvider]:
+    provider = TricklingProvider(pki, seconds=seconds)
+    try:
+        yield provider
+    finally:
+        provider.close()

@@ -4,6 +4,8 @@ and a store nobody else can read (issue 3 review, findings 6 and 7)."""
 from __future__ import annotations
 
 import json
+import socket
+import ssl
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +16,12 @@ import pytest
 from referral_bridge.core import ids
 from referral_bridge.provider_inbox import Answer, InboxStore, ReferralInbox
 from tests.fakes import KeyMaterial, make_keys
-from tests.integration.test_delivery_helpers import HOMICIDE, LANCASHIRE
+from tests.integration.test_delivery_helpers import (
+    HOMICIDE,
+    LANCASHIRE,
+    make_pki,
+    running_inbox,
+)
 
 CREATED = "victim.referral.created"
 WITHDRAWN = "victim.referral.withdrawn"
@@ -213,3 +220,40 @@ class TestStoreFiles:
         InboxStore(path).close()
 
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+class TestHostileInputs:
+    """Inputs that used to end in the wrong error (issue 10, finding 5) get their documented
+    answer: no dropped connection, no traceback."""
+
+    def test_deeply_nested_json_is_invalid_json(self, inbox: ReferralInbox) -> None:
+        body = b'{"a":' * 100_000 + b"1" + b"}" * 100_000
+        answer = inbox.receive(
+            body, content_type="application/cloudevents+json", idempotency_key=None
+        )
+        assert (answer.status, answer.code) == (400, "invalid_json")
+
+    def test_a_large_referral_the_bridge_sealed_is_accepted(
+        self, inbox: ReferralInbox, keys: KeyMaterial
+    ) -> None:
+        # 50 KB sealed to about 90 KB: joserfc's default 64 KiB limit refused it as "tampered".
+        payload = {**referral(), "victim": {"name": "X", "notes": "n" * 50_000}}
+        assert post(inbox, keys, payload, "r-1", CREATED).code == "accepted"
+
+    def test_a_content_length_of_superscript_two_is_answered_400(
+        self, keys: KeyMaterial, tmp_path: Path
+    ) -> None:
+        pki = make_pki(tmp_path / "pki")
+        with running_inbox(pki, keys, LANCASHIRE, tmp_path / "inbox.sqlite3") as running:
+            context = ssl.create_default_context(cafile=str(pki.ca_cert))
+            raw = socket.create_connection(("127.0.0.1", running.server.port), timeout=10)
+            with context.wrap_socket(raw, server_hostname="localhost") as tls:
+                # Header bytes are read as Latin-1, so 0xB2 arrives as '²', which isdigit().
+                tls.sendall(
+                    b"POST /referrals HTTP/1.1\r\nHost: localhost\r\n"
+                    b"Content-Type: application/cloudevents+json\r\n"
+                    b"Content-Length: \xb2\r\n\r\n{}"
+                )
+                answer = tls.recv(4096)
+        # Answered, not a dropped connection (the bounded server's h11 refuses it).
+        assert answer.startswith(b"HTTP/1.1 400 ")

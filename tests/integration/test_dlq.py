@@ -117,6 +117,14 @@ class TestBrowse:
         assert sorted(first) == sorted(second)
         assert len(set(first)) == 3
 
+    def test_a_count_header_of_non_ascii_digits_reads_as_none_not_a_crash(
+        self, broker: BrokerHarness, queue: DeadLetterQueue
+    ) -> None:
+        # '²'.isdigit() is True, and int('²') raises (issue 10, finding 5).
+        park(broker, event_body(), extra_headers={"x-rb-attempts": "\u00b2"})
+
+        assert only(queue.browse()).attempts is None
+
     def test_the_id_is_the_message_id_when_there_is_one(
         self, broker: BrokerHarness, queue: DeadLetterQueue
     ) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 import socket
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from referral_bridge.commands.check_config import (
     Finding,
     Status,
     exit_code,
+    render,
     run_checks,
 )
 from referral_bridge.exit_codes import RET_CONFIG, RET_CONNECT, RET_OK
@@ -233,15 +235,20 @@ class TestBroker:
         assert failures(findings, "broker")
         assert exit_code(findings) == RET_CONNECT
 
+    @pytest.mark.parametrize(
+        "credentials",
+        ["guest:Sup3rSecretPw@{host}//", "guest@{host}//?token=Sup3rSecretPw"],
+        ids=["password", "query-parameter"],
+    )
     def test_the_broker_password_never_appears_in_a_finding(
-        self, tmp_path: Path, keys: KeyMaterial
+        self, tmp_path: Path, keys: KeyMaterial, credentials: str
     ) -> None:
-        url = f"amqp://guest:Sup3rSecretPw@127.0.0.1:{closed_port()}//"
+        url = "amqp://" + credentials.format(host=f"127.0.0.1:{closed_port()}")
         config = write_config(tmp_path, keys, broker_url=url)
 
         findings = run_checks(config, timeout=2, env={})
 
-        assert not [f for f in findings if "Sup3rSecretPw" in f.detail]
+        assert [f.detail for f in findings if "Sup3rSecretPw" in f.detail] == []
 
     def test_an_unsupported_broker_scheme_is_a_configuration_error(
         self, tmp_path: Path, keys: KeyMaterial
@@ -284,6 +291,19 @@ class TestLedger:
         run_checks(config, env={})
 
         assert database.read_bytes() == before
+
+    def test_a_ledger_password_given_as_a_query_parameter_is_masked(
+        self, config: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        # issue 10: check-config printed a password given as a URL query parameter.
+        url = f"postgresql+psycopg://rb@127.0.0.1:{closed_port()}/rb?password=Sup3rSecretPw"
+
+        findings = run_checks(config, timeout=2, env={"REFERRAL_BRIDGE_LEDGER_URL": url})
+        render(findings, config, out=sys.stdout, err=sys.stderr)
+
+        output = capsys.readouterr()
+        assert "Sup3rSecretPw" not in output.out + output.err
+        assert "password=***" in output.out
 
 
 class TestExitCode:

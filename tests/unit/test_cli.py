@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import shutil
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -145,6 +146,17 @@ class TestKeysGenerate:
         assert (tmp_path / "k1.private.jwk").read_bytes() == before
 
 
+def open_with(keys: KeyMaterial, path: Path, provider: str) -> int:
+    return run(
+        "open",
+        str(path),
+        "--key",
+        str(keys.provider_private[provider]),
+        "--verify-with",
+        str(keys.bridge_public),
+    )
+
+
 class TestOpen:
     @pytest.fixture
     def sealed(self, tmp_path: Path, keys: KeyMaterial) -> Path:
@@ -164,14 +176,7 @@ class TestOpen:
     def test_a_provider_opens_a_sealed_referral_with_its_key(
         self, sealed: Path, keys: KeyMaterial, capsys: pytest.CaptureFixture[str]
     ) -> None:
-        code = run(
-            "open",
-            str(sealed),
-            "--key",
-            str(keys.provider_private["lancashire-victim-services"]),
-            "--verify-with",
-            str(keys.bridge_public),
-        )
+        code = open_with(keys, sealed, "lancashire-victim-services")
 
         assert code == cli.RET_OK
         assert json.loads(capsys.readouterr().out)["payload"] == {"referral_id": "r-1"}
@@ -179,16 +184,50 @@ class TestOpen:
     def test_opening_with_another_providers_key_is_a_verify_failure(
         self, sealed: Path, keys: KeyMaterial
     ) -> None:
-        code = run(
-            "open",
-            str(sealed),
-            "--key",
-            str(keys.provider_private["homicide-service"]),
-            "--verify-with",
-            str(keys.bridge_public),
-        )
+        code = open_with(keys, sealed, "homicide-service")
 
         assert code == cli.RET_VERIFY
+
+    @pytest.mark.parametrize(
+        ("change", "said"),
+        [
+            # issue 10: each ended in exit 1 "unexpected" (ValueError, binascii.Error,
+            # RecursionError), and a large referral was refused as tampered.
+            (lambda token: _off_curve(token), "epk"),
+            (lambda token: token.replace(".", ". ", 1), "base64url"),
+            (lambda token: '{"a":' * 50_000 + "1" + "}" * 50_000, "not valid JSON"),
+            (lambda token: "A." * 3 + "A" * 2_000_000 + ".A", "too large"),
+        ],
+        ids=["off-curve-epk", "whitespace-in-a-segment", "deep-json", "too-large"],
+    )
+    def test_a_hostile_token_is_a_verify_failure_saying_what_is_wrong(
+        self,
+        tmp_path: Path,
+        keys: KeyMaterial,
+        capsys: pytest.CaptureFixture[str],
+        change: Callable[[str], str],
+        said: str,
+    ) -> None:
+        token = seal(
+            {"referral_id": "r-1"},
+            signing_key=load_private_key(keys.bridge_private),
+            recipient=load_key_set(keys.provider_public["lancashire-victim-services"]),
+        )
+        path = tmp_path / "hostile.txt"
+        path.write_text(change(token), encoding="utf-8")
+
+        code = open_with(keys, path, "lancashire-victim-services")
+
+        assert code == cli.RET_VERIFY
+        assert said in capsys.readouterr().err
+
+
+def _off_curve(token: str) -> str:
+    segments = token.split(".")
+    header = json.loads(base64.urlsafe_b64decode(segments[0] + "=" * (-len(segments[0]) % 4)))
+    header["epk"]["y"] = header["epk"]["x"]
+    encoded = base64.urlsafe_b64encode(json.dumps(header).encode()).rstrip(b"=").decode()
+    return ".".join([encoded, *segments[1:]])
 
 
 def sample_personal_values(path: Path) -> list[str]:

@@ -63,7 +63,9 @@ class TestParseListen:
     def test_empty_turns_the_endpoint_off(self) -> None:
         assert parse_listen("  ") is None
 
-    @pytest.mark.parametrize("value", ["9464", "localhost", "127.0.0.1:http", "h:70000"])
+    @pytest.mark.parametrize(
+        "value", ["9464", "localhost", "127.0.0.1:http", "h:70000", "h:\u00b2"]
+    )
     def test_anything_else_is_a_configuration_error_naming_the_setting(self, value: str) -> None:
         with pytest.raises(ConfigError, match=r"metrics\.listen"):
             parse_listen(value)

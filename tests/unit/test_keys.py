@@ -191,6 +191,13 @@ class TestLoadPrivateKey:
             load_private_key(path)
         assert "secret-looking-text" not in str(caught.value)
 
+    def test_refuses_deeply_nested_json_as_an_invalid_key_file(self, tmp_path: Path) -> None:
+        path = tmp_path / "k.jwk"
+        path.write_text("[" * 100_000 + "]" * 100_000)
+        path.chmod(0o600)
+        with pytest.raises(InvalidKeyFileError, match="not UTF-8 JSON"):
+            load_private_key(path)
+
 
 class TestSystemdCredentials:
     """A key delivered by systemd `LoadCredential=` may show group read (the ACL mask, 0440)."""

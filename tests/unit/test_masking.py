@@ -28,6 +28,7 @@ from referral_bridge.masking import (
     MASKED,
     MASKED_FREE_TEXT,
     MASKED_INVALID,
+    MASKED_LOOKS_PERSONAL,
     MASKED_TOO_DEEP,
     MASKED_UNKNOWN,
     PERSONAL_FIELDS,
@@ -362,8 +363,15 @@ class TestBodiesThatFailValidation:
 
         masked = mask_document(document)
 
-        assert masked["type"] == "crime.exploded"
+        # The unknown type is input too (issue 10): masked, however type-like it looks.
+        assert masked["type"] == MASKED_UNKNOWN
         assert {value for _, value in leaves(masked["data"])} <= {MASKED_UNKNOWN, None}
+
+    def test_a_code_like_value_with_a_phone_numbers_digits_is_masked(self) -> None:
+        document = crime_document(make_victim())
+        document["source"] = "urn:jane.doe.07700900456"
+
+        assert mask_document(document)["source"] == MASKED_LOOKS_PERSONAL
 
     def test_an_extra_envelope_attribute_is_masked_key_and_value(self) -> None:
         masked = mask_document(envelope("crime.recorded", {}, subject="Jane Doe"))

@@ -157,6 +157,7 @@ class TestRevealAsJson:
             first_failed_at=None,
             attempts=1,
             original_routing_key="crime.recorded",
+            shown_routing_key="crime.recorded",
             replay_count=0,
             event_type=None,
         )

@@ -230,11 +230,28 @@ class TestNotCloudEvent:
         assert rejection(encode(document)).reason is DeadLetterReason.NOT_CLOUDEVENT
 
 
+class TestUnknownKeys:
+    def test_an_extra_flag_key_is_not_echoed(self) -> None:
+        # Extra flags are allowed as booleans; a key shaped like a field name used to be shown.
+        document = crime_event(victim())
+        document["data"]["flags"] = {"jane_doe_07700900456": "yes"}
+        failure = rejection(encode(document))
+        assert failure.reason is DeadLetterReason.SCHEMA_VIOLATION
+        assert failure.detail == "data.flags.<key>: must be a boolean"
+
+
 class TestUnknownType:
     def test_a_type_the_bridge_does_not_handle_is_unknown(self) -> None:
         failure = rejection(encode(consent_event(type="parcel.delivered")))
         assert failure.reason is DeadLetterReason.UNKNOWN_TYPE
-        assert "'parcel.delivered'" in failure.detail
+        assert "known types: consent.updated" in failure.detail
+
+    def test_an_unknown_type_is_never_echoed_however_harmless_it_looks(self) -> None:
+        # A type shaped like one can still carry a name and a phone number (issue 10).
+        failure = rejection(encode(consent_event(type="jane.doe.07700900456")))
+        assert failure.reason is DeadLetterReason.UNKNOWN_TYPE
+        assert "jane" not in failure.detail
+        assert "07700900456" not in failure.detail
 
     def test_a_type_is_matched_case_sensitively(self) -> None:
         failure = rejection(encode(consent_event(type="Consent.Updated")))
@@ -319,9 +336,10 @@ class TestDetailsHoldNoPersonalData:
         failure = rejection(encode(crime_event(victim(**{MARKER: 1}))))
         assert failure.detail == "data.victims[0].<key>: unexpected field"
 
-    def test_a_contract_like_key_is_shown_in_the_location(self) -> None:
+    def test_an_unknown_key_is_masked_however_field_like_it_looks(self) -> None:
+        # Only the contract's own field names are shown (issue 10: `jane_doe_07700900456`).
         failure = rejection(encode(crime_event(victim(middle_name="x"))))
-        assert failure.detail == "data.victims[0].middle_name: unexpected field"
+        assert failure.detail == "data.victims[0].<key>: unexpected field"
 
     def test_at_most_ten_problems_are_listed(self) -> None:
         failure = rejection(encode(consent_event(data={f"field_{i}": i for i in range(15)})))

@@ -392,6 +392,7 @@ class TestPublicSurface:
                 "PublicKey",
                 "SealingError",
                 "TamperedError",
+                "TooLargeError",
                 "UnexpectedAlgorithmError",
                 "UnknownKeyError",
                 "UnsafeKeyFileError",
