@@ -461,8 +461,11 @@ class BridgeEnv:
         return self._scalar(select(func.count()).select_from(processed_events))
 
     def unpublished_count(self) -> int:
+        """Outbox rows still to deliver; cancelled (and rejected) rows will never be sent."""
         return self._scalar(
-            select(func.count()).select_from(outbox).where(outbox.c.published_at.is_(None))
+            select(func.count())
+            .select_from(outbox)
+            .where(outbox.c.published_at.is_(None), outbox.c.rejected_at.is_(None))
         )
 
     def outbox_rows(self) -> list[Any]:

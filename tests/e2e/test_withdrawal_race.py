@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from referral_bridge.core import ids
 from referral_bridge.ledger.schema import outbox
@@ -44,20 +44,6 @@ class RaceRun:
     #: Message ids in the order the provider's queue received them.
     wire: list[str]
     exit_codes: list[int]
-
-
-def _unsettled(env: BridgeEnv) -> int:
-    """Outbox rows still to deliver (cancelled rows are done: they are never sent)."""
-    query = (
-        select(func.count())
-        .select_from(outbox)
-        .where(outbox.c.published_at.is_(None), outbox.c.rejected_at.is_(None))
-    )
-    try:
-        with env.engine.connect() as connection:
-            return int(connection.execute(query).scalar_one())
-    except Exception:  # the workers have not created the tables yet
-        return -1
 
 
 @pytest.fixture
@@ -98,7 +84,7 @@ def race_run(make_bridge: BridgeFactory, postgres_ledger_url: str) -> RaceRun:
         lambda: (
             env.processed_count() >= len(items)
             and env.depth(env.topology.work_queue) == 0
-            and _unsettled(env) == 0
+            and env.unpublished_count() == 0
         ),
         timeout=300,
         interval=0.5,
@@ -106,7 +92,7 @@ def race_run(make_bridge: BridgeFactory, postgres_ledger_url: str) -> RaceRun:
     codes = [worker.terminate() for worker in workers]
     assert settled, (
         f"not settled: processed {env.processed_count()} of {len(items)}, "
-        f"undelivered {_unsettled(env)}; logs: {[str(w.log_path) for w in workers]}"
+        f"undelivered {env.unpublished_count()}; logs: {[str(w.log_path) for w in workers]}"
     )
     wire = [str(r.message_id) for r in env.take_all(env.collect_referrals)]
     return RaceRun(env=env, withdrawn=withdrawn, wire=wire, exit_codes=codes)
