@@ -159,15 +159,21 @@ class TestVerdicts:
         parked = rabbit.fetch_eventually(rabbit.topology.dead_letter_queue)
         assert parked.properties["delivery_mode"] == 2
 
-    def test_retry_brings_the_message_back(self, rabbit: BrokerHarness) -> None:
-        """Retry requeues: the handler sees the message again, marked redelivered."""
+    def test_retry_brings_the_message_back_through_the_retry_queue(
+        self, rabbit: BrokerHarness
+    ) -> None:
+        """A copy comes back (not a redelivery): same bytes and routing key, the count kept."""
         handler = RecordingHandler(Retry("database busy"), Ack())
-        rabbit.publisher.publish_inbound(b"{}", "crime.recorded")
+        rabbit.publisher.publish_inbound(NOT_UTF8, "crime.recorded")
         running = rabbit.start_consumer(handler)
         assert wait_until(lambda: len(handler.received) == 2)
         running.halt()
-        assert [m.redelivered for m in handler.received] == [False, True]
+        first, second = handler.received
+        assert (second.body, second.routing_key) == (NOT_UTF8, "crime.recorded")
+        assert (first.attempts, second.attempts) == (0, 0)  # an uncounted retry
+        assert second.headers["x-rb-detail"] == "database busy"
         assert rabbit.depth(rabbit.topology.work_queue) == 0
+        assert rabbit.depth(rabbit.topology.retry_queue) == 0
 
     def test_a_handler_exception_neither_crashes_nor_acks(self, rabbit: BrokerHarness) -> None:
         """The consumer keeps running and the message comes back to the handler."""
