@@ -21,6 +21,7 @@ from kombu.entity import Queue
 from kombu.message import Message
 
 from referral_bridge.core.retry import RetryPolicy
+from referral_bridge.ledger import Ledger
 from referral_bridge.transport import (
     Ack,
     BrokerSpec,
@@ -240,6 +241,16 @@ def rabbit(rabbitmq_url: str, topology: Topology, tmp_path: Path) -> Iterator[Br
     finally:
         harness.close()
         _delete_topology(spec, topology)
+
+
+@pytest.fixture
+def sqlite_ledger(tmp_path: Path) -> Iterator[Ledger]:
+    """An empty SQLite ledger of this test's own."""
+    opened = Ledger.open(f"sqlite:///{tmp_path / 'ledger.sqlite3'}")
+    try:
+        yield opened
+    finally:
+        opened.dispose()
 
 
 @pytest.fixture

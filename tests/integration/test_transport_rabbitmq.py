@@ -24,6 +24,7 @@ from referral_bridge.transport import (
     Publisher,
     PublishError,
     Retry,
+    Verdict,
     broker_spec,
     declare,
 )
@@ -185,24 +186,32 @@ class TestVerdicts:
         assert running.errors == []
         assert handler.received[0].body == handler.received[1].body
 
-    def test_a_failed_dead_letter_publish_leaves_the_message_unacked(
-        self, rabbit: BrokerHarness
+    @pytest.mark.parametrize("copy", ["dead letter", "retry copy"])
+    def test_a_copy_that_cannot_be_stored_leaves_the_message_unacked(
+        self, rabbit: BrokerHarness, copy: str
     ) -> None:
-        """With the DLQ gone the dead letter is unroutable, so the original is requeued."""
+        """With its queue gone the copy is unroutable, so the original is requeued, not acked."""
         gate = threading.Event()
-        handler = RecordingHandler(
-            DeadLetter(reason=DeadLetterReason.INVALID_JSON, detail="x", attempts=1), gate=gate
-        )
+        stored: dict[str, tuple[Verdict, str]] = {
+            "dead letter": (
+                DeadLetter(reason=DeadLetterReason.INVALID_JSON, detail="x", attempts=1),
+                rabbit.topology.dead_letter_queue,
+            ),
+            "retry copy": (Retry("x", attempts=1), rabbit.topology.retry_queue),
+        }
+        verdict, queue = stored[copy]
+        handler = RecordingHandler(verdict, gate=gate)
         running = rabbit.start_consumer(handler)
         rabbit.publisher.publish_inbound(b"nope", "crime.recorded")
         assert wait_until(lambda: len(handler.received) == 1)
         # Only now: the consumer and publisher both declare the topology when they connect.
         with rabbit.spec.connection() as connection:
-            connection.channel().queue_delete(queue=rabbit.topology.dead_letter_queue)
+            connection.channel().queue_delete(queue=queue)
         gate.set()
         assert wait_until(lambda: len(handler.received) >= 2)
         running.halt()
         assert rabbit.depth(rabbit.topology.work_queue) == 1
+        assert handler.received[1].attempts == 0, "the count grows only with a stored copy"
 
 
 class TestFlowControl:
