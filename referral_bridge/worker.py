@@ -257,6 +257,7 @@ def run(bridge: Bridge, stop: threading.Event, *, notifier: Notifier | None = No
                 on_first=consuming,
             ),
             on_dead_lettered=bridge.count_dead_letter,
+            on_retried=bridge.metrics.retries.inc,
             heartbeat=consumer_heartbeat_seconds(settings),
             retry_policy=retry_policy_of(settings),
         )

@@ -99,6 +99,7 @@ class Consumer:
         reconnect_max_wait: float = 30.0,
         clock: Callable[[], datetime] = _utc_now,
         on_dead_lettered: Callable[[DeadLetterReason], None] | None = None,
+        on_retried: Callable[[], None] | None = None,
         heartbeat: float = DEFAULT_HEARTBEAT_SECONDS,
     ) -> None:
         self._spec = spec
@@ -114,6 +115,7 @@ class Consumer:
         self._reconnect_max_wait = reconnect_max_wait
         self._clock = clock
         self._on_dead_lettered = on_dead_lettered
+        self._on_retried = on_retried
         self._heartbeat = heartbeat
         self._stop = threading.Event()
         # RabbitMQ expires retry copies back into the work queue; the embedded broker cannot.
@@ -320,6 +322,8 @@ class Consumer:
         if self._due_retries is not None:
             self._due_retries.expect(now + delay)
         log.info("transport.retry_scheduled", attempts=attempts, retry_in_s=delay.total_seconds())
+        if self._on_retried is not None:
+            self._on_retried()
 
     def _copy_then_ack(
         self,

@@ -48,10 +48,12 @@ class TestRetryCopies:
     ) -> None:
         handler = RecordingHandler(Retry("x", attempts=1), Retry("x", attempts=2), Ack())
         broker.publisher.publish_inbound(NOT_UTF8, "incident.recorded", message_id="event-1")
-        running = broker.start_consumer(handler)
+        retried: list[None] = []
+        running = broker.start_consumer(handler, on_retried=lambda: retried.append(None))
         assert wait_until(lambda: len(handler.received) == 3)
         running.halt()
 
+        assert len(retried) == 2
         assert [m.attempts for m in handler.received] == [0, 1, 2]
         assert {m.body for m in handler.received} == {NOT_UTF8}
         assert {m.routing_key for m in handler.received} == {"incident.recorded"}
