@@ -266,7 +266,7 @@ class Consumer:
         return Retry(detail=f"handler raised {error_type}", attempts=attempts)
 
     def _settle(self, message: Message, inbound: InboundMessage, verdict: Verdict) -> None:
-        """Ack, dead-letter or requeue `message`: the one place a message leaves our hands."""
+        """Ack, dead-letter or retry `message`: the one place a message leaves our hands."""
         match verdict:
             case Ack():
                 message.ack()
