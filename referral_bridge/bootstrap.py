@@ -124,6 +124,7 @@ def topology_of(settings: Settings) -> Topology:
         referrals_exchange=names.referrals_exchange,
         tasks_exchange=names.tasks_exchange,
         dead_letter_queue=names.dead_letter_queue,
+        retry_queue=names.retry_queue,
     )
 
 

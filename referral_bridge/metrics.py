@@ -33,6 +33,11 @@ class BridgeMetrics:
             ["reason"],
             registry=self.registry,
         )
+        self.retries = Counter(
+            "referral_bridge_retries",
+            "Messages whose processing failed, put on the retry queue to be tried again later.",
+            registry=self.registry,
+        )
         self.delivered = Counter(
             "referral_bridge_deliveries",
             "Referrals and withdrawals handed over to a provider, by provider and kind.",

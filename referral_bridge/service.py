@@ -8,7 +8,6 @@ consumer acks or dead-letters according to the Verdict returned here, in one pla
 from __future__ import annotations
 
 import json
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -145,8 +144,6 @@ class ReferralService:
         self._max_attempts = max_processing_attempts
         self._ledger_attempts = ledger_attempts
         self._metrics = metrics or BridgeMetrics()
-        # Failures per event id in this process; bounded so a flood of bad events cannot grow it.
-        self._failures: OrderedDict[str, int] = OrderedDict()
         # Without an engine from bootstrap, everything goes through `publisher` (force broker).
         self._delivery = delivery or DeliveryEngine(
             ledger=ledger,
@@ -179,7 +176,8 @@ class ReferralService:
             bound.warning("event.retry", reason="ledger_unavailable", detail=str(exc))
             return Retry(detail="ledger unavailable")
         except Exception as exc:  # any other failure: retry a few times, then dead-letter
-            attempts = self._count_failure(event.id)
+            # Counted on the message (its retry copies carry it): the same for every worker.
+            attempts = message.attempts + 1
             error_type = type(exc).__name__
             if attempts >= self._max_attempts:
                 bound.error(
@@ -188,7 +186,6 @@ class ReferralService:
                     error_type=error_type,
                     attempts=attempts,
                 )
-                self._failures.pop(event.id, None)
                 return DeadLetter(
                     reason=DeadLetterReason.PROCESSING_ERROR,
                     detail=f"{error_type} on each of {attempts} attempts; see the bridge's log "
@@ -198,8 +195,7 @@ class ReferralService:
             bound.warning(
                 "event.retry", reason="processing_error", error_type=error_type, attempts=attempts
             )
-            return Retry(detail=f"{error_type} (attempt {attempts})")
-        self._failures.pop(event.id, None)
+            return Retry(detail=f"{error_type} (attempt {attempts})", attempts=attempts)
         for decision in handled.decisions:
             self._count(decision)
             bound.info(
@@ -251,13 +247,6 @@ class ReferralService:
 
     def _count(self, decision: Decision) -> None:
         self._metrics.decisions.labels(outcome=decision.outcome.value, reason=decision.reason).inc()
-
-    def _count_failure(self, event_id: str) -> int:
-        attempts = self._failures.pop(event_id, 0) + 1
-        self._failures[event_id] = attempts
-        while len(self._failures) > 10_000:
-            self._failures.popitem(last=False)
-        return attempts
 
     def process(self, event: InboundEvent) -> Handled:
         """Record the event and its decisions in one ledger transaction (no publishing)."""

@@ -43,8 +43,18 @@ class BridgeSection(_Section):
     max_message_bytes: Annotated[int, Field(ge=1024, le=MAX_EVENT_BYTES)] = MAX_EVENT_BYTES
     #: Attempts at a message whose processing keeps failing before it is dead-lettered.
     max_processing_attempts: Annotated[int, Field(ge=1, le=100)] = 5
+    #: Wait before a failed message is tried again (in the broker's retry queue, never in the
+    #: worker), doubling with each further failure up to `retry_max_delay_seconds`.
+    retry_delay_seconds: Annotated[float, Field(gt=0, le=3600)] = 1.0
+    retry_max_delay_seconds: Annotated[float, Field(gt=0, le=86400)] = 30.0
     #: How often the worker looks for holds that have ended and unsent outbox rows.
     scheduler_interval_seconds: Annotated[float, Field(gt=0, le=3600)] = 5.0
+
+    @model_validator(mode="after")
+    def _retry_delays_grow(self) -> BridgeSection:
+        if self.retry_max_delay_seconds < self.retry_delay_seconds:
+            raise ValueError("retry_max_delay_seconds must not be less than retry_delay_seconds")
+        return self
 
 
 class TopologySection(_Section):
@@ -53,6 +63,8 @@ class TopologySection(_Section):
     referrals_exchange: str = "victim-services.referrals"
     tasks_exchange: str = "officer.tasks"
     dead_letter_queue: str = "referral-bridge.dead-letter"
+    #: Where failed messages wait before they are tried again; empty: "<work_queue>.retry".
+    retry_queue: str = ""
 
 
 class BrokerSection(_Section):

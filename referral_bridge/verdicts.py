@@ -24,6 +24,9 @@ class InboundMessage:
     routing_key: str
     redelivered: bool
     delivery_tag: Any
+    #: Attempts at this message that already failed, as carried by its retry copies (so the
+    #: same for every worker, and across restarts); 0 on its first delivery.
+    attempts: int = 0
 
 
 @dataclass(frozen=True)
@@ -42,9 +45,14 @@ class DeadLetter:
 
 @dataclass(frozen=True)
 class Retry:
-    """A transient failure: put the message back to be delivered again later."""
+    """A failure that may pass: deliver the message again after a delay, without waiting for it.
 
-    detail: str
+    `attempts` counts the failed attempts so far, this one included; None when this failure does
+    not count towards the message's attempts (an outage, not the message's fault).
+    """
+
+    detail: str  # human-readable and free of personal data
+    attempts: int | None = None
 
 
 Verdict = Ack | DeadLetter | Retry

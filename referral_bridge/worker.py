@@ -12,6 +12,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
+from datetime import timedelta
 from types import FrameType
 
 import structlog
@@ -20,6 +21,7 @@ from prometheus_client.process_collector import ProcessCollector
 
 from referral_bridge.bootstrap import Bridge
 from referral_bridge.core.events import DeadLetterReason, EventType
+from referral_bridge.core.retry import RetryPolicy
 from referral_bridge.health import (
     PROBE_CACHE_SECONDS,
     CachedCheck,
@@ -108,6 +110,16 @@ def readiness_of(bridge: Bridge, heartbeat: Heartbeat) -> Readiness:
             ),
             "ledger": CachedCheck(ledger_check(bridge.ledger.engine), ttl=PROBE_CACHE_SECONDS),
         }
+    )
+
+
+def retry_policy_of(settings: Settings) -> RetryPolicy:
+    """Attempts and delays for messages whose processing fails, from `[bridge]`."""
+    section = settings.bridge
+    return RetryPolicy(
+        max_attempts=section.max_processing_attempts,
+        first_delay=timedelta(seconds=section.retry_delay_seconds),
+        longest_delay=timedelta(seconds=section.retry_max_delay_seconds),
     )
 
 
@@ -245,7 +257,9 @@ def run(bridge: Bridge, stop: threading.Event, *, notifier: Notifier | None = No
                 on_first=consuming,
             ),
             on_dead_lettered=bridge.count_dead_letter,
+            on_retried=bridge.metrics.retries.inc,
             heartbeat=consumer_heartbeat_seconds(settings),
+            retry_policy=retry_policy_of(settings),
         )
         try:
             consumer.run(stop)

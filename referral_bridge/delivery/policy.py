@@ -42,7 +42,7 @@ class DeliveryPolicy:
         """How long a claimed row is left to its claimer: longer than any attempt can last (a
         pass's budget plus one attempt, each at most `pass_budget_seconds`), with a margin for
         the ledger round trips. A withdrawal waits at most this long after a crashed attempt."""
-        return timedelta(seconds=2 * self.pass_budget_seconds + 60)
+        return timedelta(seconds=2 * self.pass_budget_seconds + 10)
 
     @classmethod
     def from_settings(cls, section: DeliverySection) -> DeliveryPolicy:

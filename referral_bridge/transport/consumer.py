@@ -4,10 +4,11 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
@@ -18,9 +19,16 @@ from kombu.messaging import Consumer as KombuConsumer
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential_jitter
 
 from referral_bridge.core.events import DeadLetterReason
+from referral_bridge.core.retry import RetryPolicy, attempts_carried
 from referral_bridge.transport.embedded import BrokerSpec
 from referral_bridge.transport.errors import BrokerUnavailableError, TransportError
 from referral_bridge.transport.publisher import ORIGINAL_ROUTING_KEY_HEADER, Publisher
+from referral_bridge.transport.retry import (
+    NOT_BEFORE_HEADER,
+    DueRetries,
+    raw_body,
+    without_broker_death_headers,
+)
 from referral_bridge.transport.topology import Topology, declare, work_queue_entity
 from referral_bridge.verdicts import (
     Ack,
@@ -54,6 +62,11 @@ _ROUTING_KEY = re.compile(r"[A-Za-z0-9_-]{1,64}(?:\.[A-Za-z0-9_-]{1,64}){0,7}")
 #: fitted to its longest in-place delivery (see worker.consumer_heartbeat_seconds).
 DEFAULT_HEARTBEAT_SECONDS = 30.0
 
+#: The settings' defaults: 5 attempts, 1, 2, 4 and 8 s apart.
+DEFAULT_RETRY_POLICY = RetryPolicy(
+    max_attempts=5, first_delay=timedelta(seconds=1), longest_delay=timedelta(seconds=30)
+)
+
 
 def rfc3339_utc(moment: datetime) -> str:
     """`moment` as an RFC 3339 timestamp in UTC with a Z offset, to the millisecond."""
@@ -67,9 +80,12 @@ def _utc_now() -> datetime:
 class Consumer:
     """Consumes the work queue and settles each message by the verdict of an injected handler.
 
-    The message in hand is acked, dead-lettered or requeued in `_settle` and nowhere else. Nothing
-    is acked unless the handler said so or its dead letter was published first, so a crash or a
-    lost connection at any point leaves the message to be delivered again.
+    The message in hand is acked, dead-lettered or retried in `_settle` and nowhere else. Nothing
+    is acked unless the handler said so or its dead letter or retry copy was stored first, so a
+    crash or a lost connection at any point leaves the message to be delivered again.
+
+    A retry never waits here: the copy waits in the broker's retry queue (see transport.retry),
+    so a message that keeps failing costs its attempts and holds up nothing else.
     """
 
     def __init__(
@@ -82,11 +98,13 @@ class Consumer:
         prefetch: int = 16,
         idle_callback: Callable[[], None] | None = None,
         drain_timeout: float = 1.0,
-        retry_delay: float = 1.0,
+        retry_policy: RetryPolicy = DEFAULT_RETRY_POLICY,
+        unparked_pause: float = 1.0,
         reconnect_attempts: int = 10,
         reconnect_max_wait: float = 30.0,
         clock: Callable[[], datetime] = _utc_now,
         on_dead_lettered: Callable[[DeadLetterReason], None] | None = None,
+        on_retried: Callable[[], None] | None = None,
         heartbeat: float = DEFAULT_HEARTBEAT_SECONDS,
     ) -> None:
         self._spec = spec
@@ -96,13 +114,17 @@ class Consumer:
         self._prefetch = prefetch
         self._idle_callback = idle_callback
         self._drain_timeout = drain_timeout
-        self._retry_delay = retry_delay
+        self._retry_policy = retry_policy
+        self._unparked_pause = unparked_pause
         self._reconnect_attempts = reconnect_attempts
         self._reconnect_max_wait = reconnect_max_wait
         self._clock = clock
         self._on_dead_lettered = on_dead_lettered
+        self._on_retried = on_retried
         self._heartbeat = heartbeat
         self._stop = threading.Event()
+        # RabbitMQ expires retry copies back into the work queue; the embedded broker cannot.
+        self._due_retries = DueRetries(topology, publisher, clock=clock) if spec.embedded else None
 
     def run(self, stop: threading.Event) -> None:
         """Consume until `stop` is set; then finish the message in hand and return.
@@ -199,6 +221,8 @@ class Consumer:
                 connection.heartbeat_check()
                 if self._idle_callback is not None:
                     self._idle_callback()
+                if self._due_retries is not None:
+                    self._due_retries.promote(connection)
                 try:
                     connection.drain_events(timeout=self._drain_timeout)
                 except TimeoutError:
@@ -217,23 +241,37 @@ class Consumer:
         self._on_message(message)
 
     def _on_message(self, message: Message) -> None:
+        headers = dict(message.headers or {})
         inbound = InboundMessage(
-            body=_raw_body(message),
-            headers=inbound_headers(message.headers or {}),
+            body=raw_body(message),
+            headers=inbound_headers(headers),
             routing_key=_original_routing_key(message),
             redelivered=_redelivered(message),
             delivery_tag=message.delivery_tag,
+            attempts=attempts_carried(headers.get(ATTEMPTS_HEADER)),
         )
         try:
             verdict = self._handler(inbound)
         except Exception as exc:
             # Only the type is logged: the exception's text may quote personal data.
             log.error("transport.handler_failed", error_type=type(exc).__name__)
-            verdict = Retry(detail=f"handler raised {type(exc).__name__}")
+            verdict = self._handler_failed(inbound, type(exc).__name__)
         self._settle(message, inbound, verdict)
 
+    def _handler_failed(self, inbound: InboundMessage, error_type: str) -> Verdict:
+        """A handler that raised gets the message again, but not for ever."""
+        attempts = inbound.attempts + 1
+        if self._retry_policy.exhausted(attempts):
+            return DeadLetter(
+                reason=DeadLetterReason.PROCESSING_ERROR,
+                detail=f"the handler raised {error_type} on each of {attempts} attempts; see "
+                "the bridge's log, fix the cause, then replay",
+                attempts=attempts,
+            )
+        return Retry(detail=f"handler raised {error_type}", attempts=attempts)
+
     def _settle(self, message: Message, inbound: InboundMessage, verdict: Verdict) -> None:
-        """Ack, dead-letter or requeue `message`: the one place a message leaves our hands."""
+        """Ack, dead-letter or retry `message`: the one place a message leaves our hands."""
         match verdict:
             case Ack():
                 message.ack()
@@ -248,31 +286,83 @@ class Consumer:
                     value = inbound.headers.get(name)
                     if isinstance(value, str | int) and not isinstance(value, bool):
                         headers[name] = value
-                try:
-                    self._publisher.publish_dead_letter(
-                        inbound.body,
-                        headers,
-                        inbound.routing_key,
-                        content_type=message.content_type,
-                        content_encoding=message.content_encoding,
-                        message_id=message.properties.get("message_id"),
-                    )
-                except TransportError as exc:
-                    # Not parked, so not acked: it comes back and is dead-lettered again later.
-                    log.error("transport.dead_letter_failed", error_type=type(exc).__name__)
-                    self._requeue(message)
+                publish = functools.partial(
+                    self._publisher.publish_dead_letter, original_routing_key=inbound.routing_key
+                )
+                if not self._copy_then_ack(
+                    message, inbound, headers, publish, failed="transport.dead_letter_failed"
+                ):
                     return
-                message.ack()
                 log.info("transport.dead_lettered", reason=str(reason), attempts=attempts)
                 if self._on_dead_lettered is not None:
                     self._on_dead_lettered(reason)
-            case Retry():
-                self._requeue(message)
+            case Retry(detail=detail, attempts=attempts):
+                self._retry_later(
+                    message, inbound, detail, inbound.attempts if attempts is None else attempts
+                )
 
-    def _requeue(self, message: Message) -> None:
-        # A short pause keeps a persistent transient failure from spinning on the same message;
-        # RabbitMQ puts a requeued message back at the head of the queue.
-        self._stop.wait(self._retry_delay)
+    def _retry_later(
+        self, message: Message, inbound: InboundMessage, detail: str, attempts: int
+    ) -> None:
+        """Store a copy on the retry queue to come back after the policy's delay; then ack."""
+        delay = self._retry_policy.delay(attempts)
+        now = self._clock()
+        headers = without_broker_death_headers(inbound.headers)
+        headers.update(
+            {
+                ATTEMPTS_HEADER: attempts,
+                DETAIL_HEADER: detail,
+                FAILED_AT_HEADER: rfc3339_utc(now),
+                NOT_BEFORE_HEADER: rfc3339_utc(now + delay),
+                ORIGINAL_ROUTING_KEY_HEADER: inbound.routing_key,
+            }
+        )
+        publish = functools.partial(
+            self._publisher.publish_retry, delay_seconds=delay.total_seconds()
+        )
+        if not self._copy_then_ack(
+            message, inbound, headers, publish, failed="transport.retry_failed"
+        ):
+            return
+        if self._due_retries is not None:
+            self._due_retries.expect(now + delay)
+        log.info("transport.retry_scheduled", attempts=attempts, retry_in_s=delay.total_seconds())
+        if self._on_retried is not None:
+            self._on_retried()
+
+    def _copy_then_ack(
+        self,
+        message: Message,
+        inbound: InboundMessage,
+        headers: dict[str, Any],
+        publish: Callable[..., None],
+        *,
+        failed: str,
+    ) -> bool:
+        """Ack `message` once `publish` stored its copy (original bytes, `headers`); else put
+        it back, unacked, to come again later. Whether it was acked."""
+        try:
+            publish(
+                inbound.body,
+                headers,
+                content_type=message.content_type,
+                content_encoding=message.content_encoding,
+                message_id=message.properties.get("message_id"),
+            )
+        except TransportError as exc:
+            log.error(failed, error_type=type(exc).__name__)
+            self._put_back(message)
+            return False
+        message.ack()
+        return True
+
+    def _put_back(self, message: Message) -> None:
+        """Requeue a message the broker would not let us park (dead letter or retry copy).
+
+        The pause is the one wait left in this thread: it applies only while the broker refuses
+        to store what we publish (the retry or dead-letter queue is missing, or it is down).
+        """
+        self._stop.wait(self._unparked_pause)
         message.requeue()
 
 
@@ -306,14 +396,6 @@ def _timestamp(value: object) -> datetime | None:
     except ValueError:
         return None
     return moment if moment.tzinfo is not None else None
-
-
-def _raw_body(message: Message) -> bytes:
-    body = message.body
-    if isinstance(body, bytes):
-        return body
-    # Only reachable if a transport decoded the body despite auto_decode being off.
-    return str(body).encode(message.content_encoding or "utf-8")
 
 
 def _original_routing_key(message: Message) -> str:

@@ -78,20 +78,24 @@ class Publisher:
         exchange: str,
         routing_key: str,
         body: bytes,
-        headers: Mapping[str, HeaderValue] | None = None,
+        headers: Mapping[str, Any] | None = None,
         message_id: str | None = None,
         content_type: str = CLOUDEVENTS_JSON,
         content_encoding: str = "utf-8",
         mandatory: bool = False,
+        expiration: float | None = None,
     ) -> None:
         """Publish `body` unchanged as a persistent message; return once the broker has it.
 
         `mandatory` makes a message that no queue receives fail with PublishError (AMQP only)
-        instead of vanishing. Raises PublishError or BrokerUnavailableError.
+        instead of vanishing. `expiration` is a per-message TTL in seconds (AMQP only).
+        Raises PublishError or BrokerUnavailableError.
         """
         properties: dict[str, Any] = {}
         if message_id is not None:
             properties["message_id"] = message_id
+        if expiration is not None and not self._spec.embedded:
+            properties["expiration"] = expiration
         with self._lock:
             retrying = Retrying(
                 stop=stop_after_attempt(self._retry_attempts),
@@ -143,6 +147,34 @@ class Publisher:
             content_type=content_type or "application/octet-stream",
             content_encoding=content_encoding or "binary",
             mandatory=True,
+        )
+
+    def publish_retry(
+        self,
+        body: bytes,
+        headers: Mapping[str, Any],
+        *,
+        delay_seconds: float,
+        content_type: str | None = None,
+        content_encoding: str | None = None,
+        message_id: str | None = None,
+    ) -> None:
+        """Put a copy of a failed message, original bytes unchanged, on the retry queue.
+
+        On RabbitMQ it expires after `delay_seconds` back into the work queue; the embedded
+        broker has no TTL, so there the consumer moves it back (see transport.retry). Mandatory,
+        so that a missing retry queue is an error rather than a lost message.
+        """
+        self.publish(
+            exchange="",
+            routing_key=self._topology.retry_queue,
+            body=body,
+            headers=headers,
+            message_id=message_id,
+            content_type=content_type or "application/octet-stream",
+            content_encoding=content_encoding or "binary",
+            mandatory=True,
+            expiration=delay_seconds,
         )
 
     def publish_inbound(
@@ -203,7 +235,7 @@ class Publisher:
         exchange: str,
         routing_key: str,
         body: bytes,
-        headers: dict[str, HeaderValue],
+        headers: dict[str, Any],
         content_type: str,
         content_encoding: str,
         mandatory: bool,

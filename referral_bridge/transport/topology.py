@@ -27,6 +27,13 @@ class Topology:
     referrals_exchange: str = "victim-services.referrals"
     tasks_exchange: str = "officer.tasks"
     dead_letter_queue: str = "referral-bridge.dead-letter"
+    #: Where failed messages wait before they are tried again; empty: "<work_queue>.retry", so
+    #: that a work queue of another name gets a retry queue of its own.
+    retry_queue: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.retry_queue:
+            object.__setattr__(self, "retry_queue", f"{self.work_queue}.retry")
 
 
 def _topic(name: str) -> Exchange:
@@ -53,6 +60,26 @@ def dead_letter_queue_entity(topology: Topology) -> Queue:
     return Queue(topology.dead_letter_queue, durable=True, auto_delete=False, exclusive=False)
 
 
+def retry_queue_entity(topology: Topology) -> Queue:
+    """The retry queue: nobody consumes it; each message expires into the work queue.
+
+    A retry copy is published to it with a per-message TTL (its delay), and RabbitMQ dead-letters
+    it, once expired, through the default exchange back into the work queue. So the delay costs
+    the worker nothing and survives the worker's restarts. The embedded broker has no TTL: there
+    the consumer moves due copies back itself (transport.retry.DueRetries).
+    """
+    return Queue(
+        topology.retry_queue,
+        durable=True,
+        auto_delete=False,
+        exclusive=False,
+        queue_arguments={
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": topology.work_queue,
+        },
+    )
+
+
 def declare(channel: Any, topology: Topology) -> None:
     """Declare every exchange, queue and binding of `topology` on `channel`; safe to repeat.
 
@@ -65,6 +92,7 @@ def declare(channel: Any, topology: Topology) -> None:
         _topic(topology.tasks_exchange),
         work_queue_entity(topology),
         dead_letter_queue_entity(topology),
+        retry_queue_entity(topology),
     )
     channel_errors = getattr(channel.connection.client, "channel_errors", ())
     for entity in entities:

@@ -531,6 +531,7 @@ class BridgeEnv:
             for queue in (
                 self.topology.work_queue,
                 self.topology.dead_letter_queue,
+                self.topology.retry_queue,
                 self.collect_referrals,
                 self.collect_tasks,
             ):

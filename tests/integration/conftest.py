@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,8 @@ import pytest
 from kombu.entity import Queue
 from kombu.message import Message
 
+from referral_bridge.core.retry import RetryPolicy
+from referral_bridge.ledger import Ledger
 from referral_bridge.transport import (
     Ack,
     BrokerSpec,
@@ -32,6 +35,12 @@ from referral_bridge.transport import (
 )
 
 RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672//"
+#: Retries a test can wait for: 5 attempts, 0.1 to 0.4 s apart.
+QUICK_RETRIES = RetryPolicy(
+    max_attempts=5,
+    first_delay=timedelta(milliseconds=100),
+    longest_delay=timedelta(milliseconds=400),
+)
 
 
 def wait_until(condition: Callable[[], bool], *, timeout: float = 10.0) -> bool:
@@ -112,7 +121,8 @@ class BrokerHarness:
         self, handler: Callable[[InboundMessage], Verdict], **options: Any
     ) -> RunningConsumer:
         """Run a Consumer of the work queue in a thread until the test ends or halts it."""
-        options.setdefault("retry_delay", 0.0)
+        options.setdefault("unparked_pause", 0.0)
+        options.setdefault("retry_policy", QUICK_RETRIES)
         options.setdefault("drain_timeout", 0.2)
         idle_calls: list[float] = []
         then_idle: Callable[[], None] | None = options.pop("idle_callback", None)
@@ -207,7 +217,7 @@ def topology() -> Topology:
 def _delete_topology(spec: BrokerSpec, topology: Topology) -> None:
     connection = spec.connection()
     try:
-        for queue in (topology.work_queue, topology.dead_letter_queue):
+        for queue in (topology.work_queue, topology.dead_letter_queue, topology.retry_queue):
             with connection.channel() as channel:
                 channel.queue_delete(queue=queue)
         for exchange in (
@@ -231,6 +241,16 @@ def rabbit(rabbitmq_url: str, topology: Topology, tmp_path: Path) -> Iterator[Br
     finally:
         harness.close()
         _delete_topology(spec, topology)
+
+
+@pytest.fixture
+def sqlite_ledger(tmp_path: Path) -> Iterator[Ledger]:
+    """An empty SQLite ledger of this test's own."""
+    opened = Ledger.open(f"sqlite:///{tmp_path / 'ledger.sqlite3'}")
+    try:
+        yield opened
+    finally:
+        opened.dispose()
 
 
 @pytest.fixture

@@ -85,14 +85,15 @@ class TestEmbeddedFlows:
         running.halt()
         assert embedded.depth(embedded.topology.work_queue) == 0
 
-    def test_an_unsettled_message_goes_back_on_a_clean_stop(self, embedded: BrokerHarness) -> None:
-        """A message the handler keeps retrying is back on the queue once run() returns."""
+    def test_a_message_being_retried_is_kept_on_a_clean_stop(self, embedded: BrokerHarness) -> None:
+        """A message the handler keeps retrying is on the work or retry queue once run() returns."""
         handler = RecordingHandler(Retry("busy"))
         embedded.publisher.publish_inbound(b"{}", "crime.recorded")
-        running = embedded.start_consumer(handler, retry_delay=0.2)
-        assert wait_until(lambda: len(handler.received) >= 1)
+        running = embedded.start_consumer(handler)
+        assert wait_until(lambda: len(handler.received) >= 3)
         running.halt()
-        assert embedded.depth(embedded.topology.work_queue) == 1
+        queues = (embedded.topology.work_queue, embedded.topology.retry_queue)
+        assert sum(embedded.depth(queue) for queue in queues) == 1
 
     def test_dead_letter_parks_the_original_bytes_with_all_five_headers(
         self, embedded: BrokerHarness
@@ -140,17 +141,18 @@ class TestEmbeddedFlows:
         assert parked.headers["x-rb-reason"] == "processing_error"
 
     def test_retry_brings_the_message_back(self, embedded: BrokerHarness) -> None:
-        """The requeued message returns unchanged, marked redelivered, with its routing key."""
-        handler = RecordingHandler(Retry("database busy"), Ack())
+        """A copy returns through the retry queue unchanged, with its routing key and count."""
+        handler = RecordingHandler(Retry("database busy", attempts=1), Ack())
         embedded.publisher.publish_inbound(NOT_UTF8, "consent.updated")
         running = embedded.start_consumer(handler)
         assert wait_until(lambda: len(handler.received) == 2)
         running.halt()
         first, second = handler.received
-        assert (first.redelivered, second.redelivered) == (False, True)
+        assert (first.attempts, second.attempts) == (0, 1)
         assert second.body == NOT_UTF8
         assert second.routing_key == "consent.updated"
         assert embedded.depth(embedded.topology.work_queue) == 0
+        assert embedded.depth(embedded.topology.retry_queue) == 0
 
     def test_a_handler_exception_neither_crashes_nor_acks(self, embedded: BrokerHarness) -> None:
         """The consumer keeps running and the message comes back to the handler."""

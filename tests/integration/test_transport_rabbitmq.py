@@ -24,6 +24,7 @@ from referral_bridge.transport import (
     Publisher,
     PublishError,
     Retry,
+    Verdict,
     broker_spec,
     declare,
 )
@@ -159,15 +160,21 @@ class TestVerdicts:
         parked = rabbit.fetch_eventually(rabbit.topology.dead_letter_queue)
         assert parked.properties["delivery_mode"] == 2
 
-    def test_retry_brings_the_message_back(self, rabbit: BrokerHarness) -> None:
-        """Retry requeues: the handler sees the message again, marked redelivered."""
+    def test_retry_brings_the_message_back_through_the_retry_queue(
+        self, rabbit: BrokerHarness
+    ) -> None:
+        """A copy comes back (not a redelivery): same bytes and routing key, the count kept."""
         handler = RecordingHandler(Retry("database busy"), Ack())
-        rabbit.publisher.publish_inbound(b"{}", "crime.recorded")
+        rabbit.publisher.publish_inbound(NOT_UTF8, "crime.recorded")
         running = rabbit.start_consumer(handler)
         assert wait_until(lambda: len(handler.received) == 2)
         running.halt()
-        assert [m.redelivered for m in handler.received] == [False, True]
+        first, second = handler.received
+        assert (second.body, second.routing_key) == (NOT_UTF8, "crime.recorded")
+        assert (first.attempts, second.attempts) == (0, 0)  # an uncounted retry
+        assert second.headers["x-rb-detail"] == "database busy"
         assert rabbit.depth(rabbit.topology.work_queue) == 0
+        assert rabbit.depth(rabbit.topology.retry_queue) == 0
 
     def test_a_handler_exception_neither_crashes_nor_acks(self, rabbit: BrokerHarness) -> None:
         """The consumer keeps running and the message comes back to the handler."""
@@ -179,24 +186,32 @@ class TestVerdicts:
         assert running.errors == []
         assert handler.received[0].body == handler.received[1].body
 
-    def test_a_failed_dead_letter_publish_leaves_the_message_unacked(
-        self, rabbit: BrokerHarness
+    @pytest.mark.parametrize("copy", ["dead letter", "retry copy"])
+    def test_a_copy_that_cannot_be_stored_leaves_the_message_unacked(
+        self, rabbit: BrokerHarness, copy: str
     ) -> None:
-        """With the DLQ gone the dead letter is unroutable, so the original is requeued."""
+        """With its queue gone the copy is unroutable, so the original is requeued, not acked."""
         gate = threading.Event()
-        handler = RecordingHandler(
-            DeadLetter(reason=DeadLetterReason.INVALID_JSON, detail="x", attempts=1), gate=gate
-        )
+        stored: dict[str, tuple[Verdict, str]] = {
+            "dead letter": (
+                DeadLetter(reason=DeadLetterReason.INVALID_JSON, detail="x", attempts=1),
+                rabbit.topology.dead_letter_queue,
+            ),
+            "retry copy": (Retry("x", attempts=1), rabbit.topology.retry_queue),
+        }
+        verdict, queue = stored[copy]
+        handler = RecordingHandler(verdict, gate=gate)
         running = rabbit.start_consumer(handler)
         rabbit.publisher.publish_inbound(b"nope", "crime.recorded")
         assert wait_until(lambda: len(handler.received) == 1)
         # Only now: the consumer and publisher both declare the topology when they connect.
         with rabbit.spec.connection() as connection:
-            connection.channel().queue_delete(queue=rabbit.topology.dead_letter_queue)
+            connection.channel().queue_delete(queue=queue)
         gate.set()
         assert wait_until(lambda: len(handler.received) >= 2)
         running.halt()
         assert rabbit.depth(rabbit.topology.work_queue) == 1
+        assert handler.received[1].attempts == 0, "the count grows only with a stored copy"
 
 
 class TestFlowControl:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -19,7 +20,7 @@ from referral_bridge.service import (
     ReferralService,
     snapshot_of,
 )
-from referral_bridge.transport import Ack, DeadLetter, Retry
+from referral_bridge.transport import Ack, DeadLetter, InboundMessage, Retry
 from tests.fakes import (
     REFERRALS_EXCHANGE,
     FakeClock,
@@ -168,37 +169,41 @@ class TestLedgerOutages:
 
 
 class TestProcessingAttempts:
+    """Attempts are counted on the message (the transport carries them on each retry copy)."""
+
     def test_an_event_that_succeeds_on_its_last_allowed_attempt_is_acked(
         self, ledger: CountingLedger, publisher: RecordingPublisher
     ) -> None:
-        service = make_service(
-            ledger=ledger,
-            sealer=FlakySealer(failures=2),
-            publisher=publisher,
-            clock=FakeClock(START),
-            max_processing_attempts=3,
-        )
+        service = flaky_service(ledger, publisher, failures=2, max_attempts=3)
+
+        verdicts = [service.handle(retried(crime_message(), n)) for n in range(3)]
+
+        assert verdicts[:2] == [
+            Retry(detail="RuntimeError (attempt 1)", attempts=1),
+            Retry(detail="RuntimeError (attempt 2)", attempts=2),
+        ]
+        assert verdicts[2] == Ack()
+
+    def test_the_count_the_message_carries_decides_not_what_this_process_saw(
+        self, ledger: CountingLedger, publisher: RecordingPublisher
+    ) -> None:
+        """A message other workers failed 4 times is dead-lettered at its 5th failure here."""
+        service = flaky_service(ledger, publisher, failures=1_000, max_attempts=5)
+
+        verdict = service.handle(retried(crime_message(), 4))
+
+        assert isinstance(verdict, DeadLetter)
+        assert verdict.reason == DeadLetterReason.PROCESSING_ERROR
+        assert verdict.attempts == 5
+
+    def test_a_first_delivery_is_attempt_one_however_often_the_process_saw_the_event(
+        self, ledger: CountingLedger, publisher: RecordingPublisher
+    ) -> None:
+        service = flaky_service(ledger, publisher, failures=1_000, max_attempts=2)
 
         verdicts = [service.handle(crime_message()) for _ in range(3)]
 
-        assert [type(v) for v in verdicts] == [Retry, Retry, Ack]
-
-    def test_attempts_are_counted_per_event(
-        self, ledger: CountingLedger, publisher: RecordingPublisher
-    ) -> None:
-        service = make_service(
-            ledger=ledger,
-            sealer=FlakySealer(failures=1_000),
-            publisher=publisher,
-            clock=FakeClock(START),
-            max_processing_attempts=2,
-        )
-        first = crime_message("event-1")
-        second = crime_message("event-2", crime_ref="LC-26-0000002")
-
-        verdicts = [service.handle(m) for m in (first, second, first, second)]
-
-        assert [type(v) for v in verdicts] == [Retry, Retry, DeadLetter, DeadLetter]
+        assert verdicts == [Retry(detail="RuntimeError (attempt 1)", attempts=1)] * 3
 
     def test_a_retry_detail_names_the_error_type_and_attempt_only(
         self, ledger: CountingLedger, publisher: RecordingPublisher
@@ -213,7 +218,27 @@ class TestProcessingAttempts:
             ledger=ledger, sealer=Sealer(), publisher=publisher, clock=FakeClock(START)
         )
 
-        assert service.handle(crime_message()) == Retry(detail="RuntimeError (attempt 1)")
+        verdict = service.handle(crime_message())
+
+        assert verdict == Retry(detail="RuntimeError (attempt 1)", attempts=1)
+
+
+def flaky_service(
+    ledger: CountingLedger, publisher: RecordingPublisher, *, failures: int, max_attempts: int
+) -> ReferralService:
+    """A service whose sealing fails `failures` times, giving events `max_attempts` attempts."""
+    return make_service(
+        ledger=ledger,
+        sealer=FlakySealer(failures=failures),
+        publisher=publisher,
+        clock=FakeClock(START),
+        max_processing_attempts=max_attempts,
+    )
+
+
+def retried(message: InboundMessage, attempts: int) -> InboundMessage:
+    """`message` as its retry copy comes back after `attempts` failed attempts."""
+    return replace(message, attempts=attempts)
 
 
 class TestOutboundMessages:

@@ -6,8 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from referral_bridge.bootstrap import topology_of
 from referral_bridge.errors import ConfigError
 from referral_bridge.settings import CONFIG_ENV, load_settings
+from referral_bridge.transport import Topology
+from referral_bridge.worker import retry_policy_of
 
 MINIMAL = """\
 [bridge]
@@ -286,3 +289,40 @@ class TestProviderDelivery:
         provider = load_settings(path, env={}).providers["lancashire-victim-services"]
 
         assert provider.broker_ca_bundle == tmp_path / "pki" / "provider-ca.pem"
+
+
+class TestRetries:
+    """Attempts and delays of failed messages, and the retry queue's name."""
+
+    def test_the_defaults_are_five_attempts_1_2_4_and_8_s_apart(self, tmp_path: Path) -> None:
+        settings = load_settings(write_config(tmp_path), env={})
+
+        policy = retry_policy_of(settings)
+
+        assert policy.max_attempts == 5
+        assert [policy.delay(n).total_seconds() for n in range(1, 5)] == [1, 2, 4, 8]
+        assert topology_of(settings).retry_queue == "referral-bridge.events.retry"
+
+    def test_a_maximum_delay_below_the_first_is_refused(self, tmp_path: Path) -> None:
+        path = write_config(
+            tmp_path,
+            MINIMAL.replace(
+                "[bridge]\n", "[bridge]\nretry_delay_seconds = 10\nretry_max_delay_seconds = 5\n"
+            ),
+        )
+
+        [problem] = problems_of(path)
+        assert "retry_max_delay_seconds" in problem
+
+    def test_the_retry_queue_follows_a_renamed_work_queue_unless_named(
+        self, tmp_path: Path
+    ) -> None:
+        renamed = MINIMAL + '\n[broker.topology]\nwork_queue = "rb.events"\n'
+        named = renamed + 'retry_queue = "rb.later"\n'
+
+        assert topology_of(load_settings(write_config(tmp_path / "a", renamed), env={})) == (
+            Topology(work_queue="rb.events", retry_queue="rb.events.retry")
+        )
+        assert topology_of(load_settings(write_config(tmp_path / "b", named), env={})) == (
+            Topology(work_queue="rb.events", retry_queue="rb.later")
+        )
