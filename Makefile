@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck schemas bench chaos clean
+.PHONY: demo test unit lint typecheck schemas bench chaos clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ test: $(STAMP)
 	$(BIN)/ruff format --check referral_bridge tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/pytest
+
+# The fast loop: the pure core and everything else that needs no broker or database.
+unit: $(STAMP)
+	$(BIN)/pytest -q tests/unit
 
 lint: $(STAMP)
 	$(BIN)/ruff check referral_bridge tests benchmarks
