@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import pwd
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -22,6 +22,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.exc import OperationalError
 
 from referral_bridge.errors import LedgerUnavailableError
+from referral_bridge.ledger.chain import append_audit
 from referral_bridge.ledger.schema import audit as audit_table
 from referral_bridge.logging import scrub
 
@@ -63,14 +64,18 @@ class AuditRecord:
     consent_state: str | None = None
     consent_recorded_at: datetime | None = None
     consent_recorded_by: str | None = None
+    consent_regime: str | None = None
     #: Free text without personal data (scrubbed again on the way in).
     detail: str | None = None
     id: int | None = None
+    #: PostgreSQL: when the database wrote the record, by its own clock (None on SQLite). Set
+    #: by a trigger whatever the writer says: compare it with `at` to see a backdated record.
+    server_at: datetime | None = field(default=None, compare=False)
 
     def as_json(self) -> dict[str, Any]:
         """The record with timestamps as ISO 8601 strings, for `audit --json`."""
         document = asdict(self)
-        for key in ("at", "consent_recorded_at"):
+        for key in ("at", "consent_recorded_at", "server_at"):
             value = document[key]
             document[key] = value.isoformat() if value is not None else None
         return document
@@ -111,14 +116,9 @@ class AuditTrail:
         rows = [_row(record) for record in records]
         if not rows:
             return []
-        ids: list[int] = []
         try:
             with self._engine.begin() as connection:
-                for row in rows:
-                    result = connection.execute(audit_table.insert().values(**row))
-                    key = result.inserted_primary_key
-                    assert key is not None  # an INSERT of one row always has one
-                    ids.append(int(key[0]))
+                ids = append_audit(connection, rows)
         except OperationalError as exc:
             raise LedgerUnavailableError(
                 f"cannot write the audit trail ({type(exc.orig).__name__}); nothing was done. "
@@ -187,6 +187,7 @@ def _row(record: AuditRecord) -> dict[str, Any]:
         "consent_state": record.consent_state,
         "consent_recorded_at": record.consent_recorded_at,
         "consent_recorded_by": record.consent_recorded_by,
+        "consent_regime": record.consent_regime,
         # Operators type this: it must not become a back door for personal data.
         "detail": _clip(scrub(record.detail), _MAX_DETAIL) if record.detail is not None else None,
     }
@@ -210,5 +211,7 @@ def _record(row: Any) -> AuditRecord:
         consent_state=row["consent_state"],
         consent_recorded_at=row["consent_recorded_at"],
         consent_recorded_by=row["consent_recorded_by"],
+        consent_regime=row["consent_regime"],
         detail=row["detail"],
+        server_at=row["server_at"],
     )

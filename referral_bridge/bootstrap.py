@@ -273,7 +273,7 @@ def build(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -> Bri
     force = AmqpRoute(publisher, name="amqp-force")
     routes = provider_routes(settings, publisher, topology, force=force)
     try:
-        ledger = Ledger.open(settings.ledger_url)
+        ledger = Ledger.open_for_worker(settings.ledger_url)
     except BaseException:
         for route in routes.values():
             route.close()

@@ -1,4 +1,5 @@
-"""Command line: run, demo, simulate, keys, open, rules explain, schemas, check-config.
+"""Command line: run, migrate, demo, simulate, keys, open, rules explain, schemas, check-config,
+dlq, audit, retention.
 
 Exit codes are part of the interface (a test pins them); systemd and scripts act on them.
 """
@@ -21,13 +22,16 @@ from referral_bridge.commands import (
     check_config,
     dlq,
     keys,
+    migrate,
     provider,
+    retention,
     settings_from,
     with_config,
 )
 from referral_bridge.errors import (
     BridgeError,
     ConfigError,
+    LedgerPrivilegeError,
     LedgerSchemaError,
     LedgerUnavailableError,
 )
@@ -175,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     with_config(commands.add_parser("run", help="run the worker")).set_defaults(func=cmd_run)
-    for module in (check_config, keys, provider, dlq, audit):
+    for module in (check_config, keys, provider, dlq, audit, migrate, retention):
         module.register(commands)
 
     opener = commands.add_parser("open", help="provider side: verify, decrypt and print a referral")
@@ -254,7 +258,7 @@ def main(argv: Sequence[str] | None = None, *, stderr: TextIO | None = None) -> 
     except ConfigError as exc:
         print(f"referral-bridge: {exc}", file=err)
         return RET_CONFIG
-    except (LedgerUnavailableError, LedgerSchemaError) as exc:
+    except (LedgerUnavailableError, LedgerSchemaError, LedgerPrivilegeError) as exc:
         print(f"referral-bridge: {exc}", file=err)
         return RET_CONNECT if isinstance(exc, LedgerUnavailableError) else RET_CONFIG
     except (KeyFileError, InvalidKeyIdError) as exc:

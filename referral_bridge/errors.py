@@ -20,4 +20,10 @@ class LedgerUnavailableError(BridgeError):
 
 
 class LedgerSchemaError(BridgeError):
-    """Raised when the ledger's schema is newer than this version of the bridge understands."""
+    """Raised when the ledger's schema is newer than this version of the bridge understands, or
+    (where the caller does not migrate) not this version's."""
+
+
+class LedgerPrivilegeError(BridgeError):
+    """Raised when `run`'s PostgreSQL role could rewrite the audit trail: give it a role that
+    may only read and append to rb_audit (docs/operations.md, "Two database roles")."""

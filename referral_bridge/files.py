@@ -27,6 +27,7 @@ __all__ = [
     "private_tree",
     "private_umask",
     "tighten",
+    "write_private",
 ]
 
 log = structlog.get_logger(__name__)
@@ -105,3 +106,11 @@ def private_sqlite(database: Path) -> None:
 def tighten_all(paths: Iterable[Path]) -> None:
     for path in paths:
         tighten(path, PRIVATE_FILE_MODE)
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Create `path` (it must not exist) mode 0600 and write `data`: for exports of personal
+    data, which must never be readable by others, even for a moment."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE)
+    with os.fdopen(descriptor, "wb") as file:
+        file.write(data)

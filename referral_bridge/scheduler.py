@@ -1,16 +1,20 @@
 """Periodic work between messages: ended holds, crime-recording reviews, fallbacks for passed
-deadlines, then delivery of parked and left-over outbox rows."""
+deadlines, delivery of parked and left-over outbox rows, and the daily retention sweep."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import structlog
 
-from referral_bridge.bootstrap import Bridge
+from referral_bridge.bootstrap import Bridge, utc_now
 from referral_bridge.errors import LedgerUnavailableError
+from referral_bridge.ledger import Ledger
+from referral_bridge.ledger.retention import claim_sweep, sweep
+from referral_bridge.ledger.store import DAEMON_ACTOR
+from referral_bridge.settings import RetentionSection
 from referral_bridge.transport.errors import TransportError
 
 log = structlog.get_logger("referral_bridge.scheduler")
@@ -27,12 +31,18 @@ class Scheduler:
     """Runs periodic work between messages: ended holds, overdue referrals, due deliveries."""
 
     def __init__(
-        self, bridge: Bridge, *, interval: float, monotonic: Callable[[], float] = time.monotonic
+        self,
+        bridge: Bridge,
+        *,
+        interval: float,
+        monotonic: Callable[[], float] = time.monotonic,
+        retention: Callable[[], object] | None = None,
     ) -> None:
         self._bridge = bridge
         self._interval = interval
         self._monotonic = monotonic
         self._next = 0.0
+        self._retention = retention
 
     def __call__(self) -> None:
         if self._monotonic() < self._next:
@@ -45,6 +55,8 @@ class Scheduler:
             ("issue_overdue_fallbacks", service.issue_overdue_fallbacks),
             ("flush", lambda: service.flush(older_than=OUTBOX_GRACE)),
         )
+        if self._retention is not None:
+            steps += (("retention", self._retention),)
         # Each step on its own: one that fails must not skip the others, nor leave the idle
         # callback (the consumer would re-raise it and the worker would exit, then crash-loop on
         # the same row). Nothing is lost: holds and outbox rows stay for the next tick.
@@ -55,3 +67,52 @@ class Scheduler:
                 log.warning("scheduler.deferred", step=name, error_type=type(exc).__name__)
             except Exception as exc:  # logged by type only: its text could hold anything
                 log.error("scheduler.step_failed", step=name, error_type=type(exc).__name__)
+
+
+#: How often a worker asks the ledger whether the retention sweep is due (cheap; the sweep
+#: itself runs once per `sweep_interval_hours` among all workers).
+RETENTION_CHECK_SECONDS = 600.0
+
+
+class RetentionSweep:
+    """The scheduled retention sweep: the worker that claims it (rb_jobs) erases what is due."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        policy: RetentionSection,
+        *,
+        clock: Callable[[], datetime] = utc_now,
+        monotonic: Callable[[], float] = time.monotonic,
+        check_every: float = RETENTION_CHECK_SECONDS,
+    ) -> None:
+        self._ledger = ledger
+        self._policy = policy
+        self._clock = clock
+        self._monotonic = monotonic
+        self._check_every = check_every
+        self._next = 0.0
+
+    def __call__(self) -> int:
+        """Sweep if it is this worker's turn; returns the matters erased."""
+        if not self._policy.sweep or self._monotonic() < self._next:
+            return 0
+        self._next = self._monotonic() + self._check_every
+        now = self._clock()
+        every = timedelta(hours=self._policy.sweep_interval_hours)
+        if not claim_sweep(self._ledger, now=now, every=every):
+            return 0
+        report = sweep(
+            self._ledger,
+            now=now,
+            erase_after=timedelta(days=self._policy.erase_after_days),
+            actor=DAEMON_ACTOR,
+        )
+        log.info(
+            "retention.swept",
+            matters=report.matters,
+            snapshots=report.records,
+            bodies=report.bodies,
+            consents=report.consents,
+        )
+        return report.matters

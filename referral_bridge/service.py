@@ -30,6 +30,7 @@ from referral_bridge.core.events import (
     InboundEvent,
     IncidentRecorded,
     OutboundEvent,
+    Victim,
 )
 from referral_bridge.core.history import ConsentRecord, VictimHistory
 from referral_bridge.core.messages import (
@@ -41,6 +42,7 @@ from referral_bridge.core.messages import (
 )
 from referral_bridge.core.parsing import InvalidMessage, parse_inbound
 from referral_bridge.core.policy import Policy
+from referral_bridge.core.retention import withdrawals_after_erasure
 from referral_bridge.core.review import review_at, review_due_by
 from referral_bridge.delivery import (
     FALLBACK_EVENT,
@@ -51,6 +53,7 @@ from referral_bridge.delivery import (
 from referral_bridge.errors import LedgerUnavailableError
 from referral_bridge.ledger import (
     AuditFacts,
+    CaseState,
     Ledger,
     LedgerTransaction,
     OutboxMessage,
@@ -525,7 +528,7 @@ class ReferralService:
     ) -> tuple[Decision, ...]:
         state = tx.load_state(case_ref, matter)
         if state.snapshot is None:
-            return ()
+            return self._withdraw_erased(tx, state, event_id, now) if state.erased else ()
         case = as_decided(snapshot_of(state.snapshot_kind, state.snapshot), self._policy)
         if case.kind is CaseKind.CRIME:
             # Every incident of the matter, whichever side named the link: the crime follows
@@ -554,6 +557,18 @@ class ReferralService:
                         )
         return decisions
 
+    def _withdraw_erased(
+        self, tx: LedgerTransaction, state: CaseState, event_id: str, now: datetime
+    ) -> tuple[Decision, ...]:
+        """An erased matter decides nothing new, but a withdrawal of consent is still honoured
+        (docs/data-protection.md): it needs only the ids the ledger keeps."""
+        decisions = tuple(withdrawals_after_erasure(state.case_ref, state.history))
+        for decision in decisions:
+            history = state.history[decision.victim_id]
+            self._withdraw(tx, state.case_ref, None, decision, history, event_id, now)
+            tx.add_decision(event_id, decision, now)
+        return decisions
+
     def _apply(
         self,
         tx: LedgerTransaction,
@@ -572,7 +587,8 @@ class ReferralService:
             case Outcome.LEAFLET:
                 self._leaflet(tx, case, decision, event_id, now)
             case Outcome.WITHDRAW:
-                self._withdraw(tx, case, decision, history, event_id, now)
+                victim = case.victim(decision.victim_id)
+                self._withdraw(tx, case.case_ref, victim, decision, history, event_id, now)
             case Outcome.HOLD:
                 assert decision.hold_until is not None
                 if not (hold_open and history.hold and history.hold.until == decision.hold_until):
@@ -731,25 +747,28 @@ class ReferralService:
     def _withdraw(
         self,
         tx: LedgerTransaction,
-        case: CaseSnapshot,
+        case_ref: str,
+        victim: Victim | None,
         decision: Decision,
         history: VictimHistory,
         event_id: str,
         now: datetime,
     ) -> None:
+        """`victim`: the victim's entry in the snapshot, None once it was erased."""
         provider, referral_id = decision.provider, decision.referral_id
         if provider is None or referral_id is None:
             raise ValueError("withdraw decision without a provider or referral id")
         referral = next(r for r in history.referrals if r.referral_id == referral_id)
-        victim = case.victim(decision.victim_id)
         consent = effective_consent(victim, history.consent) if victim is not None else None
+        # Erased: the consent.updated that asked for the withdrawal is all there is to cite.
+        recorded = history.consent if victim is None else None
         payload = withdrawal_payload(referral.case_ref, decision, now)
         token = self._sealer.seal(provider, payload.model_dump(mode="json"))
         message_id = ids.withdrawal_id(referral_id)
         # The action is recorded either way, so the withdrawal is decided once.
         tx.add_action(
             RecordedAction(
-                case_ref=case.case_ref,
+                case_ref=case_ref,
                 victim_id=decision.victim_id,
                 action="withdrawal",
                 target=referral_id,
@@ -780,9 +799,17 @@ class ReferralService:
                 victim_id=decision.victim_id,
                 provider=provider,
                 lawful_basis=decision.lawful_basis,
-                consent_state=consent.state.value if consent else None,
-                consent_recorded_at=consent.recorded_at if consent else None,
-                consent_recorded_by=consent.recorded_by if consent else None,
+                consent_state=(
+                    consent.state.value
+                    if consent
+                    else (recorded.referral.value if recorded else None)
+                ),
+                consent_recorded_at=(
+                    consent.recorded_at if consent else (recorded.recorded_at if recorded else None)
+                ),
+                consent_recorded_by=(
+                    consent.recorded_by if consent else (recorded.recorded_by if recorded else None)
+                ),
                 consent_regime=decision.regime,
             ),
         )

@@ -165,6 +165,20 @@ class DeliverySection(_Section):
     fallback_grace_seconds: Annotated[float, Field(ge=0, le=86400)] = 900.0
 
 
+class RetentionSection(_Section):
+    """How long personal data is kept (UK GDPR Art. 5(1)(e), DPA 2018 s.39; see
+    docs/data-protection.md). A force's data protection officer sets these."""
+
+    #: Erase a matter's snapshots, delivered message bodies and consent recorders this many days
+    #: after its last activity (decisions, actions and the audit trail are kept: ids only).
+    #: At least 30: nothing is erased while a Victims' Code deadline or a hold could still run.
+    erase_after_days: Annotated[int, Field(ge=30, le=3650)] = 365
+    #: The worker's scheduled sweep: false leaves erasure to `referral-bridge retention`.
+    sweep: bool = True
+    #: How often the sweep runs, once among all workers.
+    sweep_interval_hours: Annotated[float, Field(ge=1, le=168)] = 24.0
+
+
 class MetricsSection(_Section):
     """Prometheus metrics and the health endpoints."""
 
@@ -183,6 +197,7 @@ class Settings(_Section):
     providers: dict[str, ProviderSection]
     delivery: DeliverySection = DeliverySection()
     metrics: MetricsSection = MetricsSection()
+    retention: RetentionSection = RetentionSection()
 
     @field_validator("providers")
     @classmethod

@@ -35,7 +35,7 @@ from referral_bridge.health import (
 )
 from referral_bridge.ledger_gauges import LedgerGauges
 from referral_bridge.metrics import BridgeMetrics
-from referral_bridge.scheduler import Scheduler
+from referral_bridge.scheduler import RetentionSweep, Scheduler
 from referral_bridge.settings import Settings
 from referral_bridge.systemd import Notifier, Watchdog, watchdog_interval
 from referral_bridge.transport.consumer import DEFAULT_HEARTBEAT_SECONDS, Consumer
@@ -251,7 +251,11 @@ def run(bridge: Bridge, stop: threading.Event, *, notifier: Notifier | None = No
             publisher=bridge.publisher,
             prefetch=settings.broker.prefetch,
             idle_callback=LoopTick(
-                scheduler=Scheduler(bridge, interval=settings.bridge.scheduler_interval_seconds),
+                scheduler=Scheduler(
+                    bridge,
+                    interval=settings.bridge.scheduler_interval_seconds,
+                    retention=RetentionSweep(bridge.ledger, settings.retention),
+                ),
                 heartbeat=heartbeat,
                 watchdog=watchdog,
                 on_first=consuming,

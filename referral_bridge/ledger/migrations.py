@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from sqlalchemy import Connection, Table, and_, inspect, select, text
 
+from referral_bridge.core.audit_chain import GENESIS, row_hash
 from referral_bridge.errors import LedgerSchemaError
 from referral_bridge.ledger import schema as t
 
@@ -141,11 +142,71 @@ def _v4_whole_life(connection: Connection) -> None:
     connection.execute(text(f"DROP TABLE {keep}"))
 
 
+#: Version 5: the PostgreSQL trigger that stamps each audit record with the server's time.
+AUDIT_STAMP_FUNCTION = "rb_audit_server_time"
+AUDIT_STAMP_TRIGGER = "rb_audit_server_at"
+
+
+def _stamp_audit(connection: Connection) -> None:
+    """PostgreSQL: set `server_at` to the server's clock on every insert, whatever it says.
+
+    The bridge's role has no TRIGGER privilege and does not own the function, so a record it
+    writes carries the time it was really written: a backdated `at` shows (`audit verify`).
+    """
+    if connection.dialect.name != "postgresql":
+        return
+    table = connection.dialect.identifier_preparer.quote(t.audit.name)
+    connection.execute(
+        text(
+            f"CREATE OR REPLACE FUNCTION {AUDIT_STAMP_FUNCTION}() RETURNS trigger "
+            "LANGUAGE plpgsql AS $$ BEGIN NEW.server_at := clock_timestamp(); RETURN NEW; END $$"
+        )
+    )
+    connection.execute(text(f"DROP TRIGGER IF EXISTS {AUDIT_STAMP_TRIGGER} ON {table}"))
+    connection.execute(
+        text(
+            f"CREATE TRIGGER {AUDIT_STAMP_TRIGGER} BEFORE INSERT ON {table} "
+            f"FOR EACH ROW EXECUTE FUNCTION {AUDIT_STAMP_FUNCTION}()"
+        )
+    )
+
+
+def _v5_audit_chain_and_retention(connection: Connection) -> None:
+    """Issue 10 items 3 and 7: the audit trail's hash chain and server time; retention.
+
+    Records written before version 5 are chained in id order, as they are: the chain vouches for
+    them from now on, not for what happened to them before. Their `server_at` stays NULL.
+    """
+    _add_columns(connection, t.audit, ["prev_hash", "row_hash", "server_at"])
+    _add_columns(connection, t.records, ["erased_at"])
+    t.jobs.create(connection, checkfirst=True)
+    # The append-only trigger refuses the UPDATEs that chain old rows: lift it for this
+    # transaction only (it is recreated below, before anything else can write).
+    update_trigger = AUDIT_GUARD_TRIGGERS[0]
+    if connection.dialect.name == "postgresql":
+        connection.execute(text(f"DROP TRIGGER IF EXISTS {update_trigger} ON {t.audit.name}"))
+    else:
+        connection.execute(text(f"DROP TRIGGER IF EXISTS {update_trigger}"))
+    prev = GENESIS
+    for row in connection.execute(select(t.audit).order_by(t.audit.c.id)).all():
+        digest = row_hash(prev, dict(row._mapping))
+        connection.execute(
+            t.audit.update().where(t.audit.c.id == row.id).values(prev_hash=prev, row_hash=digest)
+        )
+        prev = digest
+    _protect_audit(connection)
+    for index in t.audit.indexes:
+        if index.name == "uq_rb_audit_prev_hash":
+            index.create(connection, checkfirst=True)
+    _stamp_audit(connection)
+
+
 #: Steps from version N-1 to N. Version 1 is the initial schema, created from the metadata.
 STEPS: dict[int, Callable[[Connection], None]] = {
     2: _v2_delivery_and_audit,
     3: _v3_delivery_claims,
     4: _v4_whole_life,
+    5: _v5_audit_chain_and_retention,
 }
 
 
@@ -171,8 +232,9 @@ def migrate(connection: Connection) -> int:
         )
     if found == 0:
         t.metadata.create_all(connection)
-        # The version-2 step's trigger, for ledgers that start at the current version.
+        # The triggers of the version-2 and version-5 steps, for ledgers that start here.
         _protect_audit(connection)
+        _stamp_audit(connection)
         connection.execute(
             t.schema_info.insert().values(key="schema_version", value=str(t.SCHEMA_VERSION))
         )

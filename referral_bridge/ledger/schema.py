@@ -15,6 +15,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     Dialect,
+    Index,
     Integer,
     LargeBinary,
     MetaData,
@@ -48,7 +49,7 @@ class UtcDateTime(TypeDecorator[datetime]):
 
 
 #: Bump with a migration step in migrations.py whenever the tables below change.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 metadata = MetaData()
 
@@ -84,6 +85,8 @@ records = Table(
     Column("version", Integer, nullable=False),
     Column("snapshot", JSON, nullable=False),
     Column("updated_at", UtcDateTime(), nullable=False),
+    #: Version 5 (retention): when the snapshot was erased (it is then `{}`); NULL: held.
+    Column("erased_at", UtcDateTime()),
 )
 
 #: Version 1: incident -> crime, one crime per incident. Replaced in version 2 by `links`; kept
@@ -243,4 +246,23 @@ audit = Table(
     Column("consent_recorded_by", String(200)),
     #: Free text without personal data: an operator's stated reason, a delivery route.
     Column("detail", String(1000)),
+    # Version 5: the hash chain (core/audit_chain.py) and, on PostgreSQL, the server's time.
+    #: The previous record's `row_hash` (the first record's is 64 zeros); unique: no fork.
+    Column("prev_hash", String(64)),
+    #: SHA-256 over the encoding tag, `prev_hash` and this record's fields.
+    Column("row_hash", String(64)),
+    #: PostgreSQL: set by a trigger to clock_timestamp() whatever the insert says (SQLite: NULL).
+    Column("server_at", UtcDateTime()),
+    Index("uq_rb_audit_prev_hash", "prev_hash", unique=True),
 )
+
+# --- Version 5: retention (issue 10 item 7) ----------------------------------------------------
+#: One row per periodic job shared by every worker: `retention` is claimed by the worker that
+#: moves `last_run_at` forward (a compare-and-set), so the daily sweep runs once among many.
+jobs = Table(
+    "rb_jobs",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("last_run_at", UtcDateTime(), nullable=False),
+)
+# --- end of version 5 ----------------------------------------------------------------------

@@ -45,10 +45,16 @@ from referral_bridge.core.history import (
     SentWithdrawal,
     VictimHistory,
 )
-from referral_bridge.errors import LedgerSchemaError, LedgerUnavailableError
+from referral_bridge.errors import (
+    LedgerPrivilegeError,
+    LedgerSchemaError,
+    LedgerUnavailableError,
+)
 from referral_bridge.files import private_sqlite
 from referral_bridge.ledger import schema as t
+from referral_bridge.ledger.chain import append_audit
 from referral_bridge.ledger.migrations import migrate
+from referral_bridge.ledger.roles import audit_powers
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +208,8 @@ class CaseState:
     snapshot: Mapping[str, Any] | None
     snapshot_kind: str | None
     history: Mapping[str, VictimHistory]
+    #: The snapshot was erased under the retention policy (`snapshot` is then None).
+    erased: bool = False
 
 
 class LedgerTransaction:
@@ -210,6 +218,11 @@ class LedgerTransaction:
     def __init__(self, connection: Connection) -> None:
         self._c = connection
         self._postgres = connection.dialect.name == "postgresql"
+
+    @property
+    def connection(self) -> Connection:
+        """The transaction's connection, for adapters that work inside it (retention)."""
+        return self._c
 
     def lock(self, refs: Iterable[str]) -> None:
         """Serialise work on these refs across workers (no-op beyond SQLite's own write lock)."""
@@ -266,7 +279,14 @@ class LedgerTransaction:
     def save_record(
         self, record_ref: str, kind: str, version: int, snapshot: Mapping[str, Any], at: datetime
     ) -> None:
-        values = {"kind": kind, "version": version, "snapshot": dict(snapshot), "updated_at": at}
+        # A new version of an erased record brings its snapshot back (the source sent it again).
+        values = {
+            "kind": kind,
+            "version": version,
+            "snapshot": dict(snapshot),
+            "updated_at": at,
+            "erased_at": None,
+        }
         if self.record_version(record_ref) is None:
             self._c.execute(t.records.insert().values(record_ref=record_ref, **values))
         else:
@@ -334,13 +354,17 @@ class LedgerTransaction:
         """The case's snapshot, with history gathered across every record of its matter."""
         refs = matter | {case_ref}
         row = self._c.execute(
-            select(t.records.c.kind, t.records.c.snapshot).where(t.records.c.record_ref == case_ref)
+            select(t.records.c.kind, t.records.c.snapshot, t.records.c.erased_at).where(
+                t.records.c.record_ref == case_ref
+            )
         ).first()
+        erased = row is not None and row.erased_at is not None
         return CaseState(
             case_ref=case_ref,
-            snapshot=row.snapshot if row else None,
+            snapshot=row.snapshot if row and not erased else None,
             snapshot_kind=row.kind if row else None,
             history=self._history(refs, case_ref),
+            erased=erased,
         )
 
     def _history(self, refs: set[str], case_ref: str) -> dict[str, VictimHistory]:
@@ -683,18 +707,39 @@ class Ledger:
                 with ledger._reading() as connection:
                     found = current_version(connection)
                 if found != t.SCHEMA_VERSION:
-                    raise LedgerSchemaError(
-                        f"ledger schema is version {found}, this tool's is {t.SCHEMA_VERSION}; it "
-                        "does not migrate. "
-                        + (
-                            "Use the referral-bridge version the workers run"
-                            if found > t.SCHEMA_VERSION
-                            else "Start the upgraded bridge (it migrates at start-up), then retry"
-                        )
-                    )
+                    raise LedgerSchemaError(_not_this_version(found, ledger.dialect))
         except BaseException:
             engine.dispose()  # no pooled connection may outlive a failed start
             raise
+        return ledger
+
+    @classmethod
+    def open_for_worker(cls, url: str) -> Ledger:
+        """The ledger as `run` opens it.
+
+        SQLite: migrated at start-up, as ever (one machine, one file: `make demo` and a first
+        run just work). PostgreSQL: never migrated by the worker (that is `referral-bridge
+        migrate`, run by the owner role); the schema must be this version's, and the worker's
+        role must not be able to alter the audit trail, else LedgerPrivilegeError.
+        """
+        if url.startswith("sqlite"):
+            return cls.open(url)
+        ledger = cls.open(url, migrate=False)
+        try:
+            with ledger._reading() as connection:
+                powers = audit_powers(connection)
+        except BaseException:
+            ledger.dispose()
+            raise
+        if powers:
+            ledger.dispose()
+            raise LedgerPrivilegeError(
+                "refusing to start: the ledger role could rewrite the audit trail ("
+                + "; ".join(powers)
+                + "). Run the bridge as a role that may only SELECT and INSERT on rb_audit: "
+                "`referral-bridge migrate --grant ROLE` as the owner role grants exactly that "
+                '(docs/operations.md, "Two database roles")'
+            )
         return ledger
 
     @property
@@ -821,9 +866,7 @@ class Ledger:
                 ).one()
                 facts = _audit_facts(row.audit)
                 if facts is not None:
-                    connection.execute(
-                        t.audit.insert(), [_audit_row(row.kind, message_id, facts, at, route)]
-                    )
+                    append_audit(connection, [_audit_row(row.kind, message_id, facts, at, route)])
                 return True
         except OperationalError as exc:
             raise LedgerUnavailableError(_describe(exc, self.engine)) from None
@@ -1063,17 +1106,20 @@ class Ledger:
                     .values(rejected_at=None, next_attempt_at=None)
                 )
                 facts = _audit_facts(row.audit)
-                connection.execute(
-                    t.audit.insert().values(
-                        at=at,
-                        action=f"{row.kind}_resend",
-                        actor=actor,
-                        message_id=message_id,
-                        provider=row.provider,
-                        case_ref=facts.case_ref if facts else None,
-                        victim_id=facts.victim_id if facts else None,
-                        detail=f"resend after rejection ({(row.last_error or '')[:200]})",
-                    )
+                append_audit(
+                    connection,
+                    [
+                        {
+                            "at": at,
+                            "action": f"{row.kind}_resend",
+                            "actor": actor,
+                            "message_id": message_id,
+                            "provider": row.provider,
+                            "case_ref": facts.case_ref if facts else None,
+                            "victim_id": facts.victim_id if facts else None,
+                            "detail": f"resend after rejection ({(row.last_error or '')[:200]})",
+                        }
+                    ],
                 )
                 return ResendResult("resent", row.provider)
         except OperationalError as exc:
@@ -1254,6 +1300,25 @@ def _after(cursor: tuple[datetime, str]) -> ColumnElement[bool]:
     return or_(
         t.outbox.c.created_at > at,
         and_(t.outbox.c.created_at == at, t.outbox.c.message_id > message_id),
+    )
+
+
+def _not_this_version(found: int, dialect: str) -> str:
+    """What to do when a ledger opened without migrating is not at this bridge's version."""
+    if found > t.SCHEMA_VERSION:
+        return (
+            f"ledger schema is version {found}, newer than this bridge's {t.SCHEMA_VERSION}: "
+            "use the referral-bridge version that wrote it"
+        )
+    state = "has no tables yet" if found == 0 else f"is at schema version {found}"
+    how = (
+        "run `referral-bridge migrate` as the ledger's owner role (not the bridge's role)"
+        if dialect == "postgresql"
+        else "run `referral-bridge migrate` (or start the bridge: it migrates SQLite at start-up)"
+    )
+    return (
+        f"the ledger {state}, this bridge needs version {t.SCHEMA_VERSION} and does not migrate "
+        f"it here: {how}, then try again"
     )
 
 

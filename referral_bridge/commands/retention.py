@@ -1,0 +1,62 @@
+"""`referral-bridge retention`: erase personal data the retention policy no longer allows.
+
+`--dry-run` prints counts only (matters, snapshots, message bodies, consent recorders), never
+refs or data. Without it, each due matter is erased in its own transaction and recorded in the
+audit trail; the workers' scheduler does the same once a day ([retention] in the config).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from datetime import UTC, datetime, timedelta
+
+from referral_bridge.commands import SubParsers, operator_settings_from, with_config
+from referral_bridge.exit_codes import RET_OK
+
+
+def cmd_retention(args: argparse.Namespace) -> int:
+    from referral_bridge.audit import operator_name
+    from referral_bridge.ledger import Ledger
+    from referral_bridge.ledger.retention import sweep
+
+    settings = operator_settings_from(args)
+    days = settings.retention.erase_after_days
+    ledger = Ledger.open(settings.ledger_url, migrate=False)
+    try:
+        report = sweep(
+            ledger,
+            now=datetime.now(UTC),
+            erase_after=timedelta(days=days),
+            actor=operator_name(),
+            dry_run=args.dry_run,
+        )
+    finally:
+        ledger.dispose()
+    if args.json:
+        json.dump({"dry_run": args.dry_run, "erase_after_days": days, **asdict(report)}, sys.stdout)
+        print()
+        return RET_OK
+    verb = "would erase" if args.dry_run else "erased"
+    print(
+        f"{verb} the personal data of {report.matters} matters idle for {days} days or more: "
+        f"{report.records} snapshots, {report.bodies} delivered message bodies, "
+        f"{report.consents} consent recorders"
+        + ("" if args.dry_run else "; each erasure is in the audit trail")
+    )
+    return RET_OK
+
+
+def register(commands: SubParsers) -> None:
+    parser = with_config(
+        commands.add_parser(
+            "retention", help="erase personal data past the retention policy ([retention])"
+        )
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="count what would be erased; change nothing"
+    )
+    parser.add_argument("--json", action="store_true", help="JSON instead of text")
+    parser.set_defaults(func=cmd_retention)
