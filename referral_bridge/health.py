@@ -26,7 +26,7 @@ from amqp.exceptions import AccessRefused, AMQPError
 from kombu.connection import Connection
 from kombu.exceptions import OperationalError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from sqlalchemy import Engine, inspect, select, text, update
+from sqlalchemy import Engine, inspect, select, text
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -244,8 +244,9 @@ class LedgerProbe:
 def probe_ledger(engine: Engine) -> LedgerProbe:
     """Read the schema version, then write and roll back, so nothing in the ledger changes.
 
-    The write is a no-op UPDATE of the version row, or, in an empty database, a CREATE TABLE
-    (which the first start needs to be allowed): both are undone by the rollback.
+    The write is an INSERT into the matter locks (what every event's transaction does, and
+    allowed to the bridge's least-privilege role on PostgreSQL), or, in an empty database, a
+    CREATE TABLE (which the first start needs to be allowed): both are undone by the rollback.
     """
     try:
         connection = engine.connect()
@@ -259,11 +260,7 @@ def probe_ledger(engine: Engine) -> LedgerProbe:
             return LedgerProbe(reachable=False, error=_db_error(exc))
         try:
             if version > 0:
-                connection.execute(
-                    update(t.schema_info)
-                    .where(t.schema_info.c.key == "schema_version")
-                    .values(value=t.schema_info.c.value)
-                )
+                connection.execute(t.locks.insert().values(ref="rb:write-probe"))
             else:
                 connection.execute(text("CREATE TABLE rb_write_probe (x INTEGER)"))
         except SQLAlchemyError as exc:

@@ -22,11 +22,13 @@ import psycopg
 import pytest
 from pydantic import BaseModel
 from sqlalchemy import create_engine
+from sqlalchemy.engine import make_url
 
 from referral_bridge.bootstrap import ProviderSealer, load_policy
 from referral_bridge.core.calendar import WorkingDayCalendar
 from referral_bridge.ledger import Ledger
 from referral_bridge.ledger import schema as ledger_schema
+from referral_bridge.ledger.roles import grant
 from referral_bridge.resources import DEFAULT_POLICY
 from referral_bridge.sealing import KeySet, generate_key_pair, load_key_set, load_private_key
 from referral_bridge.service import ReferralService, Routes, Sealer
@@ -304,6 +306,39 @@ def throwaway_postgres_database(prefix: str = "rb_it") -> Iterator[str]:
     finally:
         with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextmanager
+def bridge_role(url: str) -> Iterator[str]:
+    """The ledger at `url` migrated by its owner (postgres), and a LOGIN role of this test's own
+    with only what `referral-bridge migrate --grant` gives the bridge (SELECT and INSERT on
+    rb_audit); yields a URL that logs in as that role. The role is dropped afterwards.
+
+    Role names are cluster-wide: a uuid keeps parallel tests (xdist) apart.
+    """
+    role = f"rb_bridge_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as admin:
+        admin.execute(f'CREATE ROLE "{role}" LOGIN')  # name is ours: hex digits and a prefix
+    try:
+        owner = Ledger.open(url)
+        try:
+            with owner.engine.begin() as connection:
+                grant(connection, role)
+        finally:
+            owner.dispose()
+        yield make_url(url).set(username=role).render_as_string(hide_password=False)
+    finally:
+        database = make_url(url).database
+        with psycopg.connect(
+            f"postgresql://postgres@{PG_HOST}:{PG_PORT}/{database}", autocommit=True
+        ) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s",
+                (role,),
+            )
+            admin.execute(f'DROP OWNED BY "{role}"')
+        with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as admin:
+            admin.execute(f'DROP ROLE IF EXISTS "{role}"')
 
 
 def empty_ledger_database(url: str) -> None:

@@ -353,8 +353,11 @@ def check_ledger(settings: Settings, *, timeout: float) -> list[Finding]:
                 "postgresql+psycopg://USER@HOST/DB, or leave it empty for SQLite",
             )
         ]
+    powers: list[str] = []
     try:
         found = probe_ledger(engine)
+        if url.get_backend_name() == "postgresql" and (found.schema_version or 0) > 0:
+            powers = _audit_powers(engine)
     finally:
         engine.dispose()
     if not found.reachable:
@@ -385,6 +388,26 @@ def check_ledger(settings: Settings, *, timeout: float) -> list[Finding]:
                 "and check free disk space",
             )
         ]
+    if powers:
+        return [
+            fail(
+                "ledger",
+                f"{where}: `run` would refuse to start: "
+                + "; ".join(powers)
+                + ". Use a role with only SELECT and INSERT on rb_audit "
+                "(`referral-bridge migrate --grant ROLE` as the owner)",
+            )
+        ]
+    postgres = url.get_backend_name() == "postgresql"
+    if version < SCHEMA_VERSION and postgres:
+        return [
+            fail(
+                "ledger",
+                f"{where}: schema version {version}, the bridge needs {SCHEMA_VERSION} and does "
+                "not migrate PostgreSQL itself: run `referral-bridge migrate` as the ledger's "
+                "owner role (take a backup first)",
+            )
+        ]
     if version == 0:
         state = "empty: the bridge creates its tables at first start"
     elif version < SCHEMA_VERSION:
@@ -395,6 +418,19 @@ def check_ledger(settings: Settings, *, timeout: float) -> list[Finding]:
     else:
         state = f"schema version {version}, as this bridge expects"
     return [ok("ledger", f"{where}: {state}; writable")]
+
+
+def _audit_powers(engine: Engine) -> list[str]:
+    """What lets this role alter the audit trail ([] if nothing, or if it cannot be read)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from referral_bridge.ledger.roles import audit_powers
+
+    try:
+        with engine.connect() as connection:
+            return audit_powers(connection)
+    except SQLAlchemyError:
+        return []
 
 
 def _sqlite_not_created(database: Path) -> Finding:

@@ -85,6 +85,16 @@ def postgres_ledger_url() -> Iterator[str]:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@pytest.fixture
+def postgres_bridge_url(postgres_ledger_url: str) -> Iterator[str]:
+    """This test's PostgreSQL ledger migrated by the owner (`postgres`), and a URL for a
+    least-privilege role of its own, as the runbook sets up: `run` refuses the owner."""
+    from tests.fakes import bridge_role
+
+    with bridge_role(postgres_ledger_url) as url:
+        yield url
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     """The fault runs' results table (tests/faults/harness.py), when any ran."""
     from tests.faults.harness import RESULTS

@@ -53,9 +53,9 @@ def line_of(output: str, check: str) -> str:
 
 
 def test_a_reachable_broker_and_postgresql_ledger_pass(
-    make_bridge: BridgeFactory, postgres_ledger_url: str
+    make_bridge: BridgeFactory, postgres_bridge_url: str
 ) -> None:
-    env = make_bridge(ledger_url=postgres_ledger_url)
+    env = make_bridge(ledger_url=postgres_bridge_url)
 
     result = check_config(env.config)
 

@@ -30,9 +30,9 @@ class CompetingRun:
 
 
 @pytest.fixture
-def competing_run(make_bridge: BridgeFactory, postgres_ledger_url: str) -> CompetingRun:
+def competing_run(make_bridge: BridgeFactory, postgres_bridge_url: str) -> CompetingRun:
     """~500 simulated events consumed by two workers sharing the queue and the ledger."""
-    env = make_bridge(ledger_url=postgres_ledger_url, prefetch=8)
+    env = make_bridge(ledger_url=postgres_bridge_url, prefetch=8)
     simulator = Simulator(seed=SEED, now=datetime.now(UTC), max_age=timedelta(hours=6))
     events = list(simulator.cases(350))
     distinct = len({json.loads(e.body)["id"] for e in events})

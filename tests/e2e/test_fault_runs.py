@@ -69,11 +69,11 @@ def test_broker_refuses_connections_for_a_while(
 
 
 def test_ledger_connections_reset(
-    make_bridge: BridgeFactory, postgres_ledger_url: str, ledger_proxy: FaultProxy
+    make_bridge: BridgeFactory, postgres_bridge_url: str, ledger_proxy: FaultProxy
 ) -> None:
     env = make_bridge(
-        ledger_url=postgres_ledger_url,
-        worker_ledger_url=ledger_proxy.url_through(postgres_ledger_url),
+        ledger_url=postgres_bridge_url,
+        worker_ledger_url=ledger_proxy.url_through(postgres_bridge_url),
     )
     result = run_with_faults(
         "ledger: every connection reset", env, [env.worker()], lambda _: ledger_proxy.reset()
@@ -81,9 +81,9 @@ def test_ledger_connections_reset(
     assert_nothing_lost(result)
 
 
-def test_ledger_backends_terminated(make_bridge: BridgeFactory, postgres_ledger_url: str) -> None:
-    env = make_bridge(ledger_url=postgres_ledger_url)
-    database = postgres_ledger_url.rsplit("/", 1)[1]
+def test_ledger_backends_terminated(make_bridge: BridgeFactory, postgres_bridge_url: str) -> None:
+    env = make_bridge(ledger_url=postgres_bridge_url)
+    database = postgres_bridge_url.rsplit("/", 1)[1]
 
     def terminate(_: int) -> None:
         with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
@@ -111,11 +111,11 @@ def test_worker_killed_and_restarted(make_bridge: BridgeFactory) -> None:
 
 
 def test_two_workers_on_postgresql_with_connection_resets(
-    make_bridge: BridgeFactory, postgres_ledger_url: str, ledger_proxy: FaultProxy
+    make_bridge: BridgeFactory, postgres_bridge_url: str, ledger_proxy: FaultProxy
 ) -> None:
     env = make_bridge(
-        ledger_url=postgres_ledger_url,
-        worker_ledger_url=ledger_proxy.url_through(postgres_ledger_url),
+        ledger_url=postgres_bridge_url,
+        worker_ledger_url=ledger_proxy.url_through(postgres_bridge_url),
         prefetch=4,
     )
     result = run_with_faults(

@@ -47,8 +47,8 @@ class RaceRun:
 
 
 @pytest.fixture
-def race_run(make_bridge: BridgeFactory, postgres_ledger_url: str) -> RaceRun:
-    env = make_bridge(ledger_url=postgres_ledger_url, prefetch=4)
+def race_run(make_bridge: BridgeFactory, postgres_bridge_url: str) -> RaceRun:
+    env = make_bridge(ledger_url=postgres_bridge_url, prefetch=4)
     rng = random.Random(SEED)
     reported = datetime.now(UTC) - timedelta(hours=1)
     withdrawn: dict[str, bool] = {}

@@ -231,7 +231,9 @@ class TestProbeLedger:
 
         with ledger.engine.connect() as connection:
             rows = connection.execute(select(t.schema_info)).all()
+            locks = connection.execute(select(t.locks)).all()
         assert [(row.key, row.value) for row in rows] == [("schema_version", str(t.SCHEMA_VERSION))]
+        assert locks == []
 
     def test_a_read_only_ledger_is_reachable_but_not_writable(
         self, tmp_path: Path, ledger: Ledger
