@@ -546,6 +546,22 @@ class BridgeEnv:
                     channel.exchange_delete(exchange=exchange)
 
 
+def run_cli(
+    config: Path, *args: str, env: Mapping[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """`referral-bridge --log-json ARGS --config CONFIG` as an operator runs it; `env` is added
+    to the environment (e.g. REFERRAL_BRIDGE_LEDGER_URL naming the owner role for `migrate`)."""
+    return subprocess.run(
+        [*cli_command(), "--log-json", *args, "--config", str(config)],
+        capture_output=True,
+        text=True,
+        errors="replace",
+        env={**worker_environment(), **(env or {})},
+        timeout=timeout,
+        check=False,
+    )
+
+
 def open_with_cli(
     body: bytes, *, key: Path, verify_with: Path
 ) -> subprocess.CompletedProcess[bytes]:

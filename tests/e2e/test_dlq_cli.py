@@ -40,6 +40,7 @@ from tests.e2e.helpers import (
     load_sample,
     new_ref,
     provider_kid,
+    run_cli,
     wait_until,
     worker_environment,
 )
@@ -66,15 +67,7 @@ REASONS = {
 
 def cli(env: BridgeEnv, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """`referral-bridge ARGS --config CONFIG`, as an operator would run it."""
-    return subprocess.run(
-        [*cli_command(), "--log-json", *args, "--config", str(env.config)],
-        capture_output=True,
-        text=True,
-        errors="replace",
-        env=worker_environment(),
-        timeout=timeout,
-        check=False,
-    )
+    return run_cli(env.config, *args, timeout=timeout)
 
 
 def cli_json(env: BridgeEnv, *args: str) -> Any:
