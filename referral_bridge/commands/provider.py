@@ -74,7 +74,7 @@ def cmd_inbox(args: argparse.Namespace) -> int:
 def cmd_deliveries(args: argparse.Namespace) -> int:
     from referral_bridge.ledger import Ledger
 
-    ledger = Ledger.open(settings_from(args).ledger_url)
+    ledger = Ledger.open(settings_from(args).ledger_url, migrate=False)  # never under workers
     try:
         rows = ledger.deliveries(state=args.state, provider=args.provider, limit=args.limit)
     finally:
@@ -118,7 +118,7 @@ def cmd_deliveries(args: argparse.Namespace) -> int:
 def cmd_resend(args: argparse.Namespace) -> int:
     from referral_bridge.ledger import Ledger
 
-    ledger = Ledger.open(settings_from(args).ledger_url)
+    ledger = Ledger.open(settings_from(args).ledger_url, migrate=False)  # never under workers
     try:
         result = ledger.resend(
             args.message_id, at=datetime.now(UTC), actor=args.actor or getpass.getuser()
