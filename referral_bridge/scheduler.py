@@ -72,6 +72,9 @@ class Scheduler:
 #: How often a worker asks the ledger whether the retention sweep is due (cheap; the sweep
 #: itself runs once per `sweep_interval_hours` among all workers).
 RETENTION_CHECK_SECONDS = 600.0
+#: Matters one scheduled pass erases at most; with more due, the worker that claimed the sweep
+#: carries on at its next check (each erasure is its own short transaction).
+RETENTION_BATCH = 200
 
 
 class RetentionSweep:
@@ -85,6 +88,7 @@ class RetentionSweep:
         clock: Callable[[], datetime] = utc_now,
         monotonic: Callable[[], float] = time.monotonic,
         check_every: float = RETENTION_CHECK_SECONDS,
+        batch: int = RETENTION_BATCH,
     ) -> None:
         self._ledger = ledger
         self._policy = policy
@@ -92,6 +96,9 @@ class RetentionSweep:
         self._monotonic = monotonic
         self._check_every = check_every
         self._next = 0.0
+        self._batch = batch
+        #: This worker claimed the sweep and has more to erase.
+        self._unfinished = False
 
     def __call__(self) -> int:
         """Sweep if it is this worker's turn; returns the matters erased."""
@@ -100,14 +107,16 @@ class RetentionSweep:
         self._next = self._monotonic() + self._check_every
         now = self._clock()
         every = timedelta(hours=self._policy.sweep_interval_hours)
-        if not claim_sweep(self._ledger, now=now, every=every):
+        if not self._unfinished and not claim_sweep(self._ledger, now=now, every=every):
             return 0
         report = sweep(
             self._ledger,
             now=now,
             erase_after=timedelta(days=self._policy.erase_after_days),
             actor=DAEMON_ACTOR,
+            limit=self._batch,
         )
+        self._unfinished = report.matters >= self._batch
         log.info(
             "retention.swept",
             matters=report.matters,

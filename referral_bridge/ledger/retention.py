@@ -226,9 +226,16 @@ def sweep(
     erase_after: timedelta,
     actor: str,
     dry_run: bool = False,
+    limit: int | None = None,
 ) -> SweepReport:
-    """Erase every due matter (each in its own transaction), or only count them."""
-    found = due(ledger, now=now, erase_after=erase_after)
+    """Erase every due matter (each in its own transaction), or only count them.
+
+    `limit`: at most this many matters, the longest idle first (the scheduled sweep runs on the
+    consumer's thread, which must keep feeding the watchdog; it comes back for the rest).
+    """
+    found = sorted(due(ledger, now=now, erase_after=erase_after), key=lambda m: m.last_activity)
+    if limit is not None:
+        found = found[:limit]
     done = (
         found
         if dry_run

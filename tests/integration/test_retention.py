@@ -247,6 +247,23 @@ class TestScheduledSweep:
         clock.advance(timedelta(hours=25))
         assert claim_sweep(ledger, now=clock.now(), every=timedelta(hours=24))
 
+    def test_a_worker_that_claimed_the_sweep_finishes_it_in_batches(
+        self, service: ReferralService, ledger: Ledger, clock: FakeClock
+    ) -> None:
+        for n in (1, 2, 3):
+            service.handle(crime_message(make_crime(crime_ref=f"LC-26-000000{n}")))
+        clock.advance(LATER)
+        worker = RetentionSweep(
+            ledger,
+            RetentionSection(),
+            clock=clock.now,
+            monotonic=lambda: 0.0,
+            check_every=0,
+            batch=2,
+        )
+
+        assert [worker(), worker(), worker()] == [2, 1, 0]
+
     def test_a_disabled_sweep_does_nothing(self, ledger: Ledger, clock: FakeClock) -> None:
         sweeper = RetentionSweep(ledger, RetentionSection(sweep=False), clock=clock.now)
 
