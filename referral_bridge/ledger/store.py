@@ -752,7 +752,12 @@ class Ledger:
                 return migrate(connection)
         except LedgerSchemaError:
             raise
-        except (OperationalError, DBAPIError) as exc:
+        except DBAPIError as exc:
+            if getattr(exc.orig, "sqlstate", None) == _INSUFFICIENT_PRIVILEGE:
+                raise LedgerPrivilegeError(
+                    "this ledger role may not create or change the schema: run `referral-bridge "
+                    "migrate` with REFERRAL_BRIDGE_LEDGER_URL naming the ledger's owner role"
+                ) from None
             raise LedgerUnavailableError(_describe(exc, self.engine)) from None
 
     @contextmanager
@@ -1301,6 +1306,10 @@ def _after(cursor: tuple[datetime, str]) -> ColumnElement[bool]:
         t.outbox.c.created_at > at,
         and_(t.outbox.c.created_at == at, t.outbox.c.message_id > message_id),
     )
+
+
+#: PostgreSQL's SQLSTATE for "permission denied" (and "must be owner").
+_INSUFFICIENT_PRIVILEGE = "42501"
 
 
 def _not_this_version(found: int, dialect: str) -> str:

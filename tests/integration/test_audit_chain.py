@@ -365,6 +365,14 @@ class TestRunRefuses:
         ):
             Ledger.open_for_worker(pg_owner_url)
 
+    def test_the_bridge_role_cannot_migrate_and_is_told_who_can(
+        self, pg_owner_url: str, pg_bridge_url: str
+    ) -> None:
+        run_as(pg_owner_url, "UPDATE rb_schema_info SET value = '4'")
+
+        with pytest.raises(LedgerPrivilegeError, match="naming the ledger's owner role"):
+            Ledger.open(pg_bridge_url)
+
     def test_sqlite_is_still_migrated_at_start_up(self, tmp_path: Path) -> None:
         ledger = Ledger.open_for_worker(f"sqlite:///{tmp_path / 'ledger.sqlite3'}")
         try:
