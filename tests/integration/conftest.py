@@ -243,6 +243,34 @@ def rabbit(rabbitmq_url: str, topology: Topology, tmp_path: Path) -> Iterator[Br
         _delete_topology(spec, topology)
 
 
+@pytest.fixture(scope="module")
+def pg_database_url() -> Iterator[str]:
+    """A PostgreSQL database of this test module's own (see `ledger_url`), dropped after it."""
+    from tests.fakes import require_postgres, throwaway_postgres_database
+
+    require_postgres()
+    with throwaway_postgres_database() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
+def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty ledger database, once on SQLite and once on PostgreSQL."""
+    from tests.fakes import ledger_url_for
+
+    return ledger_url_for(str(request.param), request, tmp_path)
+
+
+@pytest.fixture
+def ledger(ledger_url: str) -> Iterator[Ledger]:
+    """A migrated ledger on each backend (modules with a `ledger` of their own override it)."""
+    opened = Ledger.open(ledger_url)
+    try:
+        yield opened
+    finally:
+        opened.dispose()
+
+
 @pytest.fixture
 def sqlite_ledger(tmp_path: Path) -> Iterator[Ledger]:
     """An empty SQLite ledger of this test's own."""

@@ -7,9 +7,7 @@ import inspect
 import os
 import pwd
 import re
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
@@ -22,26 +20,9 @@ from referral_bridge.audit import (
     operator_name,
 )
 from referral_bridge.ledger import AuditFacts, Ledger, OutboxMessage
-from tests.fakes import ledger_url_for, require_postgres, throwaway_postgres_database
 
 AT = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 CONSENT_AT = datetime(2026, 11, 23, 9, 30, tzinfo=UTC)
-
-
-@pytest.fixture(scope="module")
-def pg_database_url() -> Iterator[str]:
-    require_postgres()
-    with throwaway_postgres_database() as url:
-        yield url
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
-def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ledger]:
-    opened = Ledger.open(ledger_url_for(str(request.param), request, tmp_path))
-    try:
-        yield opened
-    finally:
-        opened.dispose()
 
 
 @pytest.fixture

@@ -20,29 +20,10 @@ from referral_bridge.ledger import schema as t
 from referral_bridge.ledger.chain import chain_rows
 from tests.fakes import (
     bridge_role,
-    ledger_url_for,
-    require_postgres,
-    throwaway_postgres_database,
 )
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 SKEW = timedelta(minutes=5)
-
-
-@pytest.fixture(scope="module")
-def pg_database_url() -> Iterator[str]:
-    require_postgres()
-    with throwaway_postgres_database() as url:
-        yield url
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
-def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ledger]:
-    opened = Ledger.open(ledger_url_for(str(request.param), request, tmp_path))
-    try:
-        yield opened
-    finally:
-        opened.dispose()
 
 
 def note(n: int, *, at: datetime = NOW) -> AuditRecord:
@@ -201,11 +182,6 @@ def _create_version_4(url: str) -> None:
                 {"at": (NOW - timedelta(days=n)).replace(tzinfo=None), "actor": f"op{n}"},
             )
     engine.dispose()
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
-def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    return ledger_url_for(str(request.param), request, tmp_path)
 
 
 class TestUpgradeToVersion5:

@@ -7,9 +7,7 @@ erases what the policy says, leaves what it keeps, and the matter still works af
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -35,11 +33,8 @@ from tests.fakes import (
     FakeClock,
     KeyMaterial,
     RecordingPublisher,
-    ledger_url_for,
     make_keys,
     make_service,
-    require_postgres,
-    throwaway_postgres_database,
 )
 from tests.integration.test_service import (
     CREATED,
@@ -55,22 +50,6 @@ from tests.unit.factories import CRIME_REF, make_crime, make_victim
 
 YEAR = timedelta(days=365)
 LATER = YEAR + timedelta(days=2)
-
-
-@pytest.fixture(scope="module")
-def pg_database_url() -> Iterator[str]:
-    require_postgres()
-    with throwaway_postgres_database() as url:
-        yield url
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
-def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ledger]:
-    opened_ledger = Ledger.open(ledger_url_for(str(request.param), request, tmp_path))
-    try:
-        yield opened_ledger
-    finally:
-        opened_ledger.dispose()
 
 
 @pytest.fixture(scope="module")
