@@ -33,6 +33,8 @@ from tests.fakes import (
     FakeClock,
     KeyMaterial,
     RecordingPublisher,
+    bridge_role,
+    empty_ledger_database,
     make_keys,
     make_service,
 )
@@ -288,3 +290,28 @@ class TestSubjectAccess:
         assert record["held"] is None
         assert record["erased_at"] is not None
         assert [d["action"] for d in document["disclosures"]] == ["referral_sent", "update_sent"]
+
+
+@pytest.mark.integration
+def test_the_bridge_role_may_sweep_and_export_on_postgresql(
+    pg_database_url: str, keys: KeyMaterial
+) -> None:
+    """What `run` and the operator tools do here needs no more than `migrate --grant` gives."""
+    empty_ledger_database(pg_database_url)
+    with bridge_role(pg_database_url) as url:
+        ledger = Ledger.open_for_worker(url)
+        try:
+            clock = FakeClock(START)
+            service = make_service(
+                ledger=ledger, sealer=keys.sealer(), publisher=RecordingPublisher(), clock=clock
+            )
+            service.handle(crime_message(make_crime()))
+            clock.advance(LATER)
+
+            report = run_sweep(ledger, clock)
+            document = subject_access(ledger, VICTIM, now=clock.now())
+        finally:
+            ledger.dispose()
+
+    assert report.matters == 1
+    assert document["records"][0]["erased_at"] is not None

@@ -247,3 +247,38 @@ def replace_fields(rows: list[dict[str, Any]], index: int, **changes: Any) -> li
     copied[index].update(changes)
     rehash(copied, index)
     return copied
+
+
+@given(
+    count=st.integers(min_value=1, max_value=12),
+    data=st.data(),
+)
+def test_any_single_change_is_found_at_the_first_record_it_affects(
+    count: int, data: st.DataObject
+) -> None:
+    """Edit one field, delete one record or swap two: verify names the first record that no
+    longer follows (the edited one, or the one after a gap or a swap)."""
+    rows = chain(count)
+    kind = data.draw(st.sampled_from(["edit", "delete", "swap"] if count > 1 else ["edit"]))
+    index = data.draw(st.integers(min_value=0, max_value=count - 1))
+    if kind == "edit":
+        name = data.draw(st.sampled_from([n for n in HASHED_FIELDS if not n.endswith("at")]))
+        rows[index][name] = f"{rows[index][name]}!"
+        expected = index + 1
+    elif kind == "delete":
+        if index == count - 1:
+            index -= 1  # removing the last record needs an anchor (tested above)
+        del rows[index]
+        expected = index + 2
+    else:
+        other = data.draw(
+            st.integers(min_value=0, max_value=count - 1).filter(lambda i: i != index)
+        )
+        low, high = sorted((index, other))
+        rows[low], rows[high] = {**rows[high], "id": low + 1}, {**rows[low], "id": high + 1}
+        expected = low + 1
+
+    report = verify_chain(rows)
+
+    assert report.broken is not None
+    assert report.broken.id == expected
