@@ -183,7 +183,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
             )
         if report.intact:
             print(f"audit trail intact: {report.checked} records")
-        if report.head_id is not None:
+        if report.intact and report.head_id is not None:
             print(
                 f"head: {report.head_id}:{report.head_hash} (keep it elsewhere; "
                 "`audit verify --anchor` checks it later)"
