@@ -4,6 +4,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Test processes for `make test`: most tests wait on brokers, workers and deadlines, so three
+# share two cores well (docs/benchmarks.md, "The test suite").
+TEST_PROCESSES ?= 3
 
 .PHONY: demo test unit lint typecheck schemas bench chaos clean
 
@@ -20,7 +23,7 @@ test: $(STAMP)
 	$(BIN)/ruff check referral_bridge tests benchmarks
 	$(BIN)/ruff format --check referral_bridge tests benchmarks
 	$(BIN)/mypy
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_PROCESSES) --dist loadgroup
 
 # The fast loop: the pure core and everything else that needs no broker or database.
 unit: $(STAMP)
@@ -43,7 +46,7 @@ bench: $(STAMP)
 # The long fault runs (docs/reliability.md): broker, ledger and process faults on thousands of
 # events, a provider flapping for 10 minutes, withdrawals racing deliveries. Prints the table.
 chaos: $(STAMP)
-	RB_FAULT_SCALE=long $(BIN)/pytest -q -s tests/e2e/test_fault_runs.py \
+	RB_FAULT_SCALE=long $(BIN)/pytest -q -s tests/e2e/test_fault_runs.py tests/e2e/test_chaos.py \
 		tests/e2e/test_flapping_provider.py tests/e2e/test_withdrawal_race.py
 
 clean:
