@@ -512,6 +512,7 @@ class ReferralService:
             provider=provider,
             task_id=task_id,
             due_by=due_by,
+            category=as_decided(case, self._policy).category,
         )
         self._leaflet(tx, case, decision, FALLBACK_EVENT, now)
         tx.add_decision(FALLBACK_EVENT, decision, now)

@@ -221,6 +221,16 @@ def _v5_closing_the_loop(connection: Connection) -> None:
         )
     for row in rows:
         connection.execute(t.tasks.insert().values(**row))
+def _v6_report_facts(connection: Connection) -> None:
+    """The compliance report (issue 8): each decision's category and, for referrals, when the
+    Victims' Code clock started; an index on `decided_at` for reports over a period.
+
+    Rows already written keep NULL: the report shows their category as `unknown` and leaves
+    them out of the time to referral.
+    """
+    _add_columns(connection, t.decisions, ["category", "clock_from"])
+    index = next(i for i in t.decisions.indexes if i.name == "ix_rb_decisions_decided_at")
+    index.create(connection, checkfirst=True)
 
 
 #: Steps from version N-1 to N. Version 1 is the initial schema, created from the metadata.
@@ -229,6 +239,7 @@ STEPS: dict[int, Callable[[Connection], None]] = {
     3: _v3_delivery_claims,
     4: _v4_whole_life,
     5: _v5_closing_the_loop,
+    6: _v6_report_facts,
 }
 
 

@@ -48,7 +48,7 @@ class UtcDateTime(TypeDecorator[datetime]):
 
 
 #: Bump with a migration step in migrations.py whenever the tables below change.
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 metadata = MetaData()
 
@@ -164,9 +164,17 @@ decisions = Table(
     Column("regime", String(32)),
     Column("reason", String(64), nullable=False),
     Column("explanation", Text, nullable=False),
-    Column("decided_at", UtcDateTime(), nullable=False),
+    Column("decided_at", UtcDateTime(), nullable=False, index=True),
     #: Version 4: a referral decided after its Victims' Code deadline had passed.
     Column("late", Boolean),
+    # --- Version 6 (issue 8, the compliance report): what the report groups and times by, so it
+    # never reads a snapshot (snapshots hold personal data). NULL on rows written before.
+    #: The category the rules decided on (Decision.category): offence category after the
+    #: policy's class mapping, `other` for a crime disclosed in an incident, else the incident's.
+    Column("category", String(64)),
+    #: refer: when the Victims' Code clock started (the report, or consent when later).
+    Column("clock_from", UtcDateTime()),
+    # --- end of version 6
 )
 
 #: Version 4: crime data integrity. One row per incident where a crime was disclosed: checked at

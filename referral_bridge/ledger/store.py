@@ -478,6 +478,8 @@ class LedgerTransaction:
                 explanation=decision.explanation,
                 decided_at=at,
                 late=decision.late if decision.outcome is Outcome.REFER else None,
+                category=decision.category,
+                clock_from=decision.clock_from,
             )
         )
 
