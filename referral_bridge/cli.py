@@ -22,6 +22,7 @@ from referral_bridge.commands import (
     dlq,
     keys,
     provider,
+    report,
     settings_from,
     with_config,
 )
@@ -175,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     with_config(commands.add_parser("run", help="run the worker")).set_defaults(func=cmd_run)
-    for module in (check_config, keys, provider, dlq, audit):
+    for module in (check_config, keys, provider, dlq, audit, report):
         module.register(commands)
 
     opener = commands.add_parser("open", help="provider side: verify, decrypt and print a referral")

@@ -43,6 +43,7 @@ def prepare(data_dir: Path) -> Path:
         "ledger.sqlite3-wal",
         "ledger.sqlite3-shm",
         "bridge.log",
+        "report.html",
     ):
         path = data_dir / stale
         shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
@@ -204,7 +205,23 @@ def run_demo(*, data_dir: Path, cases: int, seed: int, marker: str | None, out: 
     print(f"worker stopped on SIGTERM with exit code {code}", file=out)
     _summary(ledger, settings, data_dir, out)
     ledger.dispose()
+    report = write_html_report(settings, data_dir)
+    print(f"\nthe compliance report for this run (open it in a browser): {report}", file=out)
     return 0 if code == 0 else 1
+
+
+def write_html_report(settings: Settings, data_dir: Path) -> Path:
+    """`referral-bridge report --format html` for this month to date: the run's decisions."""
+    from referral_bridge.commands.report import write_report
+    from referral_bridge.core.calendar import LONDON
+    from referral_bridge.core.report import Period
+
+    now = datetime.now(UTC)
+    today = now.astimezone(LONDON).date()
+    text = write_report(settings, Period(today.replace(day=1), today), form="html", now=now)
+    path = (data_dir / "report.html").resolve()
+    path.write_text(text, encoding="utf-8")
+    return path
 
 
 def _summary(ledger: Ledger, settings: Settings, data_dir: Path, out: TextIO) -> None:

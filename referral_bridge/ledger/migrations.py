@@ -221,6 +221,8 @@ def _v5_closing_the_loop(connection: Connection) -> None:
         )
     for row in rows:
         connection.execute(t.tasks.insert().values(**row))
+
+
 def _v6_report_facts(connection: Connection) -> None:
     """The compliance report (issue 8): each decision's category and, for referrals, when the
     Victims' Code clock started; an index on `decided_at` for reports over a period.
