@@ -61,6 +61,8 @@ class TopologySection(_Section):
     inbound_exchange: str = "police.events"
     work_queue: str = "referral-bridge.events"
     referrals_exchange: str = "victim-services.referrals"
+    #: Providers publish `victim.referral.outcome` here, with their provider id as routing key.
+    outcomes_exchange: str = "victim-services.outcomes"
     tasks_exchange: str = "officer.tasks"
     dead_letter_queue: str = "referral-bridge.dead-letter"
     #: Where failed messages wait before they are tried again; empty: "<work_queue>.retry".

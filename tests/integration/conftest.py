@@ -186,6 +186,7 @@ def unique_topology() -> Topology:
         inbound_exchange=f"{tag}.police.events",
         work_queue=f"{tag}.referral-bridge.events",
         referrals_exchange=f"{tag}.victim-services.referrals",
+        outcomes_exchange=f"{tag}.victim-services.outcomes",
         tasks_exchange=f"{tag}.officer.tasks",
         dead_letter_queue=f"{tag}.referral-bridge.dead-letter",
     )
@@ -224,6 +225,7 @@ def _delete_topology(spec: BrokerSpec, topology: Topology) -> None:
         for exchange in (
             topology.inbound_exchange,
             topology.referrals_exchange,
+            topology.outcomes_exchange,
             topology.tasks_exchange,
         ):
             with connection.channel() as channel:
