@@ -4,7 +4,9 @@
 
 Ten victims of ten burglaries: seven reported just now and referred at once (in time), one
 reported ten days ago (referred, but after its 2-working-day deadline), two who declined (leaflet
-tasks). Every personal field of every victim carries a marker that must appear in no format.
+tasks): one reported now, its task completed now (on time), one reported ten days ago, its task
+completed now (late). The provider reports contacting two of the eight referred victims. Every
+personal field of every victim carries a marker that must appear in no format.
 """
 
 from __future__ import annotations
@@ -23,12 +25,16 @@ from typing import Any
 
 import pytest
 
+from referral_bridge.core import ids
 from referral_bridge.core.calendar import LONDON
 from tests.e2e.conftest import postgres_database
 from tests.e2e.helpers import (
+    LANCASHIRE,
     BridgeEnv,
     cli_command,
     crime_event,
+    encode,
+    iso,
     new_ref,
     worker_environment,
 )
@@ -60,6 +66,57 @@ def marked(event: dict[str, Any]) -> dict[str, Any]:
     )
     contact["address"] = {"lines": [MARKERS["line"], "Preston"], "postcode": MARKERS["postcode"]}
     return event
+
+
+def completion(task_id: str) -> dict[str, Any]:
+    return {
+        "specversion": "1.0",
+        "id": str(uuid.uuid4()),
+        "source": "urn:force:tasks",
+        "type": "task.completed",
+        "time": iso(datetime.now(UTC)),
+        "schemaversion": 1,
+        "datacontenttype": "application/json",
+        "data": {
+            "task_id": task_id,
+            "completed_at": iso(datetime.now(UTC)),
+            "completed_by": "PC 4412",
+            "result": "leaflet_given",
+        },
+    }
+
+
+def contact(referral_id: str) -> dict[str, Any]:
+    return {
+        "specversion": "1.0",
+        "id": str(uuid.uuid4()),
+        "source": "urn:provider:lancashire",
+        "type": "victim.referral.outcome",
+        "time": iso(datetime.now(UTC)),
+        "schemaversion": 1,
+        "datacontenttype": "application/json",
+        "data": {
+            "referral_id": referral_id,
+            "provider": LANCASHIRE,
+            "outcome": "contacted",
+            "at": iso(datetime.now(UTC)),
+        },
+    }
+
+
+def publish_outcomes(env: BridgeEnv, outcomes: list[dict[str, Any]]) -> None:
+    """As a provider does: on the outcomes exchange, with its own id as the routing key."""
+    with env.connection() as connection:
+        producer = connection.Producer()
+        for outcome in outcomes:
+            producer.publish(
+                encode(outcome),
+                exchange=env.topology.outcomes_exchange,
+                routing_key=LANCASHIRE,
+                content_type="application/cloudevents+json",
+                content_encoding="utf-8",
+                delivery_mode=2,
+            )
 
 
 class _Page(HTMLParser):
@@ -138,6 +195,23 @@ def _reported(
         env.start_worker()
         env.publish(*events)
         env.wait_settled(len(events), timeout=90)
+        declined = [e["data"] for e in events[8:]]
+        completions = [
+            completion(
+                ids.leaflet_task_id(d["crime_ref"], d["victims"][0]["victim_id"], "declined")
+            )
+            for d in declined
+        ]
+        env.publish(*completions)
+        contacted = [e["data"] for e in events[:2]]
+        publish_outcomes(
+            env,
+            [
+                contact(ids.referral_id(LANCASHIRE, d["crime_ref"], d["victims"][0]["victim_id"]))
+                for d in contacted
+            ],
+        )
+        env.wait_settled(len(events) + 4, timeout=90)
         env.workers[0].terminate()
         today = now.astimezone(LONDON).date()
         period = [
@@ -192,6 +266,12 @@ def test_the_shares_worked_out_by_hand(reported: Path) -> None:
     assert headlines["share_referred_in_time"] == 0.875
     assert headlines["referred_late"] == 1
     assert headlines["dead_letters"] == 0
+    # Two leaflet tasks: one completed by its due time, one after it.
+    assert headlines["tasks_issued"] == 2
+    assert headlines["share_tasks_on_time"] == 0.5
+    assert headlines["tasks_overdue"] == 0
+    # The provider reached 2 of the 8 victims referred, within 2 working days.
+    assert headlines["share_contacted_within_2wd"] == 0.25
     referrals = next(
         t for t in document["tables"] if t["section"] == "referrals" and t["dimension"] == "all"
     )
@@ -205,6 +285,7 @@ def test_the_shares_worked_out_by_hand(reported: Path) -> None:
     text = (reported / "report.txt").read_text()
     assert "share referred in time" in text
     assert "87.5%" in text
+    assert "50.0%" in text
 
     rows = list(csv.DictReader(io.StringIO((reported / "report.csv").read_text())))
     share = next(
