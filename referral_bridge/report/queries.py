@@ -32,6 +32,7 @@ from sqlalchemy import (
     null,
     or_,
     select,
+    union_all,
 )
 
 from referral_bridge.core.report import (
@@ -211,36 +212,38 @@ class ReportQueries:
         return found
 
     def medians(self, base: Subquery) -> Medians:
-        """Exact medians per dimension value, with window functions (SQLite 3.25+, PostgreSQL)."""
-        minutes: dict[tuple[str, str], float] = {}
-        timed = base.c.minutes.is_not(None)
+        """Exact medians per dimension value, with window functions (SQLite 3.25+, PostgreSQL),
+        in one query over the timed referrals, which both databases compute once (a CTE used
+        several times is materialised)."""
+        timed = (
+            select(base.c.month, base.c.category, base.c.provider, base.c.service, base.c.minutes)
+            .where(base.c.minutes.is_not(None))
+            .cte("timed")
+        )
+        parts = []
         for dimension, column in (
             (ALL, literal(ALL)),
-            (MONTH, base.c.month),
-            (CATEGORY, base.c.category),
-            (PROVIDER, base.c.provider),
-            (SERVICE, base.c.service),
+            (MONTH, timed.c.month),
+            (CATEGORY, timed.c.category),
+            (PROVIDER, timed.c.provider),
+            (SERVICE, timed.c.service),
         ):
-            ranked = (
-                select(
-                    column.label("key"),
-                    base.c.minutes,
-                    func.row_number()
-                    .over(partition_by=column, order_by=base.c.minutes)
-                    .label("rn"),
-                    func.count().over(partition_by=column).label("n"),
-                )
-                .where(timed)
-                .subquery()
-            )
+            ranked = select(
+                literal(dimension).label("dimension"),
+                column.label("key"),
+                timed.c.minutes,
+                func.row_number().over(partition_by=column, order_by=timed.c.minutes).label("rn"),
+                func.count().over(partition_by=column).label("n"),
+            ).subquery()
             middle = or_(ranked.c.rn == (ranked.c.n + 1) / 2, ranked.c.rn == (ranked.c.n + 2) / 2)
-            query = (
-                select(ranked.c.key, func.avg(ranked.c.minutes))
+            parts.append(
+                select(ranked.c.dimension, ranked.c.key, func.avg(ranked.c.minutes))
                 .where(middle)
-                .group_by(ranked.c.key)
+                .group_by(ranked.c.dimension, ranked.c.key)
             )
-            for key, value in self._c.execute(query):
-                minutes[(dimension, key or "unknown")] = round(float(value), 1)
+        minutes: dict[tuple[str, str], float] = {}
+        for dimension, key, value in self._c.execute(union_all(*parts)):
+            minutes[(dimension, key or "unknown")] = round(float(value), 1)
         return Medians(minutes)
 
     def consent(self) -> list[Counted]:
