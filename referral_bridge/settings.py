@@ -172,6 +172,8 @@ class MetricsSection(_Section):
 
     #: host:port for /metrics, /healthz and /readyz; empty disables the endpoint.
     listen: str = "127.0.0.1:9464"
+    #: How often the worker recomputes this month's compliance gauges from the ledger.
+    compliance_refresh_seconds: Annotated[float, Field(gt=0, le=3600)] = 60.0
 
 
 class Settings(_Section):

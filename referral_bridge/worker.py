@@ -226,7 +226,9 @@ def run(bridge: Bridge, stop: threading.Event, *, notifier: Notifier | None = No
         # On a watchdog timeout systemd sends SIGABRT: the journal then shows where it hung.
         faulthandler.enable(file=sys.stderr, all_threads=True)
     heartbeat = Heartbeat()
-    compliance = CompliancePoller(bridge.ledger.engine)
+    compliance = CompliancePoller(
+        bridge.ledger.engine, interval=settings.metrics.compliance_refresh_seconds
+    )
     server = start_health_server(bridge, readiness_of(bridge, heartbeat), notifier, compliance)
     stop_compliance = threading.Event()
     if server is not None:
