@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, date, datetime
+from pathlib import Path
 
 import pytest
 
@@ -140,3 +142,65 @@ def test_an_unreadable_dead_letter_queue_is_said_not_counted_as_zero() -> None:
     )
     assert "dead_letters" not in {h.label for h in report.headlines}
     assert any("could not be read" in note for note in report.notes)
+
+
+def test_the_worker_side_never_imports_the_plotting_or_template_libraries() -> None:
+    """matplotlib and jinja2 cost about a second and are only for the HTML page: the worker (its
+    compliance gauges) and the other formats must not load them."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, referral_bridge.worker, referral_bridge.commands.report, "
+        "referral_bridge.report.render; "
+        "print(sorted(m for m in ('matplotlib', 'jinja2') if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert done.stdout.strip() == "[]"
+
+
+def test_the_page_is_drawn_headless_with_charts_as_inline_svg(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from referral_bridge.report.html import render_html
+
+    report = build_report(
+        LedgerCounts(
+            victims=[Counted({MONTH: "2026-11", CATEGORY: "burglary"}, {"victims": 3, "refer": 3})],
+            referrals=[_referrals("2026-11", "burglary", "a", in_time=3)],
+        ),
+        period=Period(date(2026, 11, 1), date(2026, 11, 30)),
+        generated_at=datetime(2026, 12, 1, tzinfo=UTC),
+        calendar=WorkingDayCalendar(),
+    )
+    page = render_html(report)
+    assert page.count("<svg") == 3
+    assert "<script" not in page
+    # The only URLs are the SVG and XLink namespace names (identifiers, never fetched).
+    assert set(re.findall(r"https?://[^\"' ]+", page)) <= {
+        "http://www.w3.org/2000/svg",
+        "http://www.w3.org/1999/xlink",
+    }
+    # No display and no GUI backend needed: drawing works in a process without DISPLAY.
+    code = (
+        "import sys; from datetime import date, datetime, UTC; "
+        "from referral_bridge.core.calendar import WorkingDayCalendar; "
+        "from referral_bridge.core.report import LedgerCounts, Period, build_report; "
+        "from referral_bridge.report.html import render_html; "
+        "r = build_report(LedgerCounts(), period=Period(date(2026, 11, 1), date(2026, 11, 30)), "
+        "generated_at=datetime(2026, 12, 1, tzinfo=UTC), calendar=WorkingDayCalendar()); "
+        "print(render_html(r).count('<svg'))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "MPLCONFIGDIR": str(tmp_path)},
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "3"
