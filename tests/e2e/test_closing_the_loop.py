@@ -210,6 +210,35 @@ def test_overdue_tasks_escalate_exactly_once_across_a_worker_restart(bridge: Bri
     assert set(data["officer"]) == {"collar", "unit"}
 
 
+def test_a_worker_killed_while_escalating_leaves_no_task_unescalated_or_escalated_twice(
+    bridge: BridgeEnv,
+) -> None:
+    """SIGKILL mid-way: every task still gets its one escalation (the wire may carry a repeat
+    of an escalation published just before the crash: same id, which consumers drop)."""
+    events, task_ids = overdue_cases(20)
+    first = bridge.start_worker("killed")
+    bridge.publish(*events)
+    assert wait_until(
+        lambda: any(line.get("event") == "task.escalated" for line in first.log_events()),
+        timeout=60,
+    )
+    first.kill()
+    bridge.start_worker("after-the-crash")
+    bridge.wait_settled(20)
+    assert wait_until(
+        lambda: sum(1 for row in ledger_rows(bridge, tasks) if row.kind == "escalation") >= 20,
+        timeout=60,
+    )
+    bridge.wait_settled(20)
+
+    sent = escalations(bridge)
+    by_task = {message["data"]["escalates"]: message["id"] for message in sent}
+    assert set(by_task) == task_ids
+    assert len({message["id"] for message in sent}) == 20
+    rows = [row for row in ledger_rows(bridge, tasks) if row.kind == "escalation"]
+    assert len(rows) == 20
+
+
 @pytest.mark.slow
 def test_two_workers_on_postgresql_escalate_each_overdue_task_once(
     make_bridge: BridgeFactory, postgres_ledger_url: str

@@ -20,6 +20,7 @@ from referral_bridge.provider_inbox import (
 )
 from referral_bridge.provider_outcomes import OutcomeError, OutcomeSender, outcome_event
 from referral_bridge.simulate import Responder
+from tests.fakes import POLICY_FILE
 
 AT = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
 LANCASHIRE = "lancashire-victim-services"
@@ -201,3 +202,52 @@ class TestResponder:
             return [e.body for e in responder.outcomes([("ref-1", LANCASHIRE), ("ref-2", "h")])]
 
         assert bodies() == bodies()
+
+
+class TestRulesExplain:
+    @pytest.mark.parametrize(
+        ("event_type", "data", "expected"),
+        [
+            (
+                "victim.referral.outcome",
+                {"referral_id": REFERRAL, "provider": LANCASHIRE, "outcome": "returned"},
+                "a leaflet task (provider_returned)",
+            ),
+            (
+                "victim.referral.outcome",
+                {"referral_id": REFERRAL, "provider": LANCASHIRE, "outcome": "contacted"},
+                "recorded against the referral only",
+            ),
+            (
+                "task.completed",
+                {"task_id": "task-1", "completed_by": "PC 1", "result": "leaflet_given"},
+                "closes that task",
+            ),
+        ],
+    )
+    def test_an_outcome_or_a_completion_is_explained_without_a_rule(
+        self,
+        tmp_path: Path,
+        capsys: pytest.CaptureFixture[str],
+        event_type: str,
+        data: dict[str, str],
+        expected: str,
+    ) -> None:
+        at = AT.isoformat()
+        timed = {"at": at} if event_type.startswith("victim") else {"completed_at": at}
+        event = tmp_path / "event.json"
+        event.write_text(
+            json.dumps(
+                {
+                    "specversion": "1.0",
+                    "id": "e-1",
+                    "source": "urn:test",
+                    "type": event_type,
+                    "schemaversion": 1,
+                    "data": data | timed,
+                }
+            )
+        )
+
+        assert run("rules", "explain", str(event), "--policy", str(POLICY_FILE)) == cli.RET_OK
+        assert expected in capsys.readouterr().out
