@@ -183,6 +183,15 @@ def overdue_cases(count: int) -> tuple[list[dict[str, Any]], set[str]]:
     return events, task_ids
 
 
+def wait_escalated(env: BridgeEnv, count: int) -> None:
+    """Until `count` escalations are in the ledger and every outbox row is published."""
+    assert wait_until(
+        lambda: sum(1 for row in ledger_rows(env, tasks) if row.kind == "escalation") >= count,
+        timeout=60,
+    )
+    env.wait_settled(count)
+
+
 def escalations(env: BridgeEnv) -> list[dict[str, Any]]:
     return of_type(env.take_all(env.collect_tasks), ESCALATION)
 
@@ -196,11 +205,7 @@ def test_overdue_tasks_escalate_exactly_once_across_a_worker_restart(bridge: Bri
     bridge.publish(*events[10:])
     bridge.start_worker("second")
     bridge.wait_settled(20)
-    assert wait_until(
-        lambda: sum(1 for row in ledger_rows(bridge, tasks) if row.kind == "escalation") >= 20,
-        timeout=60,
-    )
-    bridge.wait_settled(20)
+    wait_escalated(bridge, 20)
 
     sent = escalations(bridge)
     assert sorted(message["data"]["escalates"] for message in sent) == sorted(task_ids)
@@ -225,11 +230,7 @@ def test_a_worker_killed_while_escalating_leaves_no_task_unescalated_or_escalate
     first.kill()
     bridge.start_worker("after-the-crash")
     bridge.wait_settled(20)
-    assert wait_until(
-        lambda: sum(1 for row in ledger_rows(bridge, tasks) if row.kind == "escalation") >= 20,
-        timeout=60,
-    )
-    bridge.wait_settled(20)
+    wait_escalated(bridge, 20)
 
     sent = escalations(bridge)
     by_task = {message["data"]["escalates"]: message["id"] for message in sent}
@@ -249,11 +250,7 @@ def test_two_workers_on_postgresql_escalate_each_overdue_task_once(
     env.start_worker("worker-b")
     env.publish(*events)
     env.wait_settled(30, timeout=120)
-    assert wait_until(
-        lambda: sum(1 for row in ledger_rows(env, tasks) if row.kind == "escalation") >= 30,
-        timeout=60,
-    )
-    env.wait_settled(30)
+    wait_escalated(env, 30)
 
     sent = escalations(env)
     assert Counter(message["data"]["escalates"] for message in sent) == Counter(
