@@ -135,6 +135,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         bad=args.bad,
         samples=args.samples,
         max_age_hours=args.max_age_hours,
+        respond_only=args.respond,
     )
 
 
@@ -223,6 +224,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=96.0,
         help="cases are reported up to this long ago (default 96)",
+    )
+    simulate.add_argument(
+        "--respond",
+        action="store_true",
+        help="instead of cases: providers' outcomes and officers' task completions for what "
+        "the bridge has sent (read from its ledger; with --bad, one unknown referral and task)",
     )
     simulate.set_defaults(func=cmd_simulate)
 

@@ -432,11 +432,16 @@ class ReferralService:
                     event_id=event.id,
                 )
             decisions: tuple[Decision, ...] = ()
-            state = tx.load_state(referral.case_ref, matter)
+            state = (
+                tx.load_state(referral.case_ref, matter)
+                if effect.leaflet_reason is not None
+                else None
+            )
             if (
                 effect.leaflet_reason is not None
                 and effect.leaflet_due_by is not None
                 and task_id is not None
+                and state is not None
                 and state.snapshot
             ):
                 decision = self._provider_leaflet(

@@ -103,3 +103,30 @@ def test_the_demo_ends_by_writing_its_html_report_and_saying_where(demo_run: Dem
     assert page.count("<svg") == 3
     assert 'id="referrals"' in page
     assert [value for value in PERSONAL if value in page] == []
+
+
+def _section(stdout: str, title: str) -> dict[str, int]:
+    """The rows of one summary section, label -> count."""
+    rows: dict[str, int] = {}
+    for line in stdout.split(title, 1)[1].splitlines()[1:]:
+        if not line.startswith("  "):
+            break
+        label, _, count = line.strip().rpartition(" ")
+        rows[label.strip()] = int(count)
+    return rows
+
+
+def test_the_demo_closes_the_loop_with_outcomes_completions_and_escalations(
+    demo_run: DemoRun,
+) -> None:
+    outcomes = _section(demo_run.stdout, "provider outcomes (the latest per referral)")
+    task_states = _section(demo_run.stdout, "officer tasks, by kind and state")
+    dead = _section(demo_run.stdout, "dead letters, by reason")
+
+    assert sum(outcomes.values()) > 0
+    assert (
+        task_states.get("leaflet: completed", 0) + task_states.get("leaflet: escalated, done", 0)
+        > 0
+    )
+    assert any(label.startswith("escalation") for label in task_states)
+    assert (dead["unknown_referral"], dead["unknown_task"]) == (1, 1)
