@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # share two cores well (docs/benchmarks.md, "The test suite").
 TEST_PROCESSES ?= 3
 
-.PHONY: demo test unit lint typecheck schemas bench chaos clean
+.PHONY: demo test unit lint typecheck schemas bench bench-report chaos clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,12 @@ schemas: $(STAMP)
 # Throughput and memory as ratios to baselines measured in the same run (docs/benchmarks.md).
 bench: $(STAMP)
 	$(BIN)/python benchmarks/pipeline.py --events 2000 --amqp amqp://guest:guest@127.0.0.1:5672// --check
+
+# The compliance report on a ledger of 100,000 victims (SQLite), against baselines in the same run;
+# fails if the report takes 10 s or more. Add LEDGER_URL=postgresql+psycopg://... (an empty
+# database) to run it on PostgreSQL.
+bench-report: $(STAMP)
+	$(BIN)/python benchmarks/report.py --victims 100000 --check $(if $(LEDGER_URL),--ledger-url $(LEDGER_URL))
 
 # The long fault runs (docs/reliability.md): broker, ledger and process faults on thousands of
 # events, a provider flapping for 10 minutes, withdrawals racing deliveries. Prints the table.

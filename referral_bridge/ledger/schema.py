@@ -48,7 +48,7 @@ class UtcDateTime(TypeDecorator[datetime]):
 
 
 #: Bump with a migration step in migrations.py whenever the tables below change.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 6
 
 metadata = MetaData()
 
@@ -164,9 +164,17 @@ decisions = Table(
     Column("regime", String(32)),
     Column("reason", String(64), nullable=False),
     Column("explanation", Text, nullable=False),
-    Column("decided_at", UtcDateTime(), nullable=False),
+    Column("decided_at", UtcDateTime(), nullable=False, index=True),
     #: Version 4: a referral decided after its Victims' Code deadline had passed.
     Column("late", Boolean),
+    # --- Version 6 (issue 8, the compliance report): what the report groups and times by, so it
+    # never reads a snapshot (snapshots hold personal data). NULL on rows written before.
+    #: The category the rules decided on (Decision.category): offence category after the
+    #: policy's class mapping, `other` for a crime disclosed in an incident, else the incident's.
+    Column("category", String(64)),
+    #: refer: when the Victims' Code clock started (the report, or consent when later).
+    Column("clock_from", UtcDateTime()),
+    # --- end of version 6
 )
 
 #: Version 4: crime data integrity. One row per incident where a crime was disclosed: checked at
@@ -182,6 +190,55 @@ crime_reviews = Table(
     Column("resolved_at", UtcDateTime()),
     Column("resolution", String(32)),
 )
+
+# --- Version 5: closing the loop (issue 8). Officer tasks and provider outcomes. -----------------
+
+#: One row per officer task the bridge issued (`kind`: leaflet, crime_review or escalation),
+#: written in the transaction that issues it. `completed_*` and `result` come from the force's
+#: `task.completed`; `escalated_at` and `escalation_task_id` are set, once, in the transaction
+#: that writes the escalation to the outbox. No personal data.
+tasks = Table(
+    "rb_tasks",
+    metadata,
+    Column("task_id", String(64), primary_key=True),
+    Column("kind", String(16), nullable=False),
+    #: The task's reason: a leaflet reason, `crime_not_recorded`, or the escalated task's reason.
+    Column("reason", String(64), nullable=False),
+    #: The case (leaflet, escalation) or incident (crime review) the task is about.
+    Column("case_ref", String(64), nullable=False, index=True),
+    Column("victim_id", String(64)),
+    Column("officer_unit", String(100)),
+    Column("issued_at", UtcDateTime(), nullable=False),
+    Column("due_by", UtcDateTime(), index=True),
+    Column("completed_at", UtcDateTime()),
+    #: The completing officer's collar, or NULL when the bridge closed the task itself (a crime
+    #: review whose incident had a crime recorded from it after the task was raised).
+    Column("completed_by", String(64)),
+    Column("result", String(32)),
+    Column("escalated_at", UtcDateTime()),
+    Column("escalation_task_id", String(64)),
+)
+
+#: The latest outcome a provider reported for each referral it was sent (by the provider's
+#: `at`; an older outcome changes nothing). `first_contacted_at` keeps the `at` of the first
+#: `contacted`, for "contacted within 2 working days". No personal data.
+referral_outcomes = Table(
+    "rb_referral_outcomes",
+    metadata,
+    #: The referral's message id as sent (rb_actions.message_id of the referral).
+    Column("referral_id", String(64), primary_key=True),
+    Column("provider", String(100), nullable=False),
+    Column("case_ref", String(64), nullable=False, index=True),
+    Column("victim_id", String(64), nullable=False),
+    Column("outcome", String(32), nullable=False),
+    Column("at", UtcDateTime(), nullable=False),
+    Column("received_at", UtcDateTime(), nullable=False),
+    Column("event_source", String(500), nullable=False),
+    Column("event_id", String(200), nullable=False),
+    Column("first_contacted_at", UtcDateTime()),
+)
+
+# --- end of version 5 ---------------------------------------------------------------------------
 
 #: Messages to publish. Bodies of referrals are sealed: no plaintext personal data here.
 outbox = Table(

@@ -22,17 +22,10 @@ from referral_bridge.audit import (
     operator_name,
 )
 from referral_bridge.ledger import AuditFacts, Ledger, OutboxMessage
-from tests.fakes import ledger_url_for, require_postgres, throwaway_postgres_database
+from tests.fakes import ledger_url_for
 
 AT = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 CONSENT_AT = datetime(2026, 11, 23, 9, 30, tzinfo=UTC)
-
-
-@pytest.fixture(scope="module")
-def pg_database_url() -> Iterator[str]:
-    require_postgres()
-    with throwaway_postgres_database() as url:
-        yield url
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
