@@ -4,8 +4,11 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Test processes for `make test`: most tests wait on brokers, workers and deadlines, so three
+# share two cores well (docs/benchmarks.md, "The test suite").
+TEST_PROCESSES ?= 3
 
-.PHONY: demo test unit lint typecheck schemas bench chaos clean
+.PHONY: demo test unit lint typecheck schemas bench bench-report chaos clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +23,7 @@ test: $(STAMP)
 	$(BIN)/ruff check referral_bridge tests benchmarks
 	$(BIN)/ruff format --check referral_bridge tests benchmarks
 	$(BIN)/mypy
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_PROCESSES) --dist loadgroup
 
 # The fast loop: the pure core and everything else that needs no broker or database.
 unit: $(STAMP)
@@ -40,10 +43,16 @@ schemas: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/pipeline.py --events 2000 --amqp amqp://guest:guest@127.0.0.1:5672// --check
 
+# The compliance report on a ledger of 100,000 victims (SQLite), against baselines in the same run;
+# fails if the report takes 10 s or more. Add LEDGER_URL=postgresql+psycopg://... (an empty
+# database) to run it on PostgreSQL.
+bench-report: $(STAMP)
+	$(BIN)/python benchmarks/report.py --victims 100000 --check $(if $(LEDGER_URL),--ledger-url $(LEDGER_URL))
+
 # The long fault runs (docs/reliability.md): broker, ledger and process faults on thousands of
 # events, a provider flapping for 10 minutes, withdrawals racing deliveries. Prints the table.
 chaos: $(STAMP)
-	RB_FAULT_SCALE=long $(BIN)/pytest -q -s tests/e2e/test_fault_runs.py \
+	RB_FAULT_SCALE=long $(BIN)/pytest -q -s tests/e2e/test_fault_runs.py tests/e2e/test_chaos.py \
 		tests/e2e/test_flapping_provider.py tests/e2e/test_withdrawal_race.py
 
 clean:

@@ -211,7 +211,9 @@ def amqp(count: int, seed: int, url: str) -> dict[str, float]:
         work = Path(tmp)
         for kid in ("bridge", *PROVIDERS):
             generate_key_pair(kid, work / "keys")
-        names = {k: f"bench-{k}-{suffix}" for k in ("in", "work", "ref", "tasks", "dlq", "sink")}
+        names = {
+            k: f"bench-{k}-{suffix}" for k in ("in", "work", "ref", "out", "tasks", "dlq", "sink")
+        }
         config = work / "rb.toml"
         config.write_text(
             '[bridge]\ndata_dir = "data"\n'
@@ -220,6 +222,7 @@ def amqp(count: int, seed: int, url: str) -> dict[str, float]:
             f'[broker.topology]\ninbound_exchange = "{names["in"]}"\n'
             f'work_queue = "{names["work"]}"\n'
             f'referrals_exchange = "{names["ref"]}"\ntasks_exchange = "{names["tasks"]}"\n'
+            f'outcomes_exchange = "{names["out"]}"\n'
             f'dead_letter_queue = "{names["dlq"]}"\n'
             '[keys]\nsigning_key = "keys/bridge.private.jwk"\n'
             + "".join(f'[providers.{p}]\npublic_keys = "keys/{p}.public.jwk"\n' for p in PROVIDERS)
@@ -266,7 +269,7 @@ def amqp(count: int, seed: int, url: str) -> dict[str, float]:
             channel = connection.default_channel
             for key in ("work", "dlq", "sink"):
                 channel.queue_delete(names[key])
-            for key in ("in", "ref", "tasks"):
+            for key in ("in", "ref", "out", "tasks"):
                 channel.exchange_delete(names[key])
     return {
         "events": count,

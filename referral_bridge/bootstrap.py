@@ -122,6 +122,7 @@ def topology_of(settings: Settings) -> Topology:
         inbound_exchange=names.inbound_exchange,
         work_queue=names.work_queue,
         referrals_exchange=names.referrals_exchange,
+        outcomes_exchange=names.outcomes_exchange,
         tasks_exchange=names.tasks_exchange,
         dead_letter_queue=names.dead_letter_queue,
         retry_queue=names.retry_queue,

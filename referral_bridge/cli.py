@@ -24,6 +24,7 @@ from referral_bridge.commands import (
     keys,
     migrate,
     provider,
+    report,
     retention,
     settings_from,
     with_config,
@@ -138,6 +139,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         bad=args.bad,
         samples=args.samples,
         max_age_hours=args.max_age_hours,
+        respond_only=args.respond,
     )
 
 
@@ -179,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     with_config(commands.add_parser("run", help="run the worker")).set_defaults(func=cmd_run)
-    for module in (check_config, keys, provider, dlq, audit, migrate, retention):
+    for module in (check_config, keys, provider, dlq, audit, report, migrate, retention):
         module.register(commands)
 
     opener = commands.add_parser("open", help="provider side: verify, decrypt and print a referral")
@@ -226,6 +228,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=96.0,
         help="cases are reported up to this long ago (default 96)",
+    )
+    simulate.add_argument(
+        "--respond",
+        action="store_true",
+        help="instead of cases: providers' outcomes and officers' task completions for what "
+        "the bridge has sent (read from its ledger; with --bad, one unknown referral and task)",
     )
     simulate.set_defaults(func=cmd_simulate)
 

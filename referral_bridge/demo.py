@@ -25,7 +25,13 @@ from referral_bridge.ledger import Ledger
 from referral_bridge.resources import DEFAULT_POLICY, SAMPLES
 from referral_bridge.sealing import generate_key_pair, load_key_set, open_event
 from referral_bridge.settings import Settings, load_settings
-from referral_bridge.simulate import SimulatedEvent, Simulator, publish_all, sample_events
+from referral_bridge.simulate import (
+    SimulatedEvent,
+    Simulator,
+    publish_all,
+    respond,
+    sample_events,
+)
 from referral_bridge.transport.publisher import Publisher
 
 PROVIDERS = ("lancashire-victim-services", "homicide-service")
@@ -43,6 +49,7 @@ def prepare(data_dir: Path) -> Path:
         "ledger.sqlite3-wal",
         "ledger.sqlite3-shm",
         "bridge.log",
+        "report.html",
     ):
         path = data_dir / stale
         shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
@@ -191,6 +198,8 @@ def run_demo(*, data_dir: Path, cases: int, seed: int, marker: str | None, out: 
         )
         ledger = Ledger.open(settings.ledger_url)
         finished = wait_until_processed(settings, ledger, len(valid_ids), len(bad), worker, out)
+        if finished:
+            finished = close_the_loop(settings, ledger, seed, worker, out, dead=len(bad))
     finally:
         worker.send_signal(signal.SIGTERM)
         code = worker.wait(timeout=60)
@@ -204,7 +213,75 @@ def run_demo(*, data_dir: Path, cases: int, seed: int, marker: str | None, out: 
     print(f"worker stopped on SIGTERM with exit code {code}", file=out)
     _summary(ledger, settings, data_dir, out)
     ledger.dispose()
+    report = write_html_report(settings, data_dir)
+    print(f"\nthe compliance report for this run (open it in a browser): {report}", file=out)
     return 0 if code == 0 else 1
+
+
+def write_html_report(settings: Settings, data_dir: Path) -> Path:
+    """`referral-bridge report --format html` for this month to date: the run's decisions."""
+    from referral_bridge.commands.report import write_report
+    from referral_bridge.core.calendar import LONDON
+    from referral_bridge.core.report import Period
+
+    now = datetime.now(UTC)
+    today = now.astimezone(LONDON).date()
+    text = write_report(settings, Period(today.replace(day=1), today), form="html", now=now)
+    path = (data_dir / "report.html").resolve()
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def close_the_loop(
+    settings: Settings,
+    ledger: Ledger,
+    seed: int,
+    worker: subprocess.Popen[bytes],
+    out: TextIO,
+    *,
+    dead: int,
+) -> bool:
+    """Providers report outcomes and officers complete tasks (one unknown referral and one
+    unknown task among them, on purpose); wait until the worker has taken them all."""
+    events = respond(ledger, seed=seed, now=datetime.now(UTC), unknown=True)
+    unknown = 2
+    with Publisher(broker_of(settings), topology_of(settings)) as publisher:
+        publish_all(publisher, events)
+    outcomes = sum(1 for event in events if event.from_provider) - 1
+    print(
+        f"providers and officers answered: {outcomes} outcomes and "
+        f"{len(events) - outcomes - unknown} task completions (repeats and late ones among "
+        "them), and one outcome and one completion for nothing the bridge sent",
+        file=out,
+    )
+    distinct = {json.loads(event.body)["id"] for event in events[:-unknown]}
+    expected = ledger.counts()["totals"]["processed"] + len(distinct)
+    return wait_until_processed(settings, ledger, expected, dead + unknown, worker, out)
+
+
+def loop_counts(ledger: Ledger) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    """Outcomes recorded, and officer tasks by kind and state, for the summary."""
+    from sqlalchemy import case, func, select
+
+    from referral_bridge.ledger.schema import referral_outcomes, tasks
+
+    state = case(
+        (tasks.c.escalated_at.is_not(None) & tasks.c.completed_at.is_not(None), "escalated, done"),
+        (tasks.c.escalated_at.is_not(None), "escalated, open"),
+        (tasks.c.completed_at.is_not(None), "completed"),
+        else_="open",
+    )
+    with ledger.engine.connect() as connection:
+        outcomes = connection.execute(
+            select(referral_outcomes.c.outcome, func.count()).group_by(referral_outcomes.c.outcome)
+        ).all()
+        by_task = connection.execute(
+            select(tasks.c.kind, state, func.count()).group_by(tasks.c.kind, state)
+        ).all()
+    return (
+        sorted((str(row[0]), int(row[1])) for row in outcomes),
+        sorted((f"{row[0]}: {row[1]}", int(row[2])) for row in by_task),
+    )
 
 
 def _summary(ledger: Ledger, settings: Settings, data_dir: Path, out: TextIO) -> None:
@@ -244,6 +321,9 @@ def _summary(ledger: Ledger, settings: Settings, data_dir: Path, out: TextIO) ->
         ),
     )
     section("holds open (waiting for explicit consent)", [("open holds", totals["open_holds"])])
+    outcomes, task_states = loop_counts(ledger)
+    section("provider outcomes (the latest per referral)", outcomes)
+    section("officer tasks, by kind and state (escalated: still open at its due time)", task_states)
     section("dead letters, by reason", sorted(dead_letter_reasons(settings).items()))
     print(f"\noutbox rows not yet published: {totals['unsent']}", file=out)
     opened = open_one_referral(ledger, data_dir)

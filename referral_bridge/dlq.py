@@ -444,7 +444,8 @@ class DeadLetterQueue:
             )
             return
         publisher.publish(
-            exchange=self._topology.inbound_exchange,
+            # An outcome goes back through the outcomes exchange, as its provider sent it.
+            exchange=self._topology.exchange_for(letter.event_type),
             routing_key=letter.original_routing_key,
             body=letter.body,
             headers=headers,

@@ -16,8 +16,16 @@ from referral_bridge.core.calendar import WorkingDayCalendar
 from referral_bridge.core.case import CaseSnapshot
 from referral_bridge.core.decide import decide
 from referral_bridge.core.decisions import Decision
-from referral_bridge.core.events import ConsentUpdated, CrimeRecorded, InboundEvent
+from referral_bridge.core.events import (
+    ConsentUpdated,
+    CrimeRecorded,
+    InboundEvent,
+    IncidentRecorded,
+    ReferralOutcome,
+    TaskCompleted,
+)
 from referral_bridge.core.history import EMPTY_HISTORY, ConsentRecord, VictimHistory
+from referral_bridge.core.outcomes import LEAFLET_REASONS
 from referral_bridge.core.parsing import InvalidMessage, parse_inbound
 from referral_bridge.core.policy import Policy
 from referral_bridge.core.replay import carry_out
@@ -46,8 +54,10 @@ class _Matter:
             self.history[data.victim_id] = past.model_copy(update={"consent": record})
         elif isinstance(data, CrimeRecorded):
             self.crime = CaseSnapshot.from_crime(data)
-        else:
+        elif isinstance(data, IncidentRecorded):
             self.incident = CaseSnapshot.from_incident(data)
+        else:  # an outcome or a completion: about a referral or task, not the case
+            return None, ()
         # The crime decides for the matter once there is one (rules.md "Case").
         case = self.crime or self.incident
         if case is None:
@@ -80,6 +90,9 @@ def explain_event(
             print(f"{which} is not valid: {exc.reason.value}: {exc.detail}", file=out)
             return 1
     *earlier, event = events
+    if isinstance(event.data, ReferralOutcome | TaskCompleted):
+        print(f"{_loop_summary(event.data)}; no rule applies to it", file=out)
+        return 0
     for previous in earlier:
         matter.apply(previous)
     if earlier:
@@ -110,6 +123,25 @@ def explain_event(
             file=out,
         )
     return 0
+
+
+def _loop_summary(data: ReferralOutcome | TaskCompleted) -> str:
+    """What the worker does with an outcome or a completion (rules.md "closing the loop")."""
+    if isinstance(data, TaskCompleted):
+        return (
+            f"task.completed: task {data.task_id} ({data.result.value}) closes that task, "
+            "if the bridge issued it"
+        )
+    reason = LEAFLET_REASONS.get(data.outcome)
+    then = (
+        f"a leaflet task ({reason}) due 1 working day after it"
+        if reason
+        else "recorded against the referral only"
+    )
+    return (
+        f"victim.referral.outcome: {data.outcome.value} from {data.provider} for referral "
+        f"{data.referral_id}: {then}"
+    )
 
 
 def _print(decision: Decision, out: TextIO) -> None:

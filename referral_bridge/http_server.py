@@ -284,6 +284,10 @@ class _Listener:
             if not self.server_state.connections:
                 break
             await asyncio.sleep(0.01)
+        # A handshake cancelled above closes its half-made transport with `call_soon`: a few
+        # turns of the loop run those callbacks before the loop is closed.
+        for _ in range(5):
+            await asyncio.sleep(0)
 
 
 def bind_socket(host: str, port: int, *, reuse_address: bool, backlog: int) -> socket.socket:

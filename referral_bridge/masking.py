@@ -50,6 +50,7 @@ from referral_bridge.core.events import (
     Needs,
     Offence,
     Officer,
+    TaskCompleted,
     Victim,
     VictimConsent,
 )
@@ -102,6 +103,8 @@ PERSONAL_FIELDS: frozenset[tuple[type[BaseModel], str]] = frozenset(
         # Free text that may name whoever recorded consent.
         (VictimConsent, "recorded_by"),
         (ConsentUpdated, "recorded_by"),
+        # Who completed an officer task: a collar number, but free text from the task system.
+        (TaskCompleted, "completed_by"),
     }
 )
 

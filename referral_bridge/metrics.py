@@ -7,7 +7,7 @@ referral, dead-letter depth) are computed at scrape time by a collector register
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 
 class BridgeMetrics:
@@ -48,6 +48,14 @@ class BridgeMetrics:
             "referral_bridge_delivery_failures",
             "Failed delivery attempts, by provider and outcome (transient or rejected).",
             ["provider", "outcome"],
+            registry=self.registry,
+        )
+        self.circuit_open = Gauge(
+            "referral_bridge_provider_circuit_open",
+            "1 while a provider's circuit is open or half-open (deliveries paused after "
+            "repeated failures), 0 once a delivery succeeds again; officer-tasks: the force "
+            "broker.",
+            ["provider"],
             registry=self.registry,
         )
         self.fallback_tasks = Counter(

@@ -1,5 +1,6 @@
-"""Periodic work between messages: ended holds, crime-recording reviews, fallbacks for passed
-deadlines, delivery of parked and left-over outbox rows, and the daily retention sweep."""
+"""Periodic work between messages: ended holds, crime-recording reviews, escalations of overdue
+tasks, fallbacks for passed deadlines, delivery of parked and left-over outbox rows, and the daily
+retention sweep."""
 
 from __future__ import annotations
 
@@ -52,6 +53,7 @@ class Scheduler:
         steps: tuple[tuple[str, Callable[[], object]], ...] = (
             ("expire_holds", service.expire_holds),
             ("review_crime_recording", service.review_crime_recording),
+            ("escalate_overdue_tasks", service.escalate_overdue_tasks),
             ("issue_overdue_fallbacks", service.issue_overdue_fallbacks),
             ("flush", lambda: service.flush(older_than=OUTBOX_GRACE)),
         )

@@ -20,9 +20,12 @@ from referral_bridge.core.events import (
     CrimeRecorded,
     CrimeReviewTask,
     DeadLetterHeaders,
+    EscalationTask,
     IncidentRecorded,
     LeafletTask,
+    ReferralOutcome,
     ReferralPayload,
+    TaskCompleted,
     UpdatePayload,
     WithdrawalPayload,
 )
@@ -57,6 +60,16 @@ _SCHEMAS: dict[str, tuple[type[BaseModel], _Mode, str]] = {
         "validation",
         "consent.updated data, schemaversion 1",
     ),
+    "victim.referral.outcome.v1.schema.json": (
+        ReferralOutcome,
+        "validation",
+        "victim.referral.outcome data (from a provider), schemaversion 1",
+    ),
+    "task.completed.v1.schema.json": (
+        TaskCompleted,
+        "validation",
+        "task.completed data (from the force's task system), schemaversion 1",
+    ),
     "victim.referral.created.v2.payload.schema.json": (
         ReferralPayload,
         "serialization",
@@ -81,6 +94,11 @@ _SCHEMAS: dict[str, tuple[type[BaseModel], _Mode, str]] = {
         CrimeReviewTask,
         "serialization",
         "officer.task.crime_review data, schemaversion 1",
+    ),
+    "officer.task.escalation.v1.schema.json": (
+        EscalationTask,
+        "serialization",
+        "officer.task.escalation data, schemaversion 1",
     ),
     "dead-letter.headers.schema.json": (
         DeadLetterHeaders,

@@ -22,6 +22,7 @@ from referral_bridge.core.case import CaseSnapshot, as_decided
 from referral_bridge.core.decide import decide
 from referral_bridge.core.decisions import Decision, Outcome
 from referral_bridge.core.events import (
+    CaseEventData,
     CaseKind,
     ConsentUpdated,
     CrimeRecorded,
@@ -30,6 +31,10 @@ from referral_bridge.core.events import (
     InboundEvent,
     IncidentRecorded,
     OutboundEvent,
+    ReferralOutcome,
+    TaskCompleted,
+    TaskKind,
+    TaskOfficer,
     Victim,
 )
 from referral_bridge.core.history import ConsentRecord, VictimHistory
@@ -39,6 +44,16 @@ from referral_bridge.core.messages import (
     leaflet_task,
     referral_payload,
     withdrawal_payload,
+)
+from referral_bridge.core.outcomes import (
+    LEAFLET_REASONS,
+    CompletionResult,
+    IssuedTask,
+    decide_completion,
+    decide_outcome,
+    escalation_task,
+    needs_escalation,
+    outcome_source_problem,
 )
 from referral_bridge.core.parsing import InvalidMessage, parse_inbound
 from referral_bridge.core.policy import Policy
@@ -54,6 +69,7 @@ from referral_bridge.errors import LedgerUnavailableError
 from referral_bridge.ledger import (
     AuditFacts,
     CaseState,
+    IssuedTaskRow,
     Ledger,
     LedgerTransaction,
     OutboxMessage,
@@ -81,6 +97,8 @@ TASK_LEAFLET = "officer.task.leaflet"
 TASK_LEAFLET_ROUTING_KEY = "task.leaflet"
 TASK_CRIME_REVIEW = "officer.task.crime_review"
 TASK_CRIME_REVIEW_ROUTING_KEY = "task.crime_review"
+TASK_ESCALATION = "officer.task.escalation"
+TASK_ESCALATION_ROUTING_KEY = "task.escalation"
 JOSE = "application/jose"
 JSON_CONTENT = "application/json"
 CLOUDEVENTS_JSON = "application/cloudevents+json"
@@ -88,6 +106,8 @@ CLOUDEVENTS_JSON = "application/cloudevents+json"
 HOLD_EXPIRY_EVENT = "scheduler:hold-expired"
 #: Synthetic event id under which crime-review tasks are written to the outbox.
 CRIME_REVIEW_EVENT = "scheduler:crime-review"
+#: Synthetic event id under which escalations of overdue tasks are written to the outbox.
+ESCALATION_EVENT = "scheduler:escalation"
 #: A case whose holds could not be ended (not an outage) is tried again this much later.
 HOLD_RETRY_AFTER = timedelta(hours=1)
 
@@ -104,6 +124,16 @@ class Routes:
 
     referrals_exchange: str
     tasks_exchange: str
+
+
+class UnknownReferenceError(Exception):
+    """An outcome or completion about something the bridge never sent: dead-lettered with
+    `reason` (`unknown_referral`, `unknown_task`). `detail` holds ids only, no personal data."""
+
+    def __init__(self, reason: DeadLetterReason, detail: str) -> None:
+        super().__init__(reason, detail)
+        self.reason = reason
+        self.detail = detail
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,8 +203,19 @@ class ReferralService:
             return DeadLetter(reason=exc.reason, detail=exc.detail, attempts=1)
         bound = log.bind(event_id=event.id, event_type=event.type.value)
         self._metrics.events_consumed.labels(type=event.type.value).inc()
+        if not isinstance(event.data, ReferralOutcome) and (
+            message.routing_key in self._policy.providers()
+        ):
+            # Providers publish on victim-services.outcomes with their own id as the routing
+            # key, and the work queue takes everything from there: only outcomes may come so.
+            detail = "only victim.referral.outcome may be published with a provider's routing key"
+            bound.warning("event.rejected", reason="schema_violation", detail=detail)
+            return DeadLetter(reason=DeadLetterReason.SCHEMA_VIOLATION, detail=detail, attempts=1)
         try:
-            handled = self._process_with_retries(event)
+            handled = self._process_with_retries(event, message.routing_key)
+        except UnknownReferenceError as exc:
+            bound.warning("event.rejected", reason=exc.reason.value, detail=exc.detail)
+            return DeadLetter(reason=exc.reason, detail=exc.detail, attempts=message.attempts + 1)
         except LedgerUnavailableError as exc:
             bound.warning("event.retry", reason="ledger_unavailable", detail=str(exc))
             return Retry(detail="ledger unavailable")
@@ -236,7 +277,7 @@ class ReferralService:
         )
         return Ack()
 
-    def _process_with_retries(self, event: InboundEvent) -> Handled:
+    def _process_with_retries(self, event: InboundEvent, routing_key: str) -> Handled:
         """Ride out a short ledger outage in place; a longer one is left to the broker (Retry)."""
         for attempt in Retrying(
             stop=stop_after_attempt(self._ledger_attempts),
@@ -245,16 +286,25 @@ class ReferralService:
             reraise=True,
         ):
             with attempt:
-                return self.process(event)
+                return self.process(event, routing_key=routing_key)
         raise AssertionError("unreachable: tenacity reraises the last error")  # pragma: no cover
 
     def _count(self, decision: Decision) -> None:
         self._metrics.decisions.labels(outcome=decision.outcome.value, reason=decision.reason).inc()
 
-    def process(self, event: InboundEvent) -> Handled:
-        """Record the event and its decisions in one ledger transaction (no publishing)."""
+    def process(self, event: InboundEvent, *, routing_key: str | None = None) -> Handled:
+        """Record the event and its decisions in one ledger transaction (no publishing).
+
+        `routing_key` is the one the message was published with; an outcome's provider must
+        equal it (None: not checked, for callers that did not take the event off the broker).
+        Raises UnknownReferenceError for an outcome or completion about nothing the bridge sent.
+        """
         now = self._clock()
         data = event.data
+        if isinstance(data, ReferralOutcome):
+            return self._record_outcome(event, data, routing_key, now)
+        if isinstance(data, TaskCompleted):
+            return self._complete_task(event, data, now)
         record_ref, named = _refs_named(data)
         with self._ledger.transaction() as tx:
             matter = self._lock_matter(tx, named)
@@ -326,7 +376,7 @@ class ReferralService:
     def _cases_to_decide(
         tx: LedgerTransaction,
         record_ref: str,
-        data: CrimeRecorded | IncidentRecorded | ConsentUpdated,
+        data: CaseEventData,
         matter: set[str],
         now: datetime,
     ) -> list[str]:
@@ -344,6 +394,118 @@ class ReferralService:
         for case_ref, victim_id in tx.open_holds(matter - crimes):
             tx.end_hold(case_ref, victim_id, now, "superseded_by_crime")
         return sorted(crimes)
+
+    # --- closing the loop: provider outcomes and task completions (rules.md) -------------------
+
+    def _record_outcome(
+        self, event: InboundEvent, data: ReferralOutcome, routing_key: str | None, now: datetime
+    ) -> Handled:
+        with self._ledger.transaction() as tx:
+            if tx.is_processed(event.id, source=event.source):
+                return Handled(result="duplicate", matter_ref=None)
+            referral = tx.sent_referral(data.referral_id)
+            problem = outcome_source_problem(data, routing_key, referral)
+            if problem is not None or referral is None:
+                raise UnknownReferenceError(
+                    DeadLetterReason.UNKNOWN_REFERRAL, problem or "unknown referral"
+                )
+            matter = self._lock_matter(tx, {referral.case_ref})
+            # Read again under the lock: a withdrawal may have committed meanwhile.
+            referral = tx.sent_referral(data.referral_id) or referral
+            reason = LEAFLET_REASONS.get(data.outcome)
+            task_id = (
+                ids.leaflet_task_id(referral.case_ref, referral.victim_id, reason)
+                if reason is not None
+                else None
+            )
+            effect = decide_outcome(
+                data,
+                tx.referral_outcome(referral.referral_id),
+                referral,
+                leaflet_issued=task_id is not None and tx.has_action(task_id),
+                received_at=now,
+                calendar=self._calendar,
+            )
+            if effect.record is not None:
+                tx.save_referral_outcome(
+                    referral,
+                    effect.record,
+                    received_at=now,
+                    event_source=event.source,
+                    event_id=event.id,
+                )
+            decisions: tuple[Decision, ...] = ()
+            state = (
+                tx.load_state(referral.case_ref, matter)
+                if effect.leaflet_reason is not None
+                else None
+            )
+            if (
+                effect.leaflet_reason is not None
+                and effect.leaflet_due_by is not None
+                and task_id is not None
+                and state is not None
+                and state.snapshot
+            ):
+                decision = self._provider_leaflet(
+                    tx,
+                    snapshot_of(state.snapshot_kind, state.snapshot),
+                    referral.victim_id,
+                    referral.provider,
+                    effect.leaflet_reason,
+                    task_id,
+                    effect.leaflet_due_by,
+                    effect.explanation + f" Leaflet task {task_id}.",
+                    event.id,
+                    now,
+                )
+                decisions = (decision,)
+            tx.mark_processed(
+                event.id,
+                event.type.value,
+                referral.referral_id,
+                effect.result.value,
+                now,
+                source=event.source,
+            )
+        log.info(
+            "referral.outcome",
+            referral_id=referral.referral_id,
+            provider=referral.provider,
+            outcome=data.outcome.value,
+            result=effect.result.value,
+        )
+        return Handled(
+            result=effect.result.value, matter_ref=referral.case_ref, decisions=decisions
+        )
+
+    def _complete_task(self, event: InboundEvent, data: TaskCompleted, now: datetime) -> Handled:
+        with self._ledger.transaction() as tx:
+            if tx.is_processed(event.id, source=event.source):
+                return Handled(result="duplicate", matter_ref=None)
+            task = tx.task(data.task_id)
+            if task is None:
+                raise UnknownReferenceError(
+                    DeadLetterReason.UNKNOWN_TASK,
+                    f"no task {data.task_id} was issued by this bridge: check the task system's "
+                    "task id (the task message's task_id)",
+                )
+            result = decide_completion(task, data)
+            if result is CompletionResult.COMPLETED and not tx.complete_task(
+                task.task_id, at=data.completed_at, by=data.completed_by, result=data.result.value
+            ):
+                result = CompletionResult.ALREADY_COMPLETED
+            tx.mark_processed(
+                event.id, event.type.value, task.task_id, result.value, now, source=event.source
+            )
+        log.info(
+            "task.completed",
+            task_id=task.task_id,
+            task_kind=task.kind.value,
+            result=result.value,
+            late=task.due_by is not None and data.completed_at > task.due_by,
+        )
+        return Handled(result=result.value, matter_ref=task.case_ref)
 
     # --- scheduled work -----------------------------------------------------------------------
 
@@ -401,9 +563,15 @@ class ReferralService:
 
     @staticmethod
     def _resolve_crime_review(tx: LedgerTransaction, incident_ref: str, now: datetime) -> None:
+        review = tx.crime_review(incident_ref)
         resolution = tx.resolve_crime_review(incident_ref, now)
-        if resolution is not None:
-            log.info("crime_review.resolved", incident_ref=incident_ref, resolution=resolution)
+        if resolution is None:
+            return
+        log.info("crime_review.resolved", incident_ref=incident_ref, resolution=resolution)
+        # The review task asked for the crime to be recorded: it is, so the task is done (by
+        # the bridge: completed_by stays empty), and it does not escalate.
+        if review is not None and review.task_id:
+            tx.complete_task(review.task_id, at=now, by=None, result="crime_recorded")
 
     def review_crime_recording(self) -> int:
         """Crime-review tasks for incidents whose disclosed crime is still not recorded (once
@@ -428,6 +596,18 @@ class ReferralService:
                     incident, task_id, review_due_by(now, self._policy, self._calendar)
                 )
                 tx.raise_crime_review(incident_ref, task_id, now)
+                tx.add_task(
+                    IssuedTaskRow(
+                        task_id=task_id,
+                        kind=TaskKind.CRIME_REVIEW.value,
+                        reason=task.reason,
+                        case_ref=incident_ref,
+                        victim_id=None,
+                        officer_unit=task.officer.unit,
+                        issued_at=now,
+                        due_by=task.due_by,
+                    )
+                )
                 self._enqueue(
                     tx,
                     CRIME_REVIEW_EVENT,
@@ -444,6 +624,85 @@ class ReferralService:
         if due:
             self.flush(event_id=CRIME_REVIEW_EVENT)
         return len(due)
+
+    def escalate_overdue_tasks(self) -> int:
+        """One `officer.task.escalation` for each leaflet or crime-review task still open at
+        its due time; returns how many were escalated.
+
+        Each task is its own transaction, which marks the task escalated (compare-and-set) and
+        writes the escalation's outbox row together: exactly once, across restarts (nothing is
+        marked unless its message is in the outbox) and across workers (one claim wins). A task
+        that fails for a reason other than an outage is logged and tried again next tick.
+        """
+        now = self._clock()
+        escalated = 0
+        for task_id in self._ledger.due_escalations(now):
+            try:
+                if self._escalate(task_id, now):
+                    escalated += 1
+            except LedgerUnavailableError:
+                raise
+            except Exception as exc:
+                log.error("task.escalation_failed", task_id=task_id, error_type=type(exc).__name__)
+        if escalated:
+            self.flush(event_id=ESCALATION_EVENT)
+        return escalated
+
+    def _escalate(self, task_id: str, now: datetime) -> bool:
+        with self._ledger.transaction() as tx:
+            task = tx.task(task_id)
+            if task is None or not needs_escalation(task, now):
+                return False
+            escalation_id = ids.escalation_task_id(task_id)
+            if not tx.claim_escalation(task_id, escalation_id, now):
+                return False
+            officer = self._officer_of(tx, task)
+            message = escalation_task(task, escalation_id, officer, now)
+            tx.add_task(
+                IssuedTaskRow(
+                    task_id=escalation_id,
+                    kind=TaskKind.ESCALATION.value,
+                    reason=task.reason,
+                    case_ref=task.case_ref,
+                    victim_id=task.victim_id,
+                    officer_unit=officer.unit,
+                    issued_at=now,
+                    due_by=None,
+                )
+            )
+            self._enqueue(
+                tx,
+                ESCALATION_EVENT,
+                "task.escalation",
+                escalation_id,
+                TASK_ESCALATION,
+                JSON_CONTENT,
+                message.model_dump(mode="json"),
+                self._routes.tasks_exchange,
+                TASK_ESCALATION_ROUTING_KEY,
+                now,
+            )
+        log.info(
+            "task.escalated",
+            task_id=task_id,
+            task_kind=task.kind.value,
+            escalation_id=escalation_id,
+            case_ref=task.case_ref,
+        )
+        return True
+
+    @staticmethod
+    def _officer_of(tx: LedgerTransaction, task: IssuedTask) -> TaskOfficer:
+        """The officer in charge now (the case's latest snapshot), as a new task would name;
+        without a snapshot, the officer the overdue task named."""
+        state = tx.load_state(task.case_ref, {task.case_ref})
+        if state.snapshot is not None:
+            officer = snapshot_of(state.snapshot_kind, state.snapshot).officer
+            return TaskOfficer(collar=officer.collar, unit=officer.unit)
+        sent = tx.sent_task_officer(task.task_id)
+        if sent is None:
+            raise ValueError("no snapshot of the case and no task message to name its officer")
+        return sent
 
     def flush(
         self,
@@ -496,30 +755,52 @@ class ReferralService:
         due_by = self._calendar.add_working_days(now, 1)
         if delivery.message.deadline is not None and delivery.message.deadline > now:
             due_by = min(due_by, delivery.message.deadline)
+        explanation = (
+            f"Referral {delivery.message_id} to {provider} "
+            + (
+                "was refused by the provider"
+                if reason == "provider_rejected"
+                else "was still undelivered at its deadline"
+            )
+            + f"; leaflet task {task_id} due by {due_by.isoformat()}."
+        )
+        decision = self._provider_leaflet(
+            tx, case, victim_id, provider, reason, task_id, due_by, explanation, FALLBACK_EVENT, now
+        )
+        self._count(decision)
+        return task_id
+
+    def _provider_leaflet(
+        self,
+        tx: LedgerTransaction,
+        case: CaseSnapshot,
+        victim_id: str,
+        provider: str,
+        reason: str,
+        task_id: str,
+        due_by: datetime,
+        explanation: str,
+        event_id: str,
+        now: datetime,
+    ) -> Decision:
+        """A leaflet task decided outside the rules, from what a provider did (or did not do):
+        recorded and written to the outbox like any other, with its decision."""
         decision = Decision(
-            case_ref=case_ref,
+            case_ref=case.case_ref,
             victim_id=victim_id,
             outcome=Outcome.LEAFLET,
             rule=None,
             regime=None,
             reason=reason,
-            explanation=(
-                f"Referral {delivery.message_id} to {provider} "
-                + (
-                    "was refused by the provider"
-                    if reason == "provider_rejected"
-                    else "was still undelivered at its deadline"
-                )
-                + f"; leaflet task {task_id} due by {due_by.isoformat()}."
-            ),
+            explanation=explanation,
             provider=provider,
             task_id=task_id,
             due_by=due_by,
+            category=as_decided(case, self._policy).category,
         )
-        self._leaflet(tx, case, decision, FALLBACK_EVENT, now)
-        tx.add_decision(FALLBACK_EVENT, decision, now)
-        self._count(decision)
-        return task_id
+        self._leaflet(tx, case, decision, event_id, now)
+        tx.add_decision(event_id, decision, now)
+        return decision
 
     # --- decisions into ledger rows and outbox messages ---------------------------------------
 
@@ -731,6 +1012,18 @@ class ReferralService:
             ),
             now,
         )
+        tx.add_task(
+            IssuedTaskRow(
+                task_id=task.task_id,
+                kind=TaskKind.LEAFLET.value,
+                reason=task.reason,
+                case_ref=task.case_ref,
+                victim_id=task.victim_id,
+                officer_unit=task.officer.unit,
+                issued_at=now,
+                due_by=task.due_by,
+            )
+        )
         self._enqueue(
             tx,
             event_id,
@@ -887,7 +1180,7 @@ def snapshot_of(kind: str | None, snapshot: Mapping[str, Any]) -> CaseSnapshot:
     return CaseSnapshot.from_incident(IncidentRecorded.model_validate(snapshot))
 
 
-def _refs_named(data: CrimeRecorded | IncidentRecorded | ConsentUpdated) -> tuple[str, set[str]]:
+def _refs_named(data: CaseEventData) -> tuple[str, set[str]]:
     """The record an event is about, and every ref the event itself names."""
     if isinstance(data, CrimeRecorded):
         return data.crime_ref, {data.crime_ref, *data.linked_incident_refs}

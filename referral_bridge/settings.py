@@ -61,6 +61,8 @@ class TopologySection(_Section):
     inbound_exchange: str = "police.events"
     work_queue: str = "referral-bridge.events"
     referrals_exchange: str = "victim-services.referrals"
+    #: Providers publish `victim.referral.outcome` here, with their provider id as routing key.
+    outcomes_exchange: str = "victim-services.outcomes"
     tasks_exchange: str = "officer.tasks"
     dead_letter_queue: str = "referral-bridge.dead-letter"
     #: Where failed messages wait before they are tried again; empty: "<work_queue>.retry".
@@ -184,6 +186,8 @@ class MetricsSection(_Section):
 
     #: host:port for /metrics, /healthz and /readyz; empty disables the endpoint.
     listen: str = "127.0.0.1:9464"
+    #: How often the worker recomputes this month's compliance gauges from the ledger.
+    compliance_refresh_seconds: Annotated[float, Field(gt=0, le=3600)] = 60.0
 
 
 class Settings(_Section):

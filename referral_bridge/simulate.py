@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from referral_bridge.ledger import Ledger
     from referral_bridge.transport.publisher import Publisher
 
 GIVEN_NAMES = (
@@ -74,6 +75,8 @@ INCIDENT_CATEGORIES = (
 class SimulatedEvent:
     routing_key: str
     body: bytes
+    #: A provider's outcome: published to the outcomes exchange, not the inbound one.
+    from_provider: bool = False
 
 
 class Simulator:
@@ -363,6 +366,149 @@ class Simulator:
             yield SimulatedEvent(*kinds[n % len(kinds)])
 
 
+#: (outcome, weight) a simulated provider reports for a referral.
+OUTCOME_WEIGHTS = (
+    ("accepted", 20),
+    ("contacted", 45),
+    ("unable_to_contact", 15),
+    ("declined_by_victim", 12),
+    ("returned", 8),
+)
+#: (result, weight) of a simulated completion, by task kind.
+TASK_RESULTS = {
+    "leaflet": (("leaflet_given", 80), ("victim_unreachable", 15), ("not_required", 5)),
+    "crime_review": (("crime_recorded", 60), ("no_crime", 40)),
+}
+
+
+class Responder:
+    """What providers and the force's task system say back about referrals and tasks the bridge
+    sent: outcomes (with a repeat and an out-of-order one among them) and task completions, some
+    late; `unknown` gives one of each for something the bridge never sent (dead letters)."""
+
+    def __init__(
+        self,
+        *,
+        seed: int,
+        now: datetime,
+        task_source: str = "urn:force:example:tasks",
+        answer_share: float = 0.8,
+    ) -> None:
+        self._rng = random.Random(seed)  # noqa: S311 - synthetic data, not security
+        self._now = now
+        self._task_source = task_source
+        self._share = answer_share
+
+    def _uuid(self) -> str:
+        return str(uuid.UUID(int=self._rng.getrandbits(128), version=4))
+
+    def _outcome(
+        self, provider: str, referral_id: str, outcome: str, at: datetime
+    ) -> SimulatedEvent:
+        from referral_bridge.provider_outcomes import outcome_event
+
+        body = outcome_event(
+            provider=provider,
+            referral_id=referral_id,
+            outcome=outcome,
+            at=at,
+            source=f"urn:provider:{provider}",
+            event_id=self._uuid(),
+        )
+        return SimulatedEvent(provider, body, from_provider=True)
+
+    def outcomes(self, referrals: Iterable[tuple[str, str]]) -> Iterator[SimulatedEvent]:
+        """Outcomes for a share of (referral id, provider) pairs."""
+        rng = self._rng
+        for referral_id, provider in referrals:
+            if rng.random() >= self._share:
+                continue
+            outcome = _weighted(rng, OUTCOME_WEIGHTS)
+            at = self._now - timedelta(minutes=rng.randint(1, 600))
+            event = self._outcome(provider, referral_id, outcome, at)
+            yield event
+            if rng.random() < 0.05:
+                yield event  # delivered twice
+            if rng.random() < 0.05:  # an older outcome arriving late: no effect
+                yield self._outcome(provider, referral_id, "accepted", at - timedelta(hours=1))
+
+    def completions(self, tasks: Iterable[tuple[str, str]]) -> Iterator[SimulatedEvent]:
+        """Completions for a share of open (task id, kind) pairs."""
+        rng = self._rng
+        for task_id, kind in tasks:
+            results = TASK_RESULTS.get(kind)
+            if results is None or rng.random() >= self._share:
+                continue
+            result = _weighted(rng, results)
+            at = self._now - timedelta(minutes=rng.randint(1, 600))
+            yield self._completion(task_id, result, at)
+
+    def _completion(self, task_id: str, result: str, at: datetime) -> SimulatedEvent:
+        data = {
+            "task_id": task_id,
+            "completed_at": at.isoformat(),
+            "completed_by": f"PC {self._rng.randint(1000, 9999)}",
+            "result": result,
+        }
+        body = {
+            "specversion": "1.0",
+            "id": self._uuid(),
+            "source": self._task_source,
+            "type": "task.completed",
+            "time": at.isoformat(),
+            "schemaversion": 1,
+            "datacontenttype": "application/json",
+            "data": data,
+        }
+        return SimulatedEvent("task.completed", json.dumps(body).encode())
+
+    def unknown(self, provider: str) -> list[SimulatedEvent]:
+        """An outcome for a referral never sent and a completion for a task never issued."""
+        return [
+            self._outcome(provider, self._uuid(), "contacted", self._now),
+            self._completion(self._uuid(), "leaflet_given", self._now),
+        ]
+
+
+def _weighted(rng: random.Random, choices: tuple[tuple[str, int], ...]) -> str:
+    return rng.choices([c for c, _ in choices], weights=[w for _, w in choices])[0]
+
+
+def loop_to_close(ledger: Ledger) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """From the ledger: (referral id, provider) of referrals delivered, and (task id, kind) of
+    leaflet and crime-review tasks still open."""
+    from sqlalchemy import select
+
+    from referral_bridge.ledger import schema as t
+
+    with ledger.engine.connect() as connection:
+        referrals = connection.execute(
+            select(t.outbox.c.message_id, t.outbox.c.provider)
+            .where(t.outbox.c.kind == "referral", t.outbox.c.published_at.is_not(None))
+            .order_by(t.outbox.c.created_at, t.outbox.c.message_id)
+        ).all()
+        tasks = connection.execute(
+            select(t.tasks.c.task_id, t.tasks.c.kind)
+            .where(
+                t.tasks.c.kind.in_(("leaflet", "crime_review")), t.tasks.c.completed_at.is_(None)
+            )
+            .order_by(t.tasks.c.issued_at, t.tasks.c.task_id)
+        ).all()
+    return [(r[0], str(r[1])) for r in referrals], [(r[0], r[1]) for r in tasks]
+
+
+def respond(
+    ledger: Ledger, *, seed: int, now: datetime, unknown: bool = False
+) -> list[SimulatedEvent]:
+    """Outcomes and completions for what the ledger shows sent (see Responder)."""
+    referrals, tasks = loop_to_close(ledger)
+    responder = Responder(seed=seed, now=now)
+    events = [*responder.outcomes(referrals), *responder.completions(tasks)]
+    if unknown:
+        events += responder.unknown(referrals[0][1] if referrals else "lancashire-victim-services")
+    return events
+
+
 def sample_events(folder: Path) -> list[SimulatedEvent]:
     """The contract's sample events, in file name order."""
     events = []
@@ -380,25 +526,44 @@ def feed(
     bad: int,
     samples: Path | None,
     max_age_hours: float,
+    respond_only: bool = False,
 ) -> int:
-    """`referral-bridge simulate`: publish samples, synthetic cases and bad messages."""
+    """`referral-bridge simulate`: publish samples, synthetic cases and bad messages; or, with
+    `respond_only`, outcomes and completions for what the bridge has sent (read from its ledger)."""
     from referral_bridge.bootstrap import broker_of, topology_of
+    from referral_bridge.ledger import Ledger
     from referral_bridge.settings import load_settings
     from referral_bridge.transport.publisher import Publisher
 
     settings = load_settings(config)
-    events = sample_events(samples) if samples else []
-    simulator = Simulator(seed=seed, now=datetime.now(UTC), max_age=timedelta(hours=max_age_hours))
-    events += [*simulator.cases(count), *simulator.bad_messages(bad)]
+    if respond_only:
+        ledger = Ledger.open(settings.ledger_url, migrate=False)
+        try:
+            events = respond(ledger, seed=seed, now=datetime.now(UTC), unknown=bad > 0)
+        finally:
+            ledger.dispose()
+    else:
+        events = sample_events(samples) if samples else []
+        simulator = Simulator(
+            seed=seed, now=datetime.now(UTC), max_age=timedelta(hours=max_age_hours)
+        )
+        events += [*simulator.cases(count), *simulator.bad_messages(bad)]
     with Publisher(broker_of(settings), topology_of(settings)) as publisher:
         publish_all(publisher, events)
-    print(f"published {len(events)} messages ({bad} invalid on purpose)")
+    if respond_only:
+        outcomes = sum(1 for event in events if event.from_provider)
+        print(
+            f"published {outcomes} provider outcomes and {len(events) - outcomes} task completions"
+        )
+    else:
+        print(f"published {len(events)} messages ({bad} invalid on purpose)")
     return 0
 
 
 def publish_all(publisher: Publisher, events: Iterable[SimulatedEvent]) -> int:
     count = 0
     for event in events:
-        publisher.publish_inbound(event.body, event.routing_key)
+        exchange = publisher.topology.outcomes_exchange if event.from_provider else None
+        publisher.publish_inbound(event.body, event.routing_key, exchange=exchange)
         count += 1
     return count

@@ -33,7 +33,7 @@ from referral_bridge.health import (
     ledger_check,
     parse_listen,
 )
-from referral_bridge.ledger_gauges import LedgerGauges
+from referral_bridge.ledger_gauges import CompliancePoller, LedgerGauges
 from referral_bridge.metrics import BridgeMetrics
 from referral_bridge.scheduler import RetentionSweep, Scheduler
 from referral_bridge.settings import Settings
@@ -151,8 +151,11 @@ def initialise_known_series(metrics: BridgeMetrics) -> None:
         metrics.events_consumed.labels(type=event_type.value)
 
 
-def exposition_registry(bridge: Bridge) -> CollectorRegistry:
-    """Everything /metrics shows: the bridge's counters, the ledger gauges, the process."""
+def exposition_registry(
+    bridge: Bridge, compliance: CompliancePoller | None = None
+) -> CollectorRegistry:
+    """Everything /metrics shows: the bridge's counters, the ledger gauges (with the month's
+    compliance figures when a poller computes them), the process."""
     initialise_known_series(bridge.metrics)
     registry = CollectorRegistry()
     registry.register(bridge.metrics.registry)
@@ -161,6 +164,7 @@ def exposition_registry(bridge: Bridge) -> CollectorRegistry:
             engine=bridge.ledger.engine,
             broker=bridge.broker,
             dead_letter_queue=bridge.topology.dead_letter_queue,
+            compliance=compliance,
         )
     )
     registry.register(ProcessCollector(registry=None))
@@ -168,7 +172,10 @@ def exposition_registry(bridge: Bridge) -> CollectorRegistry:
 
 
 def start_health_server(
-    bridge: Bridge, readiness: Readiness, notifier: Notifier
+    bridge: Bridge,
+    readiness: Readiness,
+    notifier: Notifier,
+    compliance: CompliancePoller | None = None,
 ) -> HealthServer | None:
     """Serve the endpoint if configured; a port already in use is logged, not fatal.
 
@@ -182,7 +189,10 @@ def start_health_server(
         return None
     host, port = address
     server = HealthServer(
-        host=host, port=port, registry=exposition_registry(bridge), readiness=readiness
+        host=host,
+        port=port,
+        registry=exposition_registry(bridge, compliance),
+        readiness=readiness,
     )
     try:
         server.start()
@@ -216,7 +226,14 @@ def run(bridge: Bridge, stop: threading.Event, *, notifier: Notifier | None = No
         # On a watchdog timeout systemd sends SIGABRT: the journal then shows where it hung.
         faulthandler.enable(file=sys.stderr, all_threads=True)
     heartbeat = Heartbeat()
-    server = start_health_server(bridge, readiness_of(bridge, heartbeat), notifier)
+    compliance = CompliancePoller(
+        bridge.ledger.engine, interval=settings.metrics.compliance_refresh_seconds
+    )
+    server = start_health_server(bridge, readiness_of(bridge, heartbeat), notifier, compliance)
+    stop_compliance = threading.Event()
+    if server is not None:
+        # Only when someone can scrape the figures: a thread of its own, never the consumer's.
+        compliance.start(stop_compliance)
     try:
         if bridge.broker.embedded:
             log.warning(
@@ -273,5 +290,7 @@ def run(bridge: Bridge, stop: threading.Event, *, notifier: Notifier | None = No
         flushed = bridge.service.flush()
         log.info("worker.stopped", count=flushed)
     finally:
+        stop_compliance.set()
+        compliance.join(timeout=10.0)
         if server is not None:
             server.stop()

@@ -370,7 +370,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
             print(f"referral-bridge: {exc}", file=sys.stderr)
             return RET_USAGE
     if args.dry_run:
-        print(f"dry run: would replay {len(report.selected)} to {topology.inbound_exchange}:")
+        print(
+            f"dry run: would replay {len(report.selected)} to {topology.inbound_exchange} "
+            f"(providers' outcomes to {topology.outcomes_exchange}):"
+        )
         _print_letters(report.selected, sys.stdout)
         return RET_OK
     print(f"replayed {len(report.replayed)} of {len(report.selected)} dead letters")

@@ -1,6 +1,7 @@
 """`referral-bridge provider …`: the reference inbox, and delivery tools for operators.
 
-`inbox` runs the reference HTTPS receiver a provider can use or copy. `deliveries` lists what is
+`inbox` runs the reference HTTPS receiver a provider can use or copy; `outcome` sends what became
+of a referral back to the force. `deliveries` lists what is
 parked or rejected (ids, provider, attempts, last error: never personal data). `resend` puts a
 rejected message back in line once the provider has fixed its side.
 """
@@ -137,6 +138,62 @@ def cmd_resend(args: argparse.Namespace) -> int:
     return RET_OK if result.outcome == "resent" else RET_FAILURE
 
 
+def cmd_outcome(args: argparse.Namespace) -> int:
+    """Send one `victim.referral.outcome`, as a provider's operator marks a referral."""
+    from referral_bridge.provider_inbox import InboxStore
+    from referral_bridge.provider_outcomes import OutcomeError, OutcomeSender
+    from referral_bridge.transport import Publisher, Topology, broker_spec
+
+    at = None
+    if args.at:
+        try:
+            at = datetime.fromisoformat(args.at)
+        except ValueError:
+            at = None
+        if at is None or at.tzinfo is None:
+            print("referral-bridge: --at must be an RFC 3339 time with an offset", file=sys.stderr)
+            return RET_USAGE
+    if args.store:
+        store = InboxStore(Path(args.store))
+        try:
+            held = store.current(args.referral)
+        finally:
+            store.close()
+        if held is None or held[2]:
+            state = "is not held in" if held is None else "was withdrawn, says"
+            print(
+                f"referral-bridge: referral {args.referral} {state} {args.store}; nothing sent",
+                file=sys.stderr,
+            )
+            return RET_FAILURE
+    if args.config:
+        from referral_bridge.bootstrap import broker_of, topology_of
+
+        settings = settings_from(args)
+        spec, topology = broker_of(settings), topology_of(settings)
+    elif args.broker_url:
+        spec = broker_spec(args.broker_url, Path.cwd())
+        topology = Topology(outcomes_exchange=args.exchange or Topology().outcomes_exchange)
+    else:
+        print("referral-bridge: give --broker-url (or --config)", file=sys.stderr)
+        return RET_USAGE
+    # A provider's broker account may only publish: the bridge declares the exchange.
+    with Publisher(spec, topology, declare_topology=spec.embedded) as publisher:
+        sender = OutcomeSender(
+            publisher, provider=args.provider, exchange=args.exchange or topology.outcomes_exchange
+        )
+        try:
+            sent = sender.send(args.referral, args.outcome, at=at, event_id=args.event_id)
+        except OutcomeError as exc:
+            print(f"referral-bridge: {exc}", file=sys.stderr)
+            return RET_USAGE
+    print(
+        f"sent {sent.outcome.value} for referral {sent.referral_id} at {sent.at.isoformat()} "
+        f"(event {sent.event_id}, routing key {sent.provider})"
+    )
+    return RET_OK
+
+
 def positive_seconds(text: str) -> float:
     value = float(text)
     if not 0 < value <= 3600:
@@ -193,6 +250,41 @@ def register(commands: SubParsers) -> None:
         "(default: half the open-file limit, at most 1024)",
     )
     inbox.set_defaults(func=cmd_inbox)
+
+    outcome = with_config(
+        provider.add_parser(
+            "outcome",
+            help="tell the force what became of a referral (victim.referral.outcome)",
+            description="Publish a victim.referral.outcome to the force's outcomes exchange with "
+            "this provider's id as routing key, and wait for the broker's confirm. No personal "
+            "data: the referral id, the outcome and when.",
+        )
+    )
+    outcome.add_argument("--provider", required=True, metavar="ID", help="this provider's id")
+    outcome.add_argument(
+        "--referral", required=True, metavar="ID", help="the referral id (its CloudEvent id)"
+    )
+    outcome.add_argument(
+        "--outcome",
+        required=True,
+        choices=("accepted", "contacted", "unable_to_contact", "declined_by_victim", "returned"),
+    )
+    outcome.add_argument("--at", help="when it happened, RFC 3339 with an offset (default: now)")
+    outcome.add_argument(
+        "--broker-url",
+        help="the force's broker, with this provider's account (amqps://...); or --config",
+    )
+    outcome.add_argument(
+        "--exchange",
+        help="the outcomes exchange (default: victim-services.outcomes, or the config's)",
+    )
+    outcome.add_argument(
+        "--store", help="the reference inbox's store: refuse a referral it does not hold"
+    )
+    outcome.add_argument(
+        "--event-id", help="the CloudEvent id (default: a new one); reuse it to send again safely"
+    )
+    outcome.set_defaults(func=cmd_outcome)
 
     deliveries = with_config(
         provider.add_parser("deliveries", help="list parked, rejected, cancelled or all deliveries")

@@ -316,6 +316,7 @@ def _base(c: _Context, outcome: Outcome, reason: str) -> Decision:
         regime=c.rule.regime.value,
         reason=reason,
         explanation="",
+        category=c.case.category,
     )
 
 
@@ -383,6 +384,7 @@ def _refer(c: _Context, step: _Step, base: Decision) -> Decision:
             ),
             "generation": generation,
             "deadline": deadline,
+            "clock_from": start,
             "lawful_basis": c.consent.lawful_basis or c.rule.lawful_basis,
             "late": c.now > deadline,
         }

@@ -55,3 +55,10 @@ class Decision(BaseModel):
     hold_until: AwareDatetime | None = None
     #: True when a previously open hold ends with this decision.
     ends_hold: bool = False
+    #: The category the rules decided on, for compliance reporting (no personal data): a crime's
+    #: offence category after the policy's class mapping, `other` for an incident where a crime
+    #: was disclosed, the incident category for any other incident.
+    category: str | None = None
+    #: refer: when the Victims' Code clock started (the report, or consent when it runs from
+    #: consent); the time to referral is measured from here.
+    clock_from: AwareDatetime | None = None

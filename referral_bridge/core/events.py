@@ -75,6 +75,10 @@ class EventType(StrEnum):
     CRIME_RECORDED = "crime.recorded"
     INCIDENT_RECORDED = "incident.recorded"
     CONSENT_UPDATED = "consent.updated"
+    #: Version 2: from a provider, on `victim-services.outcomes`.
+    REFERRAL_OUTCOME = "victim.referral.outcome"
+    #: Version 2: from the force's task system.
+    TASK_COMPLETED = "task.completed"
 
 
 class CrimeStatus(StrEnum):
@@ -243,12 +247,55 @@ class ConsentUpdated(Strict):
     lawful_basis: ShortText | None = None
 
 
-EventData = CrimeRecorded | IncidentRecorded | ConsentUpdated
+class ProviderOutcome(StrEnum):
+    """What a provider reports about a referral (contract §3, version 2)."""
+
+    ACCEPTED = "accepted"
+    CONTACTED = "contacted"
+    UNABLE_TO_CONTACT = "unable_to_contact"
+    DECLINED_BY_VICTIM = "declined_by_victim"
+    RETURNED = "returned"
+
+
+class ReferralOutcome(Strict):
+    """`victim.referral.outcome` data: plain JSON and no personal data."""
+
+    referral_id: Ref
+    #: Must equal the routing key and the provider the referral was sent to.
+    provider: Ref
+    outcome: ProviderOutcome
+    at: Timestamp
+
+
+class TaskResult(StrEnum):
+    LEAFLET_GIVEN = "leaflet_given"
+    CONSENT_OBTAINED = "consent_obtained"
+    VICTIM_UNREACHABLE = "victim_unreachable"
+    NOT_REQUIRED = "not_required"
+    CRIME_RECORDED = "crime_recorded"
+    NO_CRIME = "no_crime"
+
+
+class TaskCompleted(Strict):
+    """`task.completed` data, from the force's task system."""
+
+    task_id: Ref
+    completed_at: Timestamp
+    #: The completing officer's collar number (fits the ledger's 64 characters).
+    completed_by: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    result: TaskResult
+
+
+EventData = CrimeRecorded | IncidentRecorded | ConsentUpdated | ReferralOutcome | TaskCompleted
+#: Events about a crime or incident record (the others are about a referral or a task).
+CaseEventData = CrimeRecorded | IncidentRecorded | ConsentUpdated
 
 DATA_MODELS: dict[EventType, type[Strict]] = {
     EventType.CRIME_RECORDED: CrimeRecorded,
     EventType.INCIDENT_RECORDED: IncidentRecorded,
     EventType.CONSENT_UPDATED: ConsentUpdated,
+    EventType.REFERRAL_OUTCOME: ReferralOutcome,
+    EventType.TASK_COMPLETED: TaskCompleted,
 }
 
 #: The `schemaversion` of `data` this bridge understands, per inbound type.
@@ -400,6 +447,31 @@ class CrimeReviewTask(Strict):
     due_by: AwareDatetime
 
 
+class TaskKind(StrEnum):
+    """The officer tasks the bridge issues (`rb_tasks.kind`)."""
+
+    LEAFLET = "leaflet"
+    CRIME_REVIEW = "crime_review"
+    ESCALATION = "escalation"
+
+
+class EscalationTask(Strict):
+    """`officer.task.escalation` data (version 2): a leaflet or crime-review task still open at
+    its `due_by`, for the officer's unit. No personal data."""
+
+    task_id: str
+    #: The overdue task's id.
+    escalates: str
+    task_kind: Literal[TaskKind.LEAFLET, TaskKind.CRIME_REVIEW]
+    #: The overdue task's reason.
+    reason: str
+    case_ref: str
+    officer: TaskOfficer
+    #: The overdue task's due time.
+    due_by: AwareDatetime
+    escalated_at: AwareDatetime
+
+
 class OutboundEvent(Strict):
     """A CloudEvent the bridge publishes."""
 
@@ -422,6 +494,10 @@ class DeadLetterReason(StrEnum):
     UNSUPPORTED_VERSION = "unsupported_version"
     SCHEMA_VIOLATION = "schema_violation"
     PROCESSING_ERROR = "processing_error"
+    #: Version 2: an outcome for a referral the bridge never sent to that provider.
+    UNKNOWN_REFERRAL = "unknown_referral"
+    #: Version 2: a completion for a task the bridge never issued.
+    UNKNOWN_TASK = "unknown_task"
 
 
 class DeadLetterHeaders(BaseModel):

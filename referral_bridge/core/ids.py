@@ -39,3 +39,8 @@ def update_id(referral_id_: str, revision: int) -> str:
 
 def crime_review_task_id(incident_ref: str) -> str:
     return str(uuid.uuid5(NAMESPACE, f"task.crime_review\x1f{incident_ref}"))
+
+
+def escalation_task_id(escalated_task_id: str) -> str:
+    """One escalation per overdue task: the same task always gives the same id."""
+    return str(uuid.uuid5(NAMESPACE, f"task.escalation\x1f{escalated_task_id}"))

@@ -3,8 +3,9 @@
 UK GDPR Art. 5(1)(e) and DPA 2018 s.39: personal data is kept no longer than needed. A matter (the
 records joined by links) is erased `erase_after` after its last activity, unless something is
 still under way for it: an open hold, a message still to deliver, a crime-recording review not
-yet done. Erasing removes the full snapshots, the bodies of messages already handed over and who
-recorded consent; decisions, actions and the audit trail stay (they hold ids, not people).
+yet done, an officer's task that may still be escalated. Erasing removes the full snapshots, the
+bodies of messages already handed over and who recorded consent; decisions, actions, tasks,
+outcomes and the audit trail stay (they hold ids, not people).
 
 Pure functions of rows and the clock; the ledger gathers the rows and carries the erasure out.
 """

@@ -527,6 +527,7 @@ class DeliveryEngine:
     ) -> None:
         key = provider or TASKS_KEY
         self._metrics.delivery_failures.labels(provider=key, outcome="circuit_opened").inc()
+        self._metrics.circuit_open.labels(provider=key).set(1)
         reopens = breaker.reopens_at
         log.error(
             "delivery.circuit_opened",
@@ -541,6 +542,7 @@ class DeliveryEngine:
         was_open = breaker.state is not CircuitState.CLOSED
         if not breaker.record_success():
             return
+        self._metrics.circuit_open.labels(provider=provider or TASKS_KEY).set(0)
         if was_open:
             log.info("delivery.circuit_closed", provider=provider or TASKS_KEY)
         brought = self._ledger.bring_forward(provider, self._clock())

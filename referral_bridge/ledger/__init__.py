@@ -3,6 +3,7 @@
 from referral_bridge.ledger.store import (
     AuditFacts,
     CaseState,
+    IssuedTaskRow,
     Ledger,
     LedgerTransaction,
     OutboxMessage,
@@ -12,6 +13,7 @@ from referral_bridge.ledger.store import (
 __all__ = [
     "AuditFacts",
     "CaseState",
+    "IssuedTaskRow",
     "Ledger",
     "LedgerTransaction",
     "OutboxMessage",

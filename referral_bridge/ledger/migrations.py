@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Connection, Table, and_, inspect, select, text
 
@@ -142,7 +145,98 @@ def _v4_whole_life(connection: Connection) -> None:
     connection.execute(text(f"DROP TABLE {keep}"))
 
 
-#: Version 5: the PostgreSQL trigger that stamps each audit record with the server's time.
+def _v5_closing_the_loop(connection: Connection) -> None:
+    """Issue 8: officer tasks (`rb_tasks`) and provider outcomes (`rb_referral_outcomes`).
+
+    Tasks issued before version 5 are backfilled, so they can be completed and escalated: every
+    leaflet task (rb_actions) and every raised crime review. The officer's unit and a crime
+    review's due time are only in the task message itself, so they are read from its outbox
+    row (kept for ever); without one, the unit is NULL and a crime review has no due time (and
+    is never escalated).
+    """
+    t.tasks.create(connection, checkfirst=True)
+    t.referral_outcomes.create(connection, checkfirst=True)
+
+    def sent(task_id: str) -> dict[str, Any]:
+        body = connection.execute(
+            select(t.outbox.c.body).where(t.outbox.c.message_id == task_id)
+        ).scalar_one_or_none()
+        try:
+            data = json.loads(body)["data"] if body is not None else {}
+        except (ValueError, KeyError, TypeError):
+            data = {}
+        return data if isinstance(data, dict) else {}
+
+    def unit_and_due(data: dict[str, Any]) -> tuple[str | None, datetime | None]:
+        officer = data.get("officer")
+        unit = officer.get("unit") if isinstance(officer, dict) else None
+        due = data.get("due_by")
+        try:
+            due_by = datetime.fromisoformat(due) if isinstance(due, str) else None
+        except ValueError:
+            due_by = None
+        if due_by is not None and due_by.tzinfo is None:
+            due_by = None
+        return (unit[:100] if isinstance(unit, str) else None), due_by
+
+    known = set(connection.execute(select(t.tasks.c.task_id)).scalars())
+    rows: list[dict[str, Any]] = []
+    leaflets = select(t.actions).where(t.actions.c.action == "leaflet")
+    for action in connection.execute(leaflets):
+        if action.message_id in known:
+            continue
+        unit, due_by = unit_and_due(sent(action.message_id))
+        rows.append(
+            {
+                "task_id": action.message_id,
+                "kind": "leaflet",
+                "reason": action.target,
+                "case_ref": action.case_ref,
+                "victim_id": action.victim_id,
+                "officer_unit": unit,
+                "issued_at": action.at,
+                "due_by": action.due_at or due_by,
+            }
+        )
+    raised = select(t.crime_reviews).where(t.crime_reviews.c.task_id.is_not(None))
+    for review in connection.execute(raised):
+        if review.task_id in known:
+            continue
+        unit, due_by = unit_and_due(sent(review.task_id))
+        resolved = review.resolved_at is not None
+        rows.append(
+            {
+                "task_id": review.task_id,
+                "kind": "crime_review",
+                "reason": "crime_not_recorded",
+                "case_ref": review.incident_ref,
+                "victim_id": None,
+                "officer_unit": unit,
+                "issued_at": review.raised_at,
+                "due_by": due_by,
+                # A crime recorded since the task was raised closes it, as it does from now on.
+                "completed_at": review.resolved_at if resolved else None,
+                "completed_by": None,
+                "result": "crime_recorded" if resolved else None,
+            }
+        )
+    for row in rows:
+        connection.execute(t.tasks.insert().values(**row))
+
+
+def _v6_report_facts(connection: Connection) -> None:
+    """The compliance report (issue 8): each decision's category and, for referrals, when the
+    Victims' Code clock started; an index on `decided_at` for reports over a period.
+
+    Rows already written keep NULL: the report shows their category as `unknown` and leaves
+    them out of the time to referral.
+    """
+    _add_columns(connection, t.decisions, ["category", "clock_from"])
+    index = next(i for i in t.decisions.indexes if i.name == "ix_rb_decisions_decided_at")
+    index.create(connection, checkfirst=True)
+
+
+#: Version 7: the PostgreSQL trigger that stamps each audit record with the server's time.
 AUDIT_STAMP_FUNCTION = "rb_audit_server_time"
 AUDIT_STAMP_TRIGGER = "rb_audit_server_at"
 
@@ -171,10 +265,10 @@ def _stamp_audit(connection: Connection) -> None:
     )
 
 
-def _v5_audit_chain_and_retention(connection: Connection) -> None:
+def _v7_audit_chain_and_retention(connection: Connection) -> None:
     """Issue 10 items 3 and 7: the audit trail's hash chain and server time; retention.
 
-    Records written before version 5 are chained in id order, as they are: the chain vouches for
+    Records written before version 7 are chained in id order, as they are: the chain vouches for
     them from now on, not for what happened to them before. Their `server_at` stays NULL.
     """
     _add_columns(connection, t.audit, ["prev_hash", "row_hash", "server_at"])
@@ -206,7 +300,9 @@ STEPS: dict[int, Callable[[Connection], None]] = {
     2: _v2_delivery_and_audit,
     3: _v3_delivery_claims,
     4: _v4_whole_life,
-    5: _v5_audit_chain_and_retention,
+    5: _v5_closing_the_loop,
+    6: _v6_report_facts,
+    7: _v7_audit_chain_and_retention,
 }
 
 
@@ -232,7 +328,7 @@ def migrate(connection: Connection) -> int:
         )
     if found == 0:
         t.metadata.create_all(connection)
-        # The triggers of the version-2 and version-5 steps, for ledgers that start here.
+        # The triggers of the version-2 and version-7 steps, for ledgers that start here.
         _protect_audit(connection)
         _stamp_audit(connection)
         connection.execute(

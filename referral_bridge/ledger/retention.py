@@ -54,18 +54,31 @@ def gather(
     ):
         facts[ref].dates.append(updated_at)
         facts[ref].records += erased_at is None
-    p = t.processed_events
-    for column, latest in (
+    p, tk, ro = t.processed_events, t.tasks, t.referral_outcomes
+    dated: tuple[tuple[Any, Any], ...] = (
         (p.c.record_ref, p.c.processed_at),
         (a.c.case_ref, a.c.at),
         (d.c.case_ref, d.c.decided_at),
         (c.c.case_ref, c.c.recorded_at),
-    ):
+        (tk.c.case_ref, func.coalesce(tk.c.completed_at, tk.c.issued_at)),
+        (ro.c.case_ref, ro.c.received_at),
+    )
+    for column, latest in dated:
         for ref, at in connection.execute(
             select(column, func.max(latest)).where(only(column)).group_by(column)
         ):
             if at is not None:
-                facts[ref].dates.append(at)
+                facts[ref].dates.append(_aware(at))
+    # A task still to be escalated names its officer from the snapshot (or its own message).
+    for (ref,) in connection.execute(
+        select(tk.c.case_ref).where(
+            only(tk.c.case_ref),
+            tk.c.completed_at.is_(None),
+            tk.c.escalated_at.is_(None),
+            tk.c.due_by.is_not(None),
+        )
+    ):
+        facts[ref].busy = True
     for ref, held in connection.execute(
         select(c.c.case_ref, func.count())
         .where(only(c.c.case_ref), c.c.recorded_by != ERASED)

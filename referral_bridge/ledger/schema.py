@@ -49,7 +49,7 @@ class UtcDateTime(TypeDecorator[datetime]):
 
 
 #: Bump with a migration step in migrations.py whenever the tables below change.
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 7
 
 metadata = MetaData()
 
@@ -85,7 +85,7 @@ records = Table(
     Column("version", Integer, nullable=False),
     Column("snapshot", JSON, nullable=False),
     Column("updated_at", UtcDateTime(), nullable=False),
-    #: Version 5 (retention): when the snapshot was erased (it is then `{}`); NULL: held.
+    #: Version 7 (retention): when the snapshot was erased (it is then `{}`); NULL: held.
     Column("erased_at", UtcDateTime()),
 )
 
@@ -167,9 +167,17 @@ decisions = Table(
     Column("regime", String(32)),
     Column("reason", String(64), nullable=False),
     Column("explanation", Text, nullable=False),
-    Column("decided_at", UtcDateTime(), nullable=False),
+    Column("decided_at", UtcDateTime(), nullable=False, index=True),
     #: Version 4: a referral decided after its Victims' Code deadline had passed.
     Column("late", Boolean),
+    # --- Version 6 (issue 8, the compliance report): what the report groups and times by, so it
+    # never reads a snapshot (snapshots hold personal data). NULL on rows written before.
+    #: The category the rules decided on (Decision.category): offence category after the
+    #: policy's class mapping, `other` for a crime disclosed in an incident, else the incident's.
+    Column("category", String(64)),
+    #: refer: when the Victims' Code clock started (the report, or consent when later).
+    Column("clock_from", UtcDateTime()),
+    # --- end of version 6
 )
 
 #: Version 4: crime data integrity. One row per incident where a crime was disclosed: checked at
@@ -185,6 +193,55 @@ crime_reviews = Table(
     Column("resolved_at", UtcDateTime()),
     Column("resolution", String(32)),
 )
+
+# --- Version 5: closing the loop (issue 8). Officer tasks and provider outcomes. -----------------
+
+#: One row per officer task the bridge issued (`kind`: leaflet, crime_review or escalation),
+#: written in the transaction that issues it. `completed_*` and `result` come from the force's
+#: `task.completed`; `escalated_at` and `escalation_task_id` are set, once, in the transaction
+#: that writes the escalation to the outbox. No personal data.
+tasks = Table(
+    "rb_tasks",
+    metadata,
+    Column("task_id", String(64), primary_key=True),
+    Column("kind", String(16), nullable=False),
+    #: The task's reason: a leaflet reason, `crime_not_recorded`, or the escalated task's reason.
+    Column("reason", String(64), nullable=False),
+    #: The case (leaflet, escalation) or incident (crime review) the task is about.
+    Column("case_ref", String(64), nullable=False, index=True),
+    Column("victim_id", String(64)),
+    Column("officer_unit", String(100)),
+    Column("issued_at", UtcDateTime(), nullable=False),
+    Column("due_by", UtcDateTime(), index=True),
+    Column("completed_at", UtcDateTime()),
+    #: The completing officer's collar, or NULL when the bridge closed the task itself (a crime
+    #: review whose incident had a crime recorded from it after the task was raised).
+    Column("completed_by", String(64)),
+    Column("result", String(32)),
+    Column("escalated_at", UtcDateTime()),
+    Column("escalation_task_id", String(64)),
+)
+
+#: The latest outcome a provider reported for each referral it was sent (by the provider's
+#: `at`; an older outcome changes nothing). `first_contacted_at` keeps the `at` of the first
+#: `contacted`, for "contacted within 2 working days". No personal data.
+referral_outcomes = Table(
+    "rb_referral_outcomes",
+    metadata,
+    #: The referral's message id as sent (rb_actions.message_id of the referral).
+    Column("referral_id", String(64), primary_key=True),
+    Column("provider", String(100), nullable=False),
+    Column("case_ref", String(64), nullable=False, index=True),
+    Column("victim_id", String(64), nullable=False),
+    Column("outcome", String(32), nullable=False),
+    Column("at", UtcDateTime(), nullable=False),
+    Column("received_at", UtcDateTime(), nullable=False),
+    Column("event_source", String(500), nullable=False),
+    Column("event_id", String(200), nullable=False),
+    Column("first_contacted_at", UtcDateTime()),
+)
+
+# --- end of version 5 ---------------------------------------------------------------------------
 
 #: Messages to publish. Bodies of referrals are sealed: no plaintext personal data here.
 outbox = Table(
@@ -246,7 +303,7 @@ audit = Table(
     Column("consent_recorded_by", String(200)),
     #: Free text without personal data: an operator's stated reason, a delivery route.
     Column("detail", String(1000)),
-    # Version 5: the hash chain (core/audit_chain.py) and, on PostgreSQL, the server's time.
+    # Version 7: the hash chain (core/audit_chain.py) and, on PostgreSQL, the server's time.
     #: The previous record's `row_hash` (the first record's is 64 zeros); unique: no fork.
     Column("prev_hash", String(64)),
     #: SHA-256 over the encoding tag, `prev_hash` and this record's fields.
@@ -256,7 +313,7 @@ audit = Table(
     Index("uq_rb_audit_prev_hash", "prev_hash", unique=True),
 )
 
-# --- Version 5: retention (issue 10 item 7) ----------------------------------------------------
+# --- Version 7: retention (issue 10 item 7) ----------------------------------------------------
 #: One row per periodic job shared by every worker: `retention` is claimed by the worker that
 #: moves `last_run_at` forward (a compare-and-set), so the daily sweep runs once among many.
 jobs = Table(
@@ -265,4 +322,4 @@ jobs = Table(
     Column("name", String(64), primary_key=True),
     Column("last_run_at", UtcDateTime(), nullable=False),
 )
-# --- end of version 5 ----------------------------------------------------------------------
+# --- end of version 7 ----------------------------------------------------------------------

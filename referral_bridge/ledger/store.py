@@ -8,10 +8,11 @@ defence against a double referral.
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
@@ -35,7 +36,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from referral_bridge.core.decisions import Decision, Outcome
-from referral_bridge.core.events import ConsentChange
+from referral_bridge.core.events import ConsentChange, ProviderOutcome, TaskKind, TaskOfficer
 from referral_bridge.core.history import (
     ConsentRecord,
     Hold,
@@ -44,6 +45,12 @@ from referral_bridge.core.history import (
     SentUpdate,
     SentWithdrawal,
     VictimHistory,
+)
+from referral_bridge.core.outcomes import (
+    ESCALATING_KINDS,
+    IssuedTask,
+    RecordedOutcome,
+    SentReferralFacts,
 )
 from referral_bridge.errors import (
     LedgerPrivilegeError,
@@ -197,6 +204,20 @@ class RecordedAction:
     due_at: datetime | None
     #: PII-free facts: generation, revision, fingerprint, reason (see schema.actions).
     facts: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedTaskRow:
+    """An officer task as issued, for `rb_tasks` (completion and escalation come later)."""
+
+    task_id: str
+    kind: str
+    reason: str
+    case_ref: str
+    victim_id: str | None
+    officer_unit: str | None
+    issued_at: datetime
+    due_by: datetime | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -502,6 +523,8 @@ class LedgerTransaction:
                 explanation=decision.explanation,
                 decided_at=at,
                 late=decision.late if decision.outcome is Outcome.REFER else None,
+                category=decision.category,
+                clock_from=decision.clock_from,
             )
         )
 
@@ -637,6 +660,120 @@ class LedgerTransaction:
         """One outbox row with its delivery state, read inside this transaction."""
         row = self._c.execute(_delivery_query().where(t.outbox.c.message_id == message_id)).first()
         return _pending(row) if row is not None else None
+
+    # --- version 5: officer tasks and provider outcomes (issue 8) --------------------------------
+
+    def add_task(self, task: IssuedTaskRow) -> None:
+        """Record an officer task as issued (kept as it was if recorded already)."""
+        known = self._c.execute(
+            select(t.tasks.c.task_id).where(t.tasks.c.task_id == task.task_id)
+        ).first()
+        if known is None:
+            self._c.execute(t.tasks.insert().values(**asdict(task)))
+
+    def task(self, task_id: str) -> IssuedTask | None:
+        row = self._c.execute(select(t.tasks).where(t.tasks.c.task_id == task_id)).first()
+        return _issued_task(row) if row is not None else None
+
+    def sent_task_officer(self, task_id: str) -> TaskOfficer | None:
+        """The officer a task message named, read from its outbox row (kept for ever)."""
+        body = self._c.execute(
+            select(t.outbox.c.body).where(t.outbox.c.message_id == task_id)
+        ).scalar_one_or_none()
+        if body is None:
+            return None
+        try:
+            officer = json.loads(body)["data"]["officer"]
+            return TaskOfficer(collar=officer["collar"], unit=officer["unit"])
+        except (ValueError, KeyError, TypeError):
+            return None
+
+    def complete_task(self, task_id: str, *, at: datetime, by: str | None, result: str) -> bool:
+        """Close an open task; False if it was closed already (compare-and-set: the first
+        completion stands, whichever worker records it)."""
+        done = self._c.execute(
+            update(t.tasks)
+            .where(t.tasks.c.task_id == task_id, t.tasks.c.completed_at.is_(None))
+            .values(completed_at=at, completed_by=by, result=result)
+        )
+        return bool(done.rowcount)
+
+    def claim_escalation(self, task_id: str, escalation_id: str, at: datetime) -> bool:
+        """Mark an open, unescalated task escalated; False if another transaction did, or it
+        was completed meanwhile. On PostgreSQL the UPDATE waits for a concurrent one on the same
+        row and then re-checks its WHERE, so exactly one of several workers gets True."""
+        claimed = self._c.execute(
+            update(t.tasks)
+            .where(
+                t.tasks.c.task_id == task_id,
+                t.tasks.c.escalated_at.is_(None),
+                t.tasks.c.completed_at.is_(None),
+            )
+            .values(escalated_at=at, escalation_task_id=escalation_id)
+        )
+        return bool(claimed.rowcount)
+
+    def sent_referral(self, referral_id: str) -> SentReferralFacts | None:
+        """The referral sent with this message id (not an update or a withdrawal), if any."""
+        row = self._c.execute(
+            select(t.actions).where(
+                t.actions.c.message_id == referral_id, t.actions.c.action == "referral"
+            )
+        ).first()
+        if row is None:
+            return None
+        withdrawal = self._c.execute(
+            select(t.actions.c.id).where(
+                t.actions.c.action == "withdrawal", t.actions.c.related_id == referral_id
+            )
+        ).first()
+        return SentReferralFacts(
+            referral_id=referral_id,
+            provider=row.provider,
+            case_ref=row.case_ref,
+            victim_id=row.victim_id,
+            withdrawn=withdrawal is not None,
+        )
+
+    def referral_outcome(self, referral_id: str) -> RecordedOutcome | None:
+        row = self._c.execute(
+            select(t.referral_outcomes).where(t.referral_outcomes.c.referral_id == referral_id)
+        ).first()
+        if row is None:
+            return None
+        return RecordedOutcome(
+            outcome=ProviderOutcome(row.outcome),
+            at=row.at,
+            first_contacted_at=row.first_contacted_at,
+        )
+
+    def save_referral_outcome(
+        self,
+        referral: SentReferralFacts,
+        outcome: RecordedOutcome,
+        *,
+        received_at: datetime,
+        event_source: str,
+        event_id: str,
+    ) -> None:
+        """Record the referral's latest outcome (the caller holds the matter's lock)."""
+        values = {
+            "provider": referral.provider,
+            "case_ref": referral.case_ref,
+            "victim_id": referral.victim_id,
+            "outcome": outcome.outcome.value,
+            "at": outcome.at,
+            "received_at": received_at,
+            "event_source": event_source,
+            "event_id": event_id,
+            "first_contacted_at": outcome.first_contacted_at,
+        }
+        key = t.referral_outcomes.c.referral_id == referral.referral_id
+        changed = self._c.execute(update(t.referral_outcomes).where(key).values(**values))
+        if not changed.rowcount:
+            self._c.execute(
+                t.referral_outcomes.insert().values(referral_id=referral.referral_id, **values)
+            )
 
 
 def _sqlite_engine(url: str) -> Engine:
@@ -1168,6 +1305,22 @@ class Ledger:
         with self._reading() as connection:
             return list(connection.execute(query).scalars())
 
+    def due_escalations(self, now: datetime, limit: int = 200) -> list[str]:
+        """Leaflet and crime-review tasks due by `now`, still open and not yet escalated."""
+        query = (
+            select(t.tasks.c.task_id)
+            .where(
+                t.tasks.c.due_by <= now,
+                t.tasks.c.kind.in_([kind.value for kind in ESCALATING_KINDS]),
+                t.tasks.c.completed_at.is_(None),
+                t.tasks.c.escalated_at.is_(None),
+            )
+            .order_by(t.tasks.c.due_by)
+            .limit(limit)
+        )
+        with self._reading() as connection:
+            return list(connection.execute(query).scalars())
+
     def counts(self) -> dict[str, dict[str, int]]:
         """Figures for summaries: actions by kind and target, open holds, outbox backlog."""
         with self._reading() as connection:
@@ -1215,6 +1368,19 @@ class Ledger:
 
 #: The daemon's name in audit records (operators' tools record the operator's login).
 DAEMON_ACTOR = "referral-bridge"
+
+
+def _issued_task(row: Row[Any]) -> IssuedTask:
+    return IssuedTask(
+        task_id=row.task_id,
+        kind=TaskKind(row.kind),
+        reason=row.reason,
+        case_ref=row.case_ref,
+        due_by=row.due_by,
+        victim_id=row.victim_id,
+        completed_at=row.completed_at,
+        escalated_at=row.escalated_at,
+    )
 
 
 def _audit_facts(value: Mapping[str, Any] | None) -> AuditFacts | None:

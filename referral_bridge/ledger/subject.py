@@ -75,7 +75,13 @@ def subject_access(ledger: Ledger, victim_id: str, *, now: datetime) -> dict[str
         disclosures = c.execute(
             select(t.audit).where(t.audit.c.victim_id == victim_id).order_by(t.audit.c.id)
         ).all()
-        refs = {r.case_ref for r in (*decisions, *actions, *consents, *holds)}
+        tasks = c.execute(
+            select(t.tasks).where(t.tasks.c.victim_id == victim_id).order_by(t.tasks.c.issued_at)
+        ).all()
+        outcomes = c.execute(
+            select(t.referral_outcomes).where(t.referral_outcomes.c.victim_id == victim_id)
+        ).all()
+        refs = {r.case_ref for r in (*decisions, *actions, *consents, *holds, *tasks, *outcomes)}
         refs |= {r.case_ref for r in disclosures if r.case_ref}
         records = c.execute(
             select(t.records)
@@ -119,5 +125,7 @@ def subject_access(ledger: Ledger, victim_id: str, *, now: datetime) -> dict[str
         "actions": [_plain(r._mapping, ("id",)) for r in actions],
         "deliveries": [_plain(r._mapping) for r in deliveries],
         "holds": [_plain(r._mapping) for r in holds],
+        "officer_tasks": [_plain(r._mapping) for r in tasks],
+        "provider_outcomes": [_plain(r._mapping, ("event_source", "event_id")) for r in outcomes],
         "disclosures": [_plain(r._mapping, ("prev_hash", "row_hash")) for r in disclosures],
     }

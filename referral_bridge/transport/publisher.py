@@ -60,8 +60,12 @@ class Publisher:
         confirm_timeout: float = 30.0,
         retry_attempts: int = 5,
         retry_max_wait: float = 10.0,
+        declare_topology: bool = True,
     ) -> None:
+        """`declare_topology=False` for a publisher that may only publish (a provider's broker
+        account): the exchanges must then exist already (the bridge declares them)."""
         self._spec = spec
+        self._declare_topology = declare_topology
         self._topology = topology
         self._confirm_timeout = confirm_timeout
         self._retry_attempts = retry_attempts
@@ -71,6 +75,10 @@ class Publisher:
         self._channel: Any = None
         self._producer: Producer | None = None
         self._returned: list[str] = []
+
+    @property
+    def topology(self) -> Topology:
+        return self._topology
 
     def publish(
         self,
@@ -184,12 +192,14 @@ class Publisher:
         *,
         message_id: str | None = None,
         content_type: str = CLOUDEVENTS_JSON,
+        exchange: str | None = None,
     ) -> None:
-        """Publish an inbound event as the police systems would (simulator, replay).
+        """Publish an inbound event as the police systems (or a provider) would.
 
-        On AMQP it goes to the inbound exchange with `routing_key`. On the embedded broker it is
-        written straight into the work queue with the routing key in a header, because there the
-        topic bindings are known only to the process that declared them.
+        On AMQP it goes to `exchange` (default: the inbound exchange) with `routing_key`. On the
+        embedded broker it is written straight into the work queue with the routing key in a
+        header, because there the topic bindings are known only to the process that declared
+        them.
         """
         if self._spec.embedded:
             self.publish(
@@ -202,7 +212,7 @@ class Publisher:
             )
             return
         self.publish(
-            exchange=self._topology.inbound_exchange,
+            exchange=exchange or self._topology.inbound_exchange,
             routing_key=routing_key,
             body=body,
             message_id=message_id,
@@ -291,7 +301,8 @@ class Publisher:
         if self._spec.supports_confirms:
             # Without a handler py-amqp raises from inside the confirm wait and loses the ack.
             channel.events["basic_return"].add(self._on_return)
-        declare(channel, self._topology)
+        if self._declare_topology:
+            declare(channel, self._topology)
         self._channel = channel
         self._producer = Producer(channel, auto_declare=False)
         return self._producer

@@ -16,6 +16,9 @@ from referral_bridge.transport.errors import (
     TopologyError,
 )
 
+#: The one event type that comes in through the outcomes exchange (contract §1, §3).
+OUTCOME_EVENT_TYPE = "victim.referral.outcome"
+
 
 @dataclass(frozen=True, kw_only=True)
 class Topology:
@@ -23,8 +26,11 @@ class Topology:
 
     inbound_exchange: str = "police.events"
     work_queue: str = "referral-bridge.events"
-    work_bindings: tuple[str, ...] = ("crime.#", "incident.#", "consent.#")
+    work_bindings: tuple[str, ...] = ("crime.#", "incident.#", "consent.#", "task.#")
     referrals_exchange: str = "victim-services.referrals"
+    #: Version 2: providers' outcomes, routed by provider id; the work queue takes all of them.
+    outcomes_exchange: str = "victim-services.outcomes"
+    outcome_bindings: tuple[str, ...] = ("#",)
     tasks_exchange: str = "officer.tasks"
     dead_letter_queue: str = "referral-bridge.dead-letter"
     #: Where failed messages wait before they are tried again; empty: "<work_queue>.retry", so
@@ -35,17 +41,28 @@ class Topology:
         if not self.retry_queue:
             object.__setattr__(self, "retry_queue", f"{self.work_queue}.retry")
 
+    def exchange_for(self, event_type: str | None) -> str:
+        """The exchange an event of this type comes in through: providers' outcomes through the
+        outcomes exchange, everything else through the inbound exchange. For putting a dead
+        letter back where it came from."""
+        if event_type == OUTCOME_EVENT_TYPE:
+            return self.outcomes_exchange
+        return self.inbound_exchange
+
 
 def _topic(name: str) -> Exchange:
     return Exchange(name, type="topic", durable=True, auto_delete=False, delivery_mode=2)
 
 
 def work_queue_entity(topology: Topology) -> Queue:
-    """The bridge's work queue, bound to the inbound exchange by each of the work bindings."""
+    """The bridge's work queue, bound to the inbound exchange by each of the work bindings and to
+    the outcomes exchange by each of the outcome bindings."""
     inbound = _topic(topology.inbound_exchange)
+    outcomes = _topic(topology.outcomes_exchange)
     return Queue(
         topology.work_queue,
-        bindings=[binding(inbound, routing_key=key) for key in topology.work_bindings],
+        bindings=[binding(inbound, routing_key=key) for key in topology.work_bindings]
+        + [binding(outcomes, routing_key=key) for key in topology.outcome_bindings],
         durable=True,
         auto_delete=False,
         exclusive=False,
@@ -89,6 +106,7 @@ def declare(channel: Any, topology: Topology) -> None:
     entities = (
         _topic(topology.inbound_exchange),
         _topic(topology.referrals_exchange),
+        _topic(topology.outcomes_exchange),
         _topic(topology.tasks_exchange),
         work_queue_entity(topology),
         dead_letter_queue_entity(topology),

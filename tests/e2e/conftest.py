@@ -6,6 +6,7 @@ import os
 import socket
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -69,9 +70,9 @@ def bridge(make_bridge: BridgeFactory) -> BridgeEnv:
     return make_bridge()
 
 
-@pytest.fixture
-def postgres_ledger_url() -> Iterator[str]:
-    """A PostgreSQL database of this test's own, dropped afterwards."""
+@contextmanager
+def postgres_database() -> Iterator[str]:
+    """A PostgreSQL database of its own (its SQLAlchemy URL), dropped afterwards."""
     _require("PostgreSQL", POSTGRES_HOST, POSTGRES_PORT)
     import psycopg
 
@@ -83,6 +84,13 @@ def postgres_ledger_url() -> Iterator[str]:
     finally:
         with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def postgres_ledger_url() -> Iterator[str]:
+    """A PostgreSQL database of this test's own, dropped afterwards."""
+    with postgres_database() as url:
+        yield url
 
 
 @pytest.fixture

@@ -216,6 +216,7 @@ def unique_topology() -> Topology:
         inbound_exchange=f"{tag}.police.events",
         work_queue=f"{tag}.referral-bridge.events",
         referrals_exchange=f"{tag}.victim-services.referrals",
+        outcomes_exchange=f"{tag}.victim-services.outcomes",
         tasks_exchange=f"{tag}.officer.tasks",
         dead_letter_queue=f"{tag}.referral-bridge.dead-letter",
     )
@@ -351,6 +352,7 @@ class BridgeEnv:
             f'inbound_exchange = "{topology.inbound_exchange}"\n'
             f'work_queue = "{topology.work_queue}"\n'
             f'referrals_exchange = "{topology.referrals_exchange}"\n'
+            f'outcomes_exchange = "{topology.outcomes_exchange}"\n'
             f'tasks_exchange = "{topology.tasks_exchange}"\n'
             f'dead_letter_queue = "{topology.dead_letter_queue}"\n\n'
             f"[ledger]\nurl = {json.dumps(worker_ledger_url or ledger_url)}\n\n"

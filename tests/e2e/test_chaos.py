@@ -1,5 +1,5 @@
-"""The chaos run: 2,000 events, a worker SIGKILLed at random moments, and the same outcome as a
-calm in-process reference run over the same events.
+"""The chaos run: 800 events (2,000 under `make chaos`), a worker SIGKILLed at random moments,
+and the same outcome as a calm in-process reference run over the same events.
 
 One module-scoped run feeds every test below; each test checks one property of its outcome.
 """
@@ -31,11 +31,12 @@ from referral_bridge.settings import load_settings
 from referral_bridge.simulate import MARKER_DATE_OF_BIRTH, SimulatedEvent, Simulator
 from referral_bridge.transport import Ack, DeadLetter, InboundMessage, Verdict
 from tests.e2e.helpers import BridgeEnv, Received, Worker, wait_until
+from tests.faults.harness import LONG
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 SEED = 20261126
-EVENTS = 2000
+EVENTS = 2000 if LONG else 800
 BAD = 6
 KILLS = 3
 #: Every personal field of the simulated victims carries this marker (and MARKER_DATE_OF_BIRTH).
@@ -63,7 +64,7 @@ class RecordingPublisher:
 
 
 def chaos_messages() -> tuple[list[SimulatedEvent], list[SimulatedEvent]]:
-    """2,000 simulated events in marker mode, with a handful of bad messages spread among them;
+    """EVENTS simulated events in marker mode, with a handful of bad messages spread among them;
     returns (all messages in publishing order, the bad ones).
 
     Cases are reported at most 6 hours ago, so no hold ends while the test runs and the outcome

@@ -68,13 +68,20 @@ def test_two_workers_on_postgresql_process_every_event_without_a_double_referral
         for r in competing_run.referrals
         if r.json()["type"] == "victim.referral.created"
     }
-    # A referral whose victim withdrew before any attempt was cancelled, never to be sent.
-    cancelled = {
-        row.message_id
-        for row in competing_run.env.outbox_rows()
-        if row.published_at is None and (row.last_error or "").startswith("cancelled:")
+    # Every referral handed over is on the wire once; one whose consent was withdrawn before any
+    # attempt was cancelled and must never reach the provider.
+    outbox_by_id = {row.message_id: row for row in competing_run.env.outbox_rows()}
+    delivered = {
+        r.message_id for r in referral_rows if outbox_by_id[r.message_id].published_at is not None
     }
-    assert created == {r.message_id for r in referral_rows} - cancelled
+    never_sent = {
+        r.message_id
+        for r in referral_rows
+        if outbox_by_id[r.message_id].published_at is None
+        and not outbox_by_id[r.message_id].maybe_delivered
+    }
+    assert delivered <= created <= {r.message_id for r in referral_rows}
+    assert not created & never_sent
     # Both really competed for the queue, and both stopped cleanly.
     assert min(competing_run.processed_by_worker) > 0
     assert competing_run.exit_codes == [0, 0]

@@ -26,6 +26,7 @@ class DemoRun:
     stderr: str
     bridge_log: str
     dead_letter_details: list[str]
+    report: Path
 
 
 def _dead_letter_details(queue_folder: Path) -> list[str]:
@@ -64,6 +65,7 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
         stderr=completed.stderr.decode("utf-8", errors="replace"),
         bridge_log=(data_dir / "bridge.log").read_text(encoding="utf-8", errors="replace"),
         dead_letter_details=_dead_letter_details(data_dir / "broker" / "queue"),
+        report=data_dir / "report.html",
     )
 
 
@@ -92,3 +94,39 @@ def test_the_demo_dead_letter_details_hold_no_marker_value(demo_run: DemoRun) ->
     assert demo_run.dead_letter_details
     leaked = [d for d in demo_run.dead_letter_details if any(v in d for v in PERSONAL)]
     assert leaked == []
+
+
+def test_the_demo_ends_by_writing_its_html_report_and_saying_where(demo_run: DemoRun) -> None:
+    last = demo_run.stdout.strip().splitlines()[-1]
+    assert last.endswith(str(demo_run.report.resolve()))
+    page = demo_run.report.read_text(encoding="utf-8")
+    assert page.count("<svg") == 3
+    assert 'id="referrals"' in page
+    assert [value for value in PERSONAL if value in page] == []
+
+
+def _section(stdout: str, title: str) -> dict[str, int]:
+    """The rows of one summary section, label -> count."""
+    rows: dict[str, int] = {}
+    for line in stdout.split(title, 1)[1].splitlines()[1:]:
+        if not line.startswith("  "):
+            break
+        label, _, count = line.strip().rpartition(" ")
+        rows[label.strip()] = int(count)
+    return rows
+
+
+def test_the_demo_closes_the_loop_with_outcomes_completions_and_escalations(
+    demo_run: DemoRun,
+) -> None:
+    outcomes = _section(demo_run.stdout, "provider outcomes (the latest per referral)")
+    task_states = _section(demo_run.stdout, "officer tasks, by kind and state")
+    dead = _section(demo_run.stdout, "dead letters, by reason")
+
+    assert sum(outcomes.values()) > 0
+    assert (
+        task_states.get("leaflet: completed", 0) + task_states.get("leaflet: escalated, done", 0)
+        > 0
+    )
+    assert any(label.startswith("escalation") for label in task_states)
+    assert (dead["unknown_referral"], dead["unknown_task"]) == (1, 1)

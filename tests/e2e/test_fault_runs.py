@@ -18,7 +18,7 @@ from tests.e2e.helpers import RABBITMQ_URL
 from tests.faults.harness import BAD, FaultResult, lasting, run_with_faults
 from tests.faults.proxy import FaultProxy
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.spread]
 
 
 @pytest.fixture

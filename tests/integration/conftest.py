@@ -33,6 +33,7 @@ from referral_bridge.transport import (
     broker_spec,
     queue_depth,
 )
+from tests.fakes import ledger_url_for, require_postgres, throwaway_postgres_database
 
 RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672//"
 #: Retries a test can wait for: 5 attempts, 0.1 to 0.4 s apart.
@@ -185,6 +186,7 @@ def unique_topology() -> Topology:
         inbound_exchange=f"{tag}.police.events",
         work_queue=f"{tag}.referral-bridge.events",
         referrals_exchange=f"{tag}.victim-services.referrals",
+        outcomes_exchange=f"{tag}.victim-services.outcomes",
         tasks_exchange=f"{tag}.officer.tasks",
         dead_letter_queue=f"{tag}.referral-bridge.dead-letter",
     )
@@ -223,6 +225,7 @@ def _delete_topology(spec: BrokerSpec, topology: Topology) -> None:
         for exchange in (
             topology.inbound_exchange,
             topology.referrals_exchange,
+            topology.outcomes_exchange,
             topology.tasks_exchange,
         ):
             with connection.channel() as channel:
@@ -241,24 +244,6 @@ def rabbit(rabbitmq_url: str, topology: Topology, tmp_path: Path) -> Iterator[Br
     finally:
         harness.close()
         _delete_topology(spec, topology)
-
-
-@pytest.fixture(scope="module")
-def pg_database_url() -> Iterator[str]:
-    """A PostgreSQL database of this test module's own (see `ledger_url`), dropped after it."""
-    from tests.fakes import require_postgres, throwaway_postgres_database
-
-    require_postgres()
-    with throwaway_postgres_database() as url:
-        yield url
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
-def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """An empty ledger database, once on SQLite and once on PostgreSQL."""
-    from tests.fakes import ledger_url_for
-
-    return ledger_url_for(str(request.param), request, tmp_path)
 
 
 @pytest.fixture
@@ -290,3 +275,17 @@ def embedded(topology: Topology, tmp_path: Path) -> Iterator[BrokerHarness]:
         yield harness
     finally:
         harness.close()
+
+
+@pytest.fixture(scope="module")
+def pg_database_url() -> Iterator[str]:
+    """A PostgreSQL database of this test module's own (modules may define their own instead)."""
+    require_postgres()
+    with throwaway_postgres_database() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
+def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty ledger database, once on SQLite and once on PostgreSQL."""
+    return ledger_url_for(str(request.param), request, tmp_path)

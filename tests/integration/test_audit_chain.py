@@ -162,8 +162,8 @@ class TestTamperingIsFound:
         assert report.broken.id == 2
 
 
-def _create_version_4(url: str) -> None:
-    """A version-4 ledger with three audit records, as a version-4 bridge left it."""
+def _create_version_6(url: str) -> None:
+    """A version-6 ledger with three audit records, as a version-6 bridge left it."""
     Ledger.open(url).dispose()
     engine = create_engine(url)
     with engine.begin() as connection:
@@ -175,7 +175,7 @@ def _create_version_4(url: str) -> None:
             connection.execute(text(f"ALTER TABLE rb_audit DROP COLUMN {column}"))
         connection.execute(text("ALTER TABLE rb_records DROP COLUMN erased_at"))
         connection.execute(text("DROP TABLE rb_jobs"))
-        connection.execute(text("UPDATE rb_schema_info SET value = '4'"))
+        connection.execute(text("UPDATE rb_schema_info SET value = '6'"))
         for n in range(1, 4):
             connection.execute(
                 text("INSERT INTO rb_audit (at, action, actor) VALUES (:at, 'old', :actor)"),
@@ -184,9 +184,9 @@ def _create_version_4(url: str) -> None:
     engine.dispose()
 
 
-class TestUpgradeToVersion5:
+class TestUpgradeToVersion7:
     def test_records_already_written_are_chained_and_new_ones_follow(self, ledger_url: str) -> None:
-        _create_version_4(ledger_url)
+        _create_version_6(ledger_url)
 
         ledger = Ledger.open(ledger_url)
         try:
@@ -194,7 +194,7 @@ class TestUpgradeToVersion5:
             report = verify(ledger)
             with ledger.engine.connect() as connection:
                 version = connection.execute(select(t.schema_info.c.value)).scalar_one()
-            assert (report.intact, report.checked, version) == (True, 4, "5")
+            assert (report.intact, report.checked, version) == (True, 4, str(t.SCHEMA_VERSION))
             with (
                 pytest.raises(DBAPIError, match="append-only"),
                 ledger.engine.begin() as connection,
@@ -344,7 +344,7 @@ class TestRunRefuses:
     def test_the_bridge_role_cannot_migrate_and_is_told_who_can(
         self, pg_owner_url: str, pg_bridge_url: str
     ) -> None:
-        run_as(pg_owner_url, "UPDATE rb_schema_info SET value = '4'")
+        run_as(pg_owner_url, "UPDATE rb_schema_info SET value = '6'")
 
         with pytest.raises(LedgerPrivilegeError, match="naming the ledger's owner role"):
             Ledger.open(pg_bridge_url)

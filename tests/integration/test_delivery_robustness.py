@@ -229,6 +229,10 @@ class TestScheduler:
                 calls.append("review_crime_recording")
                 return 0
 
+            def escalate_overdue_tasks(self) -> int:
+                calls.append("escalate_overdue_tasks")
+                raise RuntimeError("another bug")
+
             def issue_overdue_fallbacks(self) -> int:
                 calls.append("issue_overdue_fallbacks")
                 raise httpx.DecodingError("odd")
@@ -243,6 +247,7 @@ class TestScheduler:
         assert calls == [
             "expire_holds",
             "review_crime_recording",
+            "escalate_overdue_tasks",
             "issue_overdue_fallbacks",
             "flush",
         ]

@@ -208,6 +208,21 @@ class TestReplay:
         assert replayed.headers[REPLAY_COUNT_HEADER] == 1
         assert replayed.properties.get("message_id") == "msg-7"
 
+    def test_a_providers_outcome_goes_back_through_the_outcomes_exchange(
+        self, broker: BrokerHarness, queue: DeadLetterQueue
+    ) -> None:
+        """Its routing key is the provider's id, which only the outcomes exchange routes."""
+        body = event_body("victim.referral.outcome")
+        park(broker, body, reason="unknown_referral", routing_key="lancashire-victim-services")
+
+        report = queue.replay(DeadLetterFilter(), publisher=broker.publisher)
+
+        assert len(report.replayed) == 1
+        replayed = broker.fetch_eventually(broker.topology.work_queue)
+        assert bytes(replayed.body) == body
+        if not broker.spec.embedded:
+            assert replayed.delivery_info["exchange"] == broker.topology.outcomes_exchange
+
     def test_a_replayed_dead_letter_leaves_the_queue_and_the_others_stay(
         self, broker: BrokerHarness, queue: DeadLetterQueue
     ) -> None:

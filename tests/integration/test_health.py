@@ -82,6 +82,8 @@ def start_bridge(root: Path, rabbitmq_url: str) -> RunningBridge:
     text = text.replace(
         f"url = {json.dumps(rabbitmq_url)}", f'url = "{proxy.url_through(rabbitmq_url)}"', 1
     )
+    # The month's compliance gauges recomputed every second, not every minute.
+    text = text.replace("[metrics]\n", "[metrics]\ncompliance_refresh_seconds = 1\n", 1)
     env.config.write_text(text, encoding="utf-8")
     worker = env.start_worker()
     assert wait_until(lambda: health_port(worker) is not None, timeout=30), worker.log_text()
@@ -131,6 +133,14 @@ def after_workload(
         env.publish(json.dumps({"hello": MARKER}).encode(), routing_key="crime.recorded")
         env.wait_settled(5)
         env.wait_dead_letters(2)
+        # The compliance thread's next round sees the workload.
+        assert wait_until(
+            lambda: (
+                'referral_bridge_compliance_month_referrals{state="in_time"} 2.0'
+                in get(running.port, "/metrics")[1]
+            ),
+            timeout=30,
+        )
         status, page = get(running.port, "/metrics")
         assert status == 200
         yield Scraped(page=page, samples=samples(page))
@@ -198,6 +208,16 @@ class TestMetricsAfterAKnownWorkload:
         )
 
         assert delivered == 2.0
+
+    def test_this_months_compliance_figures_are_reported(self, after_workload: Scraped) -> None:
+        figures = after_workload.samples
+        # 2 referrals in time; the declined victim's leaflet task and the sexual offence's
+        # consent_needed task are open, not yet due.
+        assert value(figures, "referral_bridge_compliance_ratio", figure="referred_in_time") == 1.0
+        assert value(figures, "referral_bridge_compliance_month_tasks", state="open") == 2.0
+        assert value(figures, "referral_bridge_gauge_source_up", source="compliance") == 1.0
+        assert value(figures, "referral_bridge_tasks_overdue", kind="leaflet") == 0.0
+        assert value(figures, "referral_bridge_crime_reviews_open") == 0.0
 
     def test_the_page_holds_no_personal_data(self, after_workload: Scraped) -> None:
         page = after_workload.page

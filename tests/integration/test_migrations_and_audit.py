@@ -27,7 +27,7 @@ from referral_bridge.audit import AuditRecord, AuditTrail
 from referral_bridge.errors import LedgerSchemaError
 from referral_bridge.ledger import AuditFacts, Ledger, OutboxMessage
 from referral_bridge.ledger import schema as t
-from tests.fakes import ledger_url_for, require_postgres, throwaway_postgres_database
+from tests.fakes import ledger_url_for
 
 AT = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 V2_OUTBOX_COLUMNS = {
@@ -39,18 +39,6 @@ V2_OUTBOX_COLUMNS = {
     "fallback_task_id",
     "audit",
 }
-
-
-@pytest.fixture(scope="module")
-def pg_database_url() -> Iterator[str]:
-    require_postgres()
-    with throwaway_postgres_database() as url:
-        yield url
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
-def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    return ledger_url_for(str(request.param), request, tmp_path)
 
 
 def create_version_1(url: str) -> None:

@@ -46,11 +46,8 @@ from tests.fakes import (
     RecordingPublisher,
     cloudevent,
     inbound,
-    ledger_url_for,
     make_keys,
     make_service,
-    require_postgres,
-    throwaway_postgres_database,
 )
 from tests.unit.factories import (
     ADULT_DOB,
@@ -87,18 +84,6 @@ PERSONAL_MARKERS = (
 
 
 # --- fixtures ---------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def pg_database_url() -> Iterator[str]:
-    require_postgres()
-    with throwaway_postgres_database() as url:
-        yield url
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
-def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    return ledger_url_for(str(request.param), request, tmp_path)
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from referral_bridge.ledger import Ledger
 from referral_bridge.ledger import schema as t
-from referral_bridge.ledger_gauges import LedgerGauges, ledger_figures
+from referral_bridge.ledger_gauges import CompliancePoller, LedgerGauges, ledger_figures
 from referral_bridge.transport import BrokerSpec, BrokerUnavailableError, broker_spec
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
@@ -231,3 +231,113 @@ class TestLedgerGauges:
 
         assert not sample_lines(page, "referral_bridge_holds_open")
         assert 'referral_bridge_gauge_source_up{source="ledger"} 0.0' in page
+
+
+def add_task(ledger: Ledger, task_id: str, *, kind: str, due_by: datetime, done: bool) -> None:
+    with ledger.engine.begin() as connection:
+        connection.execute(
+            t.tasks.insert().values(
+                task_id=task_id,
+                kind=kind,
+                reason="declined" if kind == "leaflet" else "crime_not_recorded",
+                case_ref="LC-1",
+                issued_at=NOW - timedelta(days=3),
+                due_by=due_by,
+                completed_at=NOW - timedelta(hours=1) if done else None,
+            )
+        )
+
+
+class TestTasksAndReviews:
+    def test_open_tasks_past_due_are_overdue_by_kind_and_open_reviews_are_counted(
+        self, ledger: Ledger, tmp_path: Path
+    ) -> None:
+        add_task(ledger, "T-1", kind="leaflet", due_by=NOW - timedelta(hours=2), done=False)
+        add_task(ledger, "T-2", kind="leaflet", due_by=NOW - timedelta(hours=2), done=True)
+        add_task(ledger, "T-3", kind="leaflet", due_by=NOW + timedelta(hours=2), done=False)
+        add_task(ledger, "T-4", kind="crime_review", due_by=NOW - timedelta(hours=2), done=False)
+        with ledger.engine.begin() as connection:
+            connection.execute(
+                t.crime_reviews.insert(),
+                [
+                    # Raised, task open: open. Raised, then a crime linked: not open.
+                    {
+                        "incident_ref": "I-1",
+                        "review_at": NOW,
+                        "task_id": "T-4",
+                        "raised_at": NOW,
+                        "resolved_at": None,
+                    },
+                    {
+                        "incident_ref": "I-2",
+                        "review_at": NOW,
+                        "task_id": "T-5",
+                        "raised_at": NOW,
+                        "resolved_at": NOW,
+                    },
+                    {
+                        "incident_ref": "I-3",
+                        "review_at": NOW + timedelta(hours=1),
+                        "task_id": None,
+                        "raised_at": None,
+                        "resolved_at": None,
+                    },
+                ],
+            )
+
+        page = scrape(
+            LedgerGauges(
+                engine=ledger.engine,
+                broker=broker_spec(None, tmp_path),
+                dead_letter_queue="dlq",
+                clock=lambda: NOW,
+                depth=RecordingDepth(0),
+            )
+        )
+
+        assert 'referral_bridge_tasks_overdue{kind="leaflet"} 1.0' in page
+        assert 'referral_bridge_tasks_overdue{kind="crime_review"} 1.0' in page
+        assert 'referral_bridge_tasks_overdue{kind="escalation"} 0.0' in page
+        assert "referral_bridge_crime_reviews_open 1.0" in page
+
+
+class TestComplianceGauges:
+    def test_the_months_figures_appear_once_computed(self, ledger: Ledger, tmp_path: Path) -> None:
+        add_outbox(ledger, "R-1", published_at=NOW - timedelta(hours=1), deadline=NOW)
+        with ledger.engine.begin() as connection:
+            connection.execute(
+                t.actions.insert().values(
+                    case_ref="LC-1",
+                    victim_id="P-1",
+                    action="referral",
+                    target=PROVIDER,
+                    message_id="R-1",
+                    provider=PROVIDER,
+                    service="general",
+                    at=NOW - timedelta(hours=2),
+                )
+            )
+        poller = CompliancePoller(ledger.engine, clock=lambda: NOW)
+        collector = LedgerGauges(
+            engine=ledger.engine,
+            broker=broker_spec(None, tmp_path),
+            dead_letter_queue="dlq",
+            clock=lambda: NOW,
+            depth=RecordingDepth(0),
+            compliance=poller,
+        )
+
+        before = scrape(collector)
+        assert 'referral_bridge_gauge_source_up{source="compliance"} 0.0' in before
+        assert sample_lines(before, "referral_bridge_compliance_ratio") == []
+
+        poller.refresh()
+        page = scrape(collector)
+
+        assert 'referral_bridge_gauge_source_up{source="compliance"} 1.0' in page
+        assert 'referral_bridge_compliance_month_referrals{state="in_time"} 1.0' in page
+        assert 'referral_bridge_compliance_ratio{figure="referred_in_time"} 1.0' in page
+        # Nothing to divide by: no sample rather than a misleading 0.
+        assert 'figure="tasks_on_time"' not in page
+        (computed,) = sample_lines(page, "referral_bridge_compliance_computed_timestamp_seconds")
+        assert float(computed.split()[1]) == NOW.timestamp()

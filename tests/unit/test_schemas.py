@@ -28,11 +28,14 @@ EXPECTED_FILES = {
     "crime.recorded.v1.schema.json",
     "incident.recorded.v1.schema.json",
     "consent.updated.v1.schema.json",
+    "victim.referral.outcome.v1.schema.json",
+    "task.completed.v1.schema.json",
     "victim.referral.created.v2.payload.schema.json",
     "victim.referral.updated.v2.payload.schema.json",
     "victim.referral.withdrawn.v2.payload.schema.json",
     "officer.task.leaflet.v1.schema.json",
     "officer.task.crime_review.v1.schema.json",
+    "officer.task.escalation.v1.schema.json",
     "dead-letter.headers.schema.json",
 }
 
