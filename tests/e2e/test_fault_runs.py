@@ -8,14 +8,18 @@ is printed at the end of the session; `make chaos` runs the long version.
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
 
 from tests.e2e.conftest import POSTGRES_ADMIN_URL, BridgeFactory
-from tests.e2e.helpers import RABBITMQ_URL
-from tests.faults.harness import BAD, FaultResult, lasting, run_with_faults
+from tests.e2e.helpers import RABBITMQ_URL, Worker, wait_until
+from tests.faults.disk import SmallDisk
+from tests.faults.harness import BAD, LONG, FaultResult, lasting, logged, run_with_faults
 from tests.faults.proxy import FaultProxy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.spread]
@@ -39,10 +43,21 @@ def ledger_proxy(postgres_ledger_url: str) -> Iterator[FaultProxy]:
         proxy.close()
 
 
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[SmallDisk]:
+    """A tmpfs to fill up. Ask for it before `make_bridge`, so that the workers are stopped
+    before it is unmounted (it is unmounted lazily otherwise)."""
+    disk = SmallDisk(tmp_path / "small-disk", size_bytes=(256 if LONG else 64) << 20).mount()
+    try:
+        yield disk
+    finally:
+        disk.unmount()
+
+
 def assert_nothing_lost(result: FaultResult) -> None:
     assert (result.lost, result.unexpected) == (0, 0), result.row()
     assert result.referrals_out == result.referrals_expected, result.row()
-    assert result.dead_lettered == BAD, result.row()
+    assert (result.dead_lettered, result.wrongly_dead_lettered) == (BAD, 0), result.row()
     assert set(result.exit_codes) == {0}, result.row()
 
 
@@ -125,3 +140,108 @@ def test_two_workers_on_postgresql_with_connection_resets(
         lambda _: ledger_proxy.reset(),
     )
     assert_nothing_lost(result)
+
+
+def ledger_failures(worker: Worker) -> int:
+    """Log lines in which the worker met a ledger it could not write (and said so)."""
+    return logged(worker, "event.retry", reason="ledger_unavailable") + sum(
+        logged(worker, event, error_type="LedgerUnavailableError")
+        for event in ("delivery.deferred", "scheduler.deferred")
+    )
+
+
+def truncate_wal(database: Path) -> None:
+    """Checkpoint the WAL into the database and truncate it to nothing (as any connection may:
+    SQLite waits for the worker's transaction in hand, and none is lost)."""
+    connection = sqlite3.connect(database, timeout=30, isolation_level=None)
+    try:
+        for _ in range(100):
+            busy, _frames, _done = connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            if not busy:
+                return
+            time.sleep(0.05)  # a reader was still in the WAL: try again
+        raise AssertionError(f"could not checkpoint {database}: readers kept the WAL busy")
+    finally:
+        connection.close()
+
+
+def test_sqlite_ledger_on_a_full_disk(small_disk: SmallDisk, make_bridge: BridgeFactory) -> None:
+    """The disk under the SQLite ledger fills up mid-run, then space comes back.
+
+    Writes then fail with SQLITE_FULL: the worker must record nothing half-way, ack nothing it
+    has not recorded, dead-letter nothing valid, keep running, and carry on once there is room.
+    """
+    database = small_disk.mount_point / "ledger.sqlite3"
+    env = make_bridge(ledger_url=f"sqlite:///{database}")
+    worker = env.worker()
+    bites: list[int] = []
+
+    def disk_full(_: int) -> None:
+        failures = ledger_failures(worker)
+        # SQLite writes into the room its WAL file already has (up to ~4 MB) before it needs
+        # more: empty the WAL first, as if the disk had filled up when the WAL was at its
+        # largest, so that the full disk bites at once rather than hundreds of events later.
+        truncate_wal(database)
+        small_disk.fill()
+        try:
+            met = wait_until(lambda: ledger_failures(worker) > failures, timeout=30, interval=0.1)
+            assert met, f"the worker never met the full disk; log: {worker.log_path}"
+            lasting(5.0 if LONG else 2.0)
+            bites.append(ledger_failures(worker) - failures)
+        finally:
+            small_disk.make_room()
+
+    faults = 6 if LONG else 2
+    result = run_with_faults(
+        "SQLite ledger: disk full, then room",
+        env,
+        [worker],
+        disk_full,
+        events=3000 if LONG else 600,
+        faults=faults,
+    )
+    assert_nothing_lost(result)
+    assert result.duplicated == 0, result.row()
+    assert len(bites) == faults, bites  # each fault was met, and ended
+    # Said what to do, and never crashed: one process, stopped cleanly at the end.
+    assert logged(worker, "worker.started") == 1
+    assert "its disk is full; free space on it" in worker.log_text()
+
+
+def test_broker_paused(make_bridge: BridgeFactory, broker_proxy: FaultProxy) -> None:
+    """Nothing moves between the bridge and RabbitMQ for longer than two heartbeats, then the
+    network heals.
+
+    The consuming connection is given up by heartbeat: by the worker's own check, or, when a
+    handler was waiting on a publish confirm meanwhile, by RabbitMQ, which closes its end (the
+    worker finds out the moment the network heals). Either way it is replaced, and the messages
+    it held come again; the publisher's connection, without heartbeats, just resumes.
+    """
+    heartbeat_s, pause_s = 2, 6.0
+    env = make_bridge(
+        worker_broker_url=broker_proxy.url_through(RABBITMQ_URL), broker_heartbeat=heartbeat_s
+    )
+    worker = env.worker()
+
+    def pause(_: int) -> None:
+        broker_proxy.pause()
+        try:
+            lasting(pause_s)
+        finally:
+            broker_proxy.resume()
+
+    faults = 6 if LONG else 2
+    result = run_with_faults(
+        f"broker: paused {pause_s:g} s (heartbeat {heartbeat_s} s)",
+        env,
+        [worker],
+        pause,
+        events=6000 if LONG else 340,
+        rate=60.0 if LONG else 20.0,
+        faults=faults,
+        reconnected="transport.consuming",
+    )
+    assert_nothing_lost(result)
+    assert result.duplicated == 0, result.row()
+    # Each pause cost the consuming connection: one at start-up, one after each pause.
+    assert logged(worker, "transport.consuming") == 1 + faults, worker.log_path
