@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from referral_bridge.bootstrap import broker_of, topology_of
+from referral_bridge.errors import BridgeError
 from referral_bridge.files import private_dir
 from referral_bridge.ledger import Ledger
 from referral_bridge.resources import DEFAULT_POLICY, SAMPLES
@@ -180,7 +181,11 @@ def _masked(payload: dict[str, Any]) -> dict[str, Any]:
 def run_demo(*, data_dir: Path, cases: int, seed: int, marker: str | None, out: TextIO) -> int:
     config = prepare(data_dir)
     settings = load_settings(config, env={})
-    events: list[SimulatedEvent] = sample_events(SAMPLES) if SAMPLES.is_dir() else []
+    # Package data (referral_bridge/resources): an install without them is broken, not quieter.
+    events: list[SimulatedEvent] = sample_events(SAMPLES)
+    if not events:
+        raise BridgeError(f"no sample events in {SAMPLES}: reinstall referral-bridge")
+    samples = len(events)
     simulator = Simulator(seed=seed, now=datetime.now(UTC), marker=marker)
     events += list(simulator.cases(cases))
     bad = list(simulator.bad_messages(12))
@@ -193,7 +198,8 @@ def run_demo(*, data_dir: Path, cases: int, seed: int, marker: str | None, out: 
             publish_all(publisher, [*events, *bad])
         print(
             f"fed {len(events) + len(bad)} messages: {len(events)} events "
-            f"({len(valid_ids)} distinct ids, the rest repeats), {len(bad)} invalid on purpose",
+            f"({samples} contract samples; {len(valid_ids)} distinct ids, the rest repeats), "
+            f"{len(bad)} invalid on purpose",
             file=out,
         )
         ledger = Ledger.open(settings.ledger_url)
