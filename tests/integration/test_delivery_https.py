@@ -49,6 +49,8 @@ from tests.integration.test_delivery_helpers import (
 )
 from tests.unit.factories import CRIME_REF, FAKE_PHONE, REPORTED_AT, make_crime, make_victim
 
+pytestmark = pytest.mark.integration
+
 CREATED = "victim.referral.created"
 LEAFLET = "officer.task.leaflet"
 START = REPORTED_AT + timedelta(hours=1)

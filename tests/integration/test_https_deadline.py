@@ -24,6 +24,8 @@ from tests.integration.test_delivery_helpers import (
     trickling_provider,
 )
 
+pytestmark = pytest.mark.integration
+
 #: Far longer than any deadline here: an attempt that lasts it was not cut.
 TRICKLE_SECONDS = 120.0
 

@@ -32,7 +32,7 @@ def permissive_umask() -> Iterator[None]:
         os.umask(previous)
 
 
-pytestmark = pytest.mark.usefixtures("permissive_umask")
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("permissive_umask")]
 
 
 def assert_owner_only_while_open(database: Path) -> None:

@@ -64,6 +64,8 @@ from tests.unit.factories import (
     make_victim,
 )
 
+pytestmark = pytest.mark.integration
+
 CREATED = "victim.referral.created"
 WITHDRAWN = "victim.referral.withdrawn"
 UPDATED = "victim.referral.updated"

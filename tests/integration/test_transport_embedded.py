@@ -20,6 +20,8 @@ from referral_bridge.transport import (
 )
 from tests.integration.conftest import BrokerHarness, RecordingHandler, wait_until
 
+pytestmark = pytest.mark.integration
+
 NOT_UTF8 = b"\xff\xfe{not json at all\x00\x80"
 
 
