@@ -40,9 +40,9 @@ from tests.e2e.helpers import (
     load_sample,
     new_ref,
     provider_kid,
-    wait_until,
     worker_environment,
 )
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 

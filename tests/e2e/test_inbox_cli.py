@@ -20,10 +20,11 @@ import httpx
 import pytest
 
 from referral_bridge.core import ids
-from tests.e2e.helpers import cli_command, wait_until, worker_environment
+from tests.e2e.helpers import cli_command, worker_environment
 from tests.fakes import KeyMaterial, make_keys
 from tests.integration.test_delivery_helpers import LANCASHIRE, Pki, make_pki
 from tests.unit.factories import FAKE_PHONE
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.e2e]
 

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.helpers import REPO, wait_until, worker_environment
+from tests.e2e.helpers import REPO, worker_environment
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 

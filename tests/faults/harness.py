@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from referral_bridge.core import ids
-from tests.e2e.helpers import LANCASHIRE, BridgeEnv, Worker, crime_event, encode, wait_until
+from tests.e2e.helpers import LANCASHIRE, BridgeEnv, Worker, crime_event, encode
+from tests.waiting import wait_until
 
 LONG = os.environ.get("RB_FAULT_SCALE") == "long"
 #: Events of a run, the rate they are published at, and the faults injected meanwhile.

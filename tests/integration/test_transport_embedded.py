@@ -18,7 +18,8 @@ from referral_bridge.transport import (
     TransportConfigError,
     broker_spec,
 )
-from tests.integration.conftest import BrokerHarness, RecordingHandler, wait_until
+from tests.integration.conftest import BrokerHarness, RecordingHandler
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
