@@ -221,3 +221,10 @@ def _sleep_until(moment: float) -> None:
     delay = moment - time.monotonic()
     if delay > 0:
         time.sleep(delay)
+
+
+def assert_nothing_lost(result: FaultResult) -> None:
+    assert (result.lost, result.unexpected) == (0, 0), result.row()
+    assert result.referrals_out == result.referrals_expected, result.row()
+    assert (result.dead_lettered, result.wrongly_dead_lettered) == (BAD, 0), result.row()
+    assert set(result.exit_codes) == {0}, result.row()

@@ -26,7 +26,7 @@ from tests.fakes import FakeClock, RecordingPublisher, RecordingSealer, cloudeve
 from tests.integration.conftest import BrokerHarness, RecordingHandler, wait_until
 from tests.unit.factories import REPORTED_AT, make_crime
 
-pytestmark = [pytest.mark.integration, pytest.mark.spread]
+pytestmark = pytest.mark.integration
 
 NOT_UTF8 = b"\xff\xfe{not json at all\x00\x80"
 
