@@ -495,3 +495,45 @@ def test_sign_in_goes_back_to_the_page_asked_for_but_never_off_site(site: Site) 
                 },
             )
             assert answer.headers["location"] == expected
+
+
+def test_a_withdrawal_that_overtakes_its_referral_leaves_it_withdrawn_and_unopened(
+    site: Site,
+) -> None:
+    withdrawal = {
+        "referral_id": "r-late",
+        "provider": LANCASHIRE,
+        "case_ref": "C-1",
+        "victim_id": "P-1",
+        "reason": "declined",
+        "withdrawn_at": datetime.now(UTC).isoformat(),
+        "issued_at": datetime.now(UTC).isoformat(),
+    }
+    assert site.deliver(ids.withdrawal_id("r-late"), "victim.referral.withdrawn", withdrawal) == 201
+    assert site.deliver("r-late", "victim.referral.created", referral_payload("r-late", "general"))
+
+    held = site.intake.referral("r-late")
+    assert held is not None
+    assert (held.listed.state.value, held.token) == ("withdrawn", "")
+
+
+def test_a_store_from_before_the_web_inbox_gains_its_columns(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.sqlite3"
+    old = sqlite3.connect(path)
+    old.executescript(
+        "CREATE TABLE referrals (referral_id TEXT PRIMARY KEY, current_message_id TEXT NOT NULL,"
+        " revision INTEGER NOT NULL, withdrawn_at TEXT);"
+        "INSERT INTO referrals VALUES ('r-old', 'r-old', 1, NULL);"
+    )
+    old.commit()
+    old.close()
+
+    store = InboxStore(path)
+    try:
+        intake = IntakeStore(store)
+        [listed] = intake.referrals(services=None)
+    finally:
+        store.close()
+    assert (listed.referral_id, listed.service, listed.state.value) == ("r-old", None, "new")
