@@ -102,6 +102,18 @@ def referral_payload(
     return payload
 
 
+def withdrawal_payload(referral_id: str, reason: str) -> dict[str, Any]:
+    return {
+        "referral_id": referral_id,
+        "provider": LANCASHIRE,
+        "case_ref": "C-1",
+        "victim_id": "P-1",
+        "reason": reason,
+        "withdrawn_at": datetime.now(UTC).isoformat(),
+        "issued_at": datetime.now(UTC).isoformat(),
+    }
+
+
 def event(keys: KeyMaterial, event_id: str, event_type: str, payload: dict[str, Any]) -> bytes:
     return json.dumps(
         {
@@ -402,15 +414,7 @@ def test_a_withdrawal_deletes_the_details_and_the_page_shows_none_of_them(site: 
     site.deliver("r-wd", "victim.referral.created", referral_payload("r-wd", "general"))
     ada = sign_in(site, "ada")
     assert MARKERS["phone"] in ada.get("/inbox/referrals/r-wd").text
-    withdrawal = {
-        "referral_id": "r-wd",
-        "provider": LANCASHIRE,
-        "case_ref": "C-1",
-        "victim_id": "P-1",
-        "reason": "withdrawn",
-        "withdrawn_at": datetime.now(UTC).isoformat(),
-        "issued_at": datetime.now(UTC).isoformat(),
-    }
+    withdrawal = withdrawal_payload("r-wd", "withdrawn")
     assert site.deliver(ids.withdrawal_id("r-wd"), "victim.referral.withdrawn", withdrawal) == 201
     page = ada.get("/inbox/referrals/r-wd").text
     listed = ada.get("/inbox").text
@@ -500,15 +504,7 @@ def test_sign_in_goes_back_to_the_page_asked_for_but_never_off_site(site: Site) 
 def test_a_withdrawal_that_overtakes_its_referral_leaves_it_withdrawn_and_unopened(
     site: Site,
 ) -> None:
-    withdrawal = {
-        "referral_id": "r-late",
-        "provider": LANCASHIRE,
-        "case_ref": "C-1",
-        "victim_id": "P-1",
-        "reason": "declined",
-        "withdrawn_at": datetime.now(UTC).isoformat(),
-        "issued_at": datetime.now(UTC).isoformat(),
-    }
+    withdrawal = withdrawal_payload("r-late", "declined")
     assert site.deliver(ids.withdrawal_id("r-late"), "victim.referral.withdrawn", withdrawal) == 201
     assert site.deliver("r-late", "victim.referral.created", referral_payload("r-late", "general"))
 
