@@ -156,6 +156,11 @@ class Accounts:
                 self._stamp = stamp
             return self._accounts
 
+    def exists(self, username: str) -> bool:
+        """Whether an account (active or not) has this name: a log names only those, since a
+        password typed into the username box must not reach the log."""
+        return username in self._current()
+
     def active(self, username: str) -> Account | None:
         """The account, if it exists and is not disabled."""
         account = self._current().get(username)

@@ -26,10 +26,10 @@ CREATE TABLE IF NOT EXISTS staff_sessions (
     last_seen_at TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS sign_in_failures (
-    username  TEXT NOT NULL,
-    failed_at TEXT NOT NULL
+    name_digest TEXT NOT NULL,
+    failed_at   TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS sign_in_failures_by_user ON sign_in_failures (username);
+CREATE INDEX IF NOT EXISTS sign_in_failures_by_name ON sign_in_failures (name_digest);
 CREATE TABLE IF NOT EXISTS referral_views (
     seq         INTEGER PRIMARY KEY AUTOINCREMENT,
     viewed_at   TEXT NOT NULL,
@@ -55,8 +55,10 @@ SESSION_IDLE = timedelta(minutes=30)
 SESSION_LONGEST = timedelta(hours=12)
 
 
-def _digest(session_id: str) -> str:
-    return hashlib.sha256(session_id.encode()).hexdigest()
+def _digest(text: str) -> str:
+    """Session ids, and names tried at sign-in (which may be a password typed in the wrong
+    box), are kept as digests only."""
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,19 +238,21 @@ class IntakeStore:
 
     def record_failure(self, username: str, at: datetime) -> None:
         with self.inbox.transaction() as db:
-            db.execute("INSERT INTO sign_in_failures VALUES (?, ?)", (username, at.isoformat()))
+            db.execute(
+                "INSERT INTO sign_in_failures VALUES (?, ?)", (_digest(username), at.isoformat())
+            )
 
     def failures(self, username: str, since: datetime) -> list[datetime]:
         with self.inbox.transaction() as db:
             rows = db.execute(
-                "SELECT failed_at FROM sign_in_failures WHERE username = ? AND failed_at >= ?",
-                (username, since.isoformat()),
+                "SELECT failed_at FROM sign_in_failures WHERE name_digest = ? AND failed_at >= ?",
+                (_digest(username), since.isoformat()),
             ).fetchall()
         return [datetime.fromisoformat(r[0]) for r in rows]
 
     def clear_failures(self, username: str) -> None:
         with self.inbox.transaction() as db:
-            db.execute("DELETE FROM sign_in_failures WHERE username = ?", (username,))
+            db.execute("DELETE FROM sign_in_failures WHERE name_digest = ?", (_digest(username),))
 
     # --- the outcome outbox ---
 

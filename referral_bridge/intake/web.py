@@ -238,8 +238,10 @@ class IntakeWeb:
         until = locked_until(
             self.store.failures(username, now - policy.window - policy.lock), now, policy
         )
+        # A name no account has may be a password typed in the wrong box: never logged.
+        logged = username if self.accounts.exists(username) else "(unknown)"
         if until is not None:
-            log.warning("intake.sign_in_locked", username=username)
+            log.warning("intake.sign_in_locked", username=logged)
             return self.sign_in_form(
                 request,
                 status=429,
@@ -249,7 +251,7 @@ class IntakeWeb:
         account = self.accounts.verify(username, password) if username and password else None
         if account is None:
             self.store.record_failure(username, now)
-            log.warning("intake.sign_in_failed", username=username)
+            log.warning("intake.sign_in_failed", username=logged)
             return self.sign_in_form(
                 request, status=401, error="The username or password is not right."
             )
@@ -504,11 +506,3 @@ def intake_routes(web: IntakeWeb) -> list[BaseRoute]:
             max_body_size=MAX_FORM_BYTES,
         ),
     ]
-
-
-#: Every page that needs a session, as a test walks them (with a sample referral id).
-SIGNED_IN_PAGES = (
-    f"{PREFIX}",
-    f"{PREFIX}/views",
-    f"{PREFIX}/referrals/any-id",
-)

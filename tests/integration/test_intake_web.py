@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 import structlog.testing
+from starlette.routing import Route
 
 from referral_bridge.core import ids
 from referral_bridge.core.intake import LockoutPolicy, Role
@@ -27,7 +28,6 @@ from referral_bridge.intake.outbox import OutcomeOutbox
 from referral_bridge.intake.store import IntakeStore
 from referral_bridge.intake.web import (
     SESSION_COOKIE,
-    SIGNED_IN_PAGES,
     IntakeWeb,
     intake_routes,
 )
@@ -152,6 +152,7 @@ class Site:
     users: Path
     sent: Sent
     outbox: OutcomeOutbox
+    web: IntakeWeb
 
     def client(self) -> httpx.Client:
         return httpx.Client(
@@ -212,6 +213,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
             users=users,
             sent=sent,
             outbox=outbox,
+            web=web,
         )
     finally:
         outbox.stop()
@@ -236,17 +238,34 @@ def sign_in(site: Site, username: str, password: str = PASSWORD) -> httpx.Client
     return client
 
 
+#: Pages anyone may ask for: health, the way in, and "/" (a redirect to the list).
+OPEN_PATHS = {
+    ("GET", "/healthz"),
+    ("GET", "/"),
+    ("GET", "/inbox/sign-in"),
+    ("POST", "/inbox/sign-in"),
+}
+
+
 def test_every_page_without_a_session_redirects_to_sign_in_and_health_does_not(
     site: Site,
 ) -> None:
+    """Walks every route the web inbox has, so a page added later cannot be forgotten."""
+    walked = 0
     with site.client() as client:
-        for path in SIGNED_IN_PAGES:
-            answer = client.get(path)
-            assert answer.status_code == 303, path
-            assert answer.headers["location"].startswith("/inbox/sign-in?next="), path
-        posted = client.post("/inbox/referrals/any-id/outcome", data={"outcome": "contacted"})
-        assert posted.status_code == 303
-        assert posted.headers["location"].startswith("/inbox/sign-in")
+        for route in intake_routes(site.web):
+            assert isinstance(route, Route)
+            for method in sorted(route.methods or ()):
+                if method == "HEAD" or (method, route.path) in OPEN_PATHS:
+                    continue
+                path = route.path.replace("{referral_id}", "r-any")
+                answer = client.request(
+                    method, path, data={"outcome": "contacted"} if method == "POST" else None
+                )
+                assert answer.status_code == 303, (method, path)
+                assert answer.headers["location"].startswith("/inbox/sign-in"), (method, path)
+                walked += 1
+        assert walked == 5
         assert client.get("/healthz").status_code == 200
         assert client.get("/").headers["location"] == "/inbox"
 
