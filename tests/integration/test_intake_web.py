@@ -493,9 +493,16 @@ def test_no_personal_data_in_the_logs(site: Site) -> None:
                     "csrf_token": csrf_of(form.text),
                 },
             )
+            # A password typed into the username box.
+            form = other.get("/inbox/sign-in")
+            other.post(
+                "/inbox/sign-in",
+                data={"username": PASSWORD, "password": "", "csrf_token": csrf_of(form.text)},
+            )
         ada.close()
     text = json.dumps(logs, default=str)
     assert "intake.referral_opened" in text
+    assert "intake.sign_in_failed" in text
     for value in [*MARKERS.values(), PASSWORD]:
         assert value not in text
 
