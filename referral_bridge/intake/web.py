@@ -89,9 +89,11 @@ dl.facts { display: grid; grid-template-columns: minmax(9rem, max-content) 1fr;
   gap: 0.3rem 1rem; margin: 0; }
 dl.facts dt { font-weight: 700; } dl.facts dd { margin: 0; }
 .important { border: 3px solid #0b0c0c; padding: 0.6rem 1rem; }
+.important h2 { margin-top: 0.2rem; }
 fieldset { border: none; padding: 0; margin: 0 0 1rem; }
 .choice { display: flex; gap: 0.5rem; align-items: center; margin: 0.3rem 0; }
 .choice label { font-weight: 400; margin: 0; display: inline; }
+.choice input { width: 1.25rem; height: 1.25rem; margin: 0; }
 @media (max-width: 40rem) { dl.facts { grid-template-columns: 1fr; } dl.facts dd {
   margin-bottom: 0.5rem; } }
 """

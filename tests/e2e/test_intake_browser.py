@@ -169,7 +169,16 @@ def shoot(world: World, name: str) -> None:
     """A screenshot of the page; also a small copy in $RB_SCREENSHOTS for the provider guide."""
     world.shots.mkdir(exist_ok=True)
     path = world.shots / f"{name}.png"
-    world.driver.save_screenshot(str(path))
+    driver = world.driver
+    # The whole page, not only what fits the window: the window is made as tall as the page.
+    width, height = driver.get_window_size()["width"], driver.get_window_size()["height"]
+    chrome = int(driver.execute_script("return window.outerHeight - window.innerHeight"))
+    content = int(driver.execute_script("return document.documentElement.scrollHeight"))
+    driver.set_window_size(width, min(max(content + chrome, 300), 2400))
+    try:
+        driver.save_screenshot(str(path))
+    finally:
+        driver.set_window_size(width, height)
     assert path.stat().st_size > 1000
     target = os.environ.get("RB_SCREENSHOTS")
     if target:
