@@ -85,3 +85,14 @@ def test_the_cli_adds_disables_enables_and_lists_without_hashes(
     assert "argon2" not in listed
     assert main(["provider", "users", "disable", "nobody", "--users", path]) == 2
     assert json.loads(Path(path).read_text())["users"][0]["disabled"] is False
+
+
+def test_the_web_inbox_without_a_broker_to_send_outcomes_to_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = str(tmp_path / "missing")
+    arguments = ["--cert", missing, "--key", missing, "--provider", "p", "--keys", missing]
+    arguments += ["--verify-with", missing, "--store", missing, "--users", missing]
+
+    assert main(["provider", "inbox", *arguments]) == 2
+    assert "--broker-url" in capsys.readouterr().err
