@@ -220,13 +220,15 @@ class IntakeWeb:
 
     # --- handlers (run on a worker thread: SQLite, argon2 and decrypting block) ---
 
-    def sign_in_form(self, request: Request, *, status: int = 200, error: str = "") -> Response:
+    def sign_in_form(
+        self, request: Request, *, status: int = 200, error: str = "", next_page: str = ""
+    ) -> Response:
         token = secrets.token_urlsafe(32)
         return self.page(
             "sign_in.html.j2",
             status=status,
             sign_in_token=token,
-            next=safe_next(request.query_params.get("next")),
+            next=safe_next(next_page or request.query_params.get("next")),
             error=error,
             cookies={SIGN_IN_COOKIE: token},
         )
@@ -249,13 +251,17 @@ class IntakeWeb:
                 status=429,
                 error="Too many failed sign-ins: this account is locked until "
                 f"{_when(until)}. Try again then, or ask your administrator.",
+                next_page=form.get("next", ""),
             )
         account = self.accounts.verify(username, password) if username and password else None
         if account is None:
             self.store.record_failure(username, now)
             log.warning("intake.sign_in_failed", username=logged)
             return self.sign_in_form(
-                request, status=401, error="The username or password is not right."
+                request,
+                status=401,
+                error="The username or password is not right.",
+                next_page=form.get("next", ""),
             )
         self.store.clear_failures(username)
         session_id, _ = self.store.create_session(account.username, now)

@@ -347,10 +347,12 @@ def test_repeated_failures_lock_the_account_even_for_the_right_password(site: Si
                     "username": "lee",
                     "password": "not it at all",
                     "csrf_token": csrf_of(form.text),
+                    "next": "/inbox/views",
                 },
             )
             assert wrong.status_code == 401
             assert "not right" in wrong.text
+            assert csrf_of(wrong.text, "next") == "/inbox/views"  # kept for the next try
         form = client.get("/inbox/sign-in")
         locked = client.post(
             "/inbox/sign-in",
