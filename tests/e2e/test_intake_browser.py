@@ -45,7 +45,8 @@ from tests.e2e.test_inbox_cli import free_port, inbox_command, listening
 from tests.e2e.test_report import MARKERS, marked
 from tests.integration.test_delivery_helpers import make_pki
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+# One group, so `make test` runs the module in one process, in order, with one bridge and browser.
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.xdist_group("intake_browser")]
 
 PASSWORD = "a long test passphrase"
 WORKER, ADMIN = "casey", "alex"
@@ -208,6 +209,16 @@ def sign_in(world: World, username: str) -> None:
     )
 
 
+def no_personal_data_in_the_inbox_log(world: World, *events: str) -> None:
+    """The inbox subprocess's log so far has the `events` and none of the marker values."""
+    log = world.inbox_log.read_text(encoding="utf-8", errors="replace")
+    for event in events:
+        assert event in log
+    for name, value in MARKERS.items():
+        assert value not in log, name
+    assert PASSWORD not in log
+
+
 def text(world: World) -> str:
     return str(world.driver.find_element(By.TAG_NAME, "body").text)
 
@@ -258,6 +269,9 @@ def test_a_case_worker_signs_in_opens_the_referral_and_records_contacted(world: 
 
     assert wait_until(lambda: bool(recorded()), timeout=60)
     assert recorded() == ["contacted"]
+    no_personal_data_in_the_inbox_log(
+        world, "intake.signed_in", "intake.referral_opened", "intake.outcome_sent"
+    )
 
 
 def test_a_withdrawal_deletes_the_details_while_the_worker_watches(world: World) -> None:
@@ -282,10 +296,13 @@ def test_a_withdrawal_deletes_the_details_while_the_worker_watches(world: World)
         assert value not in listed, name
     accessible(world)
     shoot(world, "withdrawn")
+    no_personal_data_in_the_inbox_log(world, "inbox.answered")
 
 
 def test_the_administrator_sees_who_opened_what_on_a_small_screen(world: World) -> None:
     driver = world.driver
+    sign_in(world, WORKER)
+    driver.get(f"{world.base}/inbox/referrals/{world.worked}")
     sign_in(world, ADMIN)
     driver.get(f"{world.base}/inbox/views")
     rows = [r.text for r in driver.find_elements(By.CSS_SELECTOR, "tbody tr")]
@@ -307,12 +324,3 @@ def test_the_administrator_sees_who_opened_what_on_a_small_screen(world: World) 
     assert wait_until(lambda: "/inbox/sign-in" in driver.current_url, timeout=20)
     driver.get(f"{world.base}/inbox")
     assert "/inbox/sign-in" in driver.current_url
-
-
-def test_no_personal_data_in_the_inbox_log(world: World) -> None:
-    log = world.inbox_log.read_text(encoding="utf-8", errors="replace")
-    assert "intake.referral_opened" in log
-    assert "intake.outcome_sent" in log
-    for name, value in MARKERS.items():
-        assert value not in log, name
-    assert PASSWORD not in log
