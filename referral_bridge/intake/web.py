@@ -132,11 +132,18 @@ def _when(moment: datetime | str | None) -> str:
     return f"{local:%a} {local.day} {local:%b %Y, %H:%M}"
 
 
+def _when_exactly(moment: datetime) -> str:
+    """With seconds, for the record of views."""
+    local = moment.astimezone(LONDON)
+    return f"{local:%a} {local.day} {local:%b %Y, %H:%M:%S}"
+
+
 def _words(value: object) -> str:
     return str(value).replace("_", " ")
 
 
 _ENVIRONMENT.filters["when"] = _when
+_ENVIRONMENT.filters["when_exactly"] = _when_exactly
 _ENVIRONMENT.filters["words"] = _words
 _ENVIRONMENT.globals["style"] = _STYLE
 _ENVIRONMENT.globals["prefix"] = PREFIX
