@@ -251,6 +251,8 @@ def close_the_loop(
     unknown task among them, on purpose); wait until the worker has taken them all."""
     events = respond(ledger, seed=seed, now=datetime.now(UTC), unknown=True)
     unknown = 2
+    # Counted before publishing: the worker takes the new events as soon as they arrive.
+    already = ledger.counts()["totals"]["processed"]
     with Publisher(broker_of(settings), topology_of(settings)) as publisher:
         publish_all(publisher, events)
     outcomes = sum(1 for event in events if event.from_provider) - 1
@@ -261,7 +263,7 @@ def close_the_loop(
         file=out,
     )
     distinct = {json.loads(event.body)["id"] for event in events[:-unknown]}
-    expected = ledger.counts()["totals"]["processed"] + len(distinct)
+    expected = already + len(distinct)
     return wait_until_processed(settings, ledger, expected, dead + unknown, worker, out)
 
 

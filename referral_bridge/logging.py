@@ -97,6 +97,7 @@ ALLOWED_KEYS: frozenset[str] = frozenset(
         "count",
         "attempts",
         "retry_in_s",
+        "retry_at",
         "attempts_in_place",
         "attempt_s",
         "budget_s",
@@ -107,6 +108,9 @@ ALLOWED_KEYS: frozenset[str] = frozenset(
         # Keys and files.
         "kid",
         "path",
+        # The provider's web inbox: a staff account's name (never a victim's; a name no account
+        # has is logged as "(unknown)": it may be a password typed in the wrong box).
+        "username",
         # Process.
         "pid",
         "worker",

@@ -76,6 +76,11 @@ class BrokerSection(_Section):
     #: Empty: the embedded transport under the data directory (for trying the bridge only).
     url: str = ""
     prefetch: Annotated[int, Field(ge=1, le=1000)] = 16
+    #: AMQP heartbeat of the consuming connection, in whole seconds; a silent (half-open)
+    #: connection is noticed in about two periods. Unset: derived from the delivery timeouts
+    #: (45 s by default), which no in-place delivery outlasts; shorter notices sooner but may
+    #: drop the connection during a slow delivery pass (churn, not loss).
+    heartbeat_seconds: Annotated[int, Field(ge=1, le=600)] | None = None
     topology: TopologySection = TopologySection()
 
 

@@ -132,8 +132,11 @@ def consumer_heartbeat_seconds(settings: Settings) -> float:
     all). But the loop neither sends nor reads while a handler runs, so two periods must outlast
     the longest handler: the in-place delivery attempts, each up to a provider's connect and
     read timeouts, plus a margin. A drop is not a loss (the message comes back and the ledger
-    spots the duplicate), but it is churn.
+    spots the duplicate), but it is churn. `[broker] heartbeat_seconds` overrides this, for a
+    network that forgets idle connections sooner than two periods, or to notice them sooner.
     """
+    if settings.broker.heartbeat_seconds is not None:
+        return float(settings.broker.heartbeat_seconds)
     slowest = max(
         (p.connect_timeout_seconds + p.read_timeout_seconds for p in settings.providers.values()),
         default=0.0,

@@ -1423,10 +1423,29 @@ def _after(cursor: tuple[datetime, str]) -> ColumnElement[bool]:
     )
 
 
+#: "database or disk is full" (SQLite's primary result code; extended codes share its low byte).
+_SQLITE_FULL = 13
+#: PostgreSQL's disk_full.
+_DISK_FULL_SQLSTATE = "53100"
+
+
+def _disk_full(exc: DBAPIError) -> bool:
+    code = getattr(exc.orig, "sqlite_errorcode", None)
+    if isinstance(code, int) and code & 0xFF == _SQLITE_FULL:
+        return True
+    return getattr(exc.orig, "sqlstate", None) == _DISK_FULL_SQLSTATE
+
+
 def _describe(exc: DBAPIError, engine: Engine) -> str:
     """A message naming the database host, never the password, and what to do next."""
     url = engine.url
     where = f"{url.get_backend_name()} at {url.host or url.database}"
+    if _disk_full(exc):
+        # Not an outage to wait out: someone has to make room. Until then nothing is lost.
+        return (
+            f"ledger unavailable ({where}): its disk is full; free space on it (events are "
+            "retried meanwhile and none is acknowledged unrecorded)"
+        )
     return (
         f"ledger unavailable ({where}): {type(exc.orig).__name__}; "
         "check the database is running and reachable"

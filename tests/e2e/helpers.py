@@ -311,9 +311,10 @@ class BridgeEnv:
         metrics_listen: str = "",
         worker_broker_url: str | None = None,
         worker_ledger_url: str | None = None,
+        broker_heartbeat: int | None = None,
     ) -> BridgeEnv:
         """`worker_*_url`: where the workers reach the broker and the ledger, when not where the
-        test does (through a fault proxy)."""
+        test does (through a fault proxy). `broker_heartbeat`: `[broker] heartbeat_seconds`."""
         root.mkdir(parents=True, exist_ok=True)
         keys = root / "keys"
         generate_key_pair(BRIDGE_KID, keys)
@@ -335,7 +336,9 @@ class BridgeEnv:
             f"scheduler_interval_seconds = {scheduler_interval}\n\n"
             "[broker]\n"
             f"url = {json.dumps(worker_broker_url or rabbitmq_url)}\n"
-            f"prefetch = {prefetch}\n\n"
+            f"prefetch = {prefetch}\n"
+            + (f"heartbeat_seconds = {broker_heartbeat}\n" if broker_heartbeat else "")
+            + "\n"
             "[broker.topology]\n"
             f'inbound_exchange = "{topology.inbound_exchange}"\n'
             f'work_queue = "{topology.work_queue}"\n'

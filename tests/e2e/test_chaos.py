@@ -213,7 +213,7 @@ def test_the_work_queue_is_empty_afterwards(chaos_run: ChaosRun) -> None:
 
 
 def test_every_distinct_valid_event_is_processed_once(chaos_run: ChaosRun) -> None:
-    assert chaos_run.distinct_valid > 1900
+    assert chaos_run.distinct_valid > EVENTS * 9 // 10
     assert chaos_run.env.processed_count() == chaos_run.distinct_valid
 
 
@@ -246,7 +246,7 @@ def test_the_outbox_equals_that_of_a_calm_reference_run(chaos_run: ChaosRun) -> 
     )
     assert set(chaos_run.reference_published) == chaos_run.reference_outbox
     worker_outbox = {row.message_id for row in chaos_run.env.outbox_rows()}
-    assert len(worker_outbox) > 1000
+    assert len(worker_outbox) > EVENTS // 2
     assert worker_outbox == chaos_run.reference_outbox
 
 

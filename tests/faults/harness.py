@@ -42,7 +42,13 @@ class FaultResult:
     lost: int = 0
     duplicated: int = 0
     unexpected: int = 0
+    #: Bad messages found among the dead letters (each counted once).
     dead_lettered: int = 0
+    #: Further copies of a dead letter: one whose ack was lost with its connection comes again
+    #: and is dead-lettered again (at least once, as for referrals).
+    dead_letter_repeats: int = 0
+    #: Valid events among the dead letters: must be none.
+    wrongly_dead_lettered: int = 0
     bad_in: int = 0
     #: Longest time from the end of a fault to the next event recorded as processed.
     recovery_s: float = 0.0
@@ -56,7 +62,9 @@ class FaultResult:
             "referrals out": self.referrals_out,
             "lost": self.lost,
             "duplicated": self.duplicated,
-            "dead-lettered": f"{self.dead_lettered}/{self.bad_in}",
+            "dead-lettered": f"{self.dead_lettered}/{self.bad_in}"
+            + (f" (+{self.dead_letter_repeats} repeat)" if self.dead_letter_repeats else "")
+            + (f", {self.wrongly_dead_lettered} VALID" if self.wrongly_dead_lettered else ""),
             "recovery s": round(self.recovery_s, 2),
             "run s": round(self.seconds, 1),
         }
@@ -69,13 +77,18 @@ Fault = Callable[[int], None]
 """Injects fault number n (0, 1, ...) and returns once it has ended."""
 
 
-def workload() -> tuple[list[tuple[str, bytes]], set[str]]:
+def bad_message(n: int) -> bytes:
+    """Bad message n: invalid JSON, told apart from the others by its number."""
+    return b"{not json %d" % n
+
+
+def workload(events: int = EVENTS) -> tuple[list[tuple[str, bytes]], set[str]]:
     """Burglaries (each referred once) with a few bad messages among them."""
     reported = datetime.now(UTC) - timedelta(hours=1)
     tag = uuid.uuid4().hex[:6].upper()
     items: list[tuple[str, bytes]] = []
     expected: set[str] = set()
-    for n in range(EVENTS - BAD):
+    for n in range(events - BAD):
         crime_ref, victim_id = f"F{tag}-{n:06d}", f"V{tag}-{n:06d}"
         expected.add(ids.referral_id(LANCASHIRE, crime_ref, victim_id))
         items.append(
@@ -85,7 +98,7 @@ def workload() -> tuple[list[tuple[str, bytes]], set[str]]:
             )
         )
     for n in range(BAD):
-        items.insert((n + 1) * len(items) // (BAD + 1), ("crime.recorded", b"{not json"))
+        items.insert((n + 1) * len(items) // (BAD + 1), ("crime.recorded", bad_message(n)))
     return items, expected
 
 
@@ -95,11 +108,20 @@ def run_with_faults(
     workers: list[Worker],
     fault: Fault,
     *,
+    events: int = EVENTS,
+    rate: float = RATE_PER_S,
+    faults: int = FAULTS,
+    reconnected: str | None = None,
     settle_timeout: float = 600.0 if LONG else 240.0,
 ) -> FaultResult:
-    """Publish the workload at a steady rate, inject FAULTS faults evenly meanwhile, settle."""
+    """Publish `events` at `rate` a second, inject `faults` faults evenly meanwhile, settle.
+
+    A fault that lasts a while needs a run long enough for all of them to end while events are
+    still arriving, or its recovery could not be timed. `reconnected`: the log event that says
+    a worker is working again after a fault (see `_recovery_after`).
+    """
     result = FaultResult(scenario=scenario, bad_in=BAD)
-    items, expected = workload()
+    items, expected = workload(events)
     result.events_in, result.referrals_expected = len(items), len(expected)
     for worker in workers:
         worker.start()
@@ -108,13 +130,13 @@ def run_with_faults(
     ready = wait_until(lambda: all(_ready(w) for w in workers), timeout=120, interval=0.1)
     assert ready, f"{scenario}: workers not ready; logs: {[str(w.log_path) for w in workers]}"
     started = time.monotonic()
-    publishing = threading.Thread(target=_publish_steadily, args=(env, items), daemon=True)
+    publishing = threading.Thread(target=_publish_steadily, args=(env, items, rate), daemon=True)
     publishing.start()
-    span = len(items) / RATE_PER_S
+    span = len(items) / rate
     recoveries: list[float] = []
-    for n in range(FAULTS):
-        _sleep_until(started + span * (n + 1) / (FAULTS + 1))
-        recoveries.append(_recovery_after(env, fault, n))
+    for n in range(faults):
+        _sleep_until(started + span * (n + 1) / (faults + 1))
+        recoveries.append(_recovery_after(env, workers, fault, n, reconnected=reconnected))
     publishing.join(timeout=settle_timeout)
     settled = wait_until(
         lambda: (
@@ -134,7 +156,11 @@ def run_with_faults(
     result.lost = len(expected - set(wire))
     result.duplicated = sum(count - 1 for count in wire.values())
     result.unexpected = len(set(wire) - expected)
-    result.dead_lettered = env.depth(env.topology.dead_letter_queue)
+    dead = Counter(r.body for r in env.take_all(env.topology.dead_letter_queue))
+    bad = {bad_message(n) for n in range(BAD)}
+    result.dead_lettered = len(set(dead) & bad)
+    result.dead_letter_repeats = sum(count - 1 for body, count in dead.items() if body in bad)
+    result.wrongly_dead_lettered = sum(count for body, count in dead.items() if body not in bad)
     RESULTS.append(result)
     assert settled, (
         f"{scenario}: not settled: processed {env.processed_count()} of {len(items) - BAD}, "
@@ -145,22 +171,45 @@ def run_with_faults(
 
 
 def _ready(worker: Worker) -> bool:
-    return any(line.get("event") == "worker.ready" for line in worker.log_events())
+    return logged(worker, "worker.ready") > 0
 
 
-def _recovery_after(env: BridgeEnv, fault: Fault, n: int) -> float:
-    """Inject fault n; seconds from its end until the next event is recorded as processed."""
-    before = env.processed_count()
+def logged(worker: Worker, event: str, **fields: object) -> int:
+    """How many of the worker's log lines are `event` with these field values."""
+    return sum(
+        1
+        for line in worker.log_events()
+        if line.get("event") == event and all(line.get(k) == v for k, v in fields.items())
+    )
+
+
+def _recovery_after(
+    env: BridgeEnv, workers: list[Worker], fault: Fault, n: int, *, reconnected: str | None
+) -> float:
+    """Inject fault n; seconds from its end until the next event is recorded as processed.
+
+    With `reconnected`, that event must come after a worker logged it anew: after a pause, the
+    messages a worker already held can still be recorded on a connection that is about to be
+    found dead, which is no recovery.
+    """
+    logged_before = sum(logged(w, reconnected) for w in workers) if reconnected else 0
     fault(n)
     ended = time.monotonic()
+    if reconnected is not None:
+        wait_until(
+            lambda: sum(logged(w, reconnected) for w in workers) > logged_before,
+            timeout=60,
+            interval=0.1,
+        )
+    before = env.processed_count()
     wait_until(lambda: env.processed_count() > before, timeout=60, interval=0.05)
     return time.monotonic() - ended
 
 
-def _publish_steadily(env: BridgeEnv, items: list[tuple[str, bytes]]) -> None:
+def _publish_steadily(env: BridgeEnv, items: list[tuple[str, bytes]], rate: float) -> None:
     started = time.monotonic()
     for n, (key, body) in enumerate(items):
-        _sleep_until(started + n / RATE_PER_S)
+        _sleep_until(started + n / rate)
         env.publisher.publish_inbound(body, key)
 
 
@@ -173,3 +222,10 @@ def _sleep_until(moment: float) -> None:
     delay = moment - time.monotonic()
     if delay > 0:
         time.sleep(delay)
+
+
+def assert_nothing_lost(result: FaultResult) -> None:
+    assert (result.lost, result.unexpected) == (0, 0), result.row()
+    assert result.referrals_out == result.referrals_expected, result.row()
+    assert (result.dead_lettered, result.wrongly_dead_lettered) == (BAD, 0), result.row()
+    assert set(result.exit_codes) == {0}, result.row()

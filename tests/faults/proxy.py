@@ -2,8 +2,10 @@
 
 Toxiproxy is not packaged for Debian, so this is the small part of it the fault runs need:
 forward a local port to an upstream, and on demand reset every connection, refuse new ones,
-or go silent (a half-open connection: nothing arrives and nothing fails). The upstream server
-keeps running for every other test; only the connections through this proxy are hurt.
+go silent (a half-open connection: nothing arrives and nothing fails), or pause (a network
+partition that heals: nothing moves for a while, then everything held back arrives). The
+upstream server keeps running for every other test; only the connections through this proxy
+are hurt.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ class FaultProxy:
         self._listener: socket.socket | None = None
         self._sockets: set[socket.socket] = set()
         self._silent: set[threading.Event] = set()
+        #: Cleared while paused: every pump holds what it has read (an end of stream too).
+        self._flowing = threading.Event()
+        self._flowing.set()
         self._lock = threading.Lock()
 
     @classmethod
@@ -55,6 +60,7 @@ class FaultProxy:
         return self
 
     def close(self) -> None:
+        self.resume()  # no pump may stay parked on a paused proxy
         self.refuse()
         self.reset()
 
@@ -94,6 +100,19 @@ class FaultProxy:
             for flag in self._silent:
                 flag.set()
 
+    def pause(self) -> None:
+        """Nothing moves either way, on open connections and new ones (still accepted), until
+        `resume`: what was sent meanwhile then arrives, as after a network partition heals.
+
+        Unlike `silence`, nothing is lost: the streams stay whole, so a pause shorter than the
+        peers' patience (heartbeats, timeouts) is a mere stall, and a longer one is noticed by
+        them and ends in a reconnection.
+        """
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        self._flowing.set()
+
     # --- plumbing ---
 
     def _accept(self, listener: socket.socket) -> None:
@@ -123,7 +142,11 @@ class FaultProxy:
 
     def _pump(self, source: socket.socket, target: socket.socket, silent: threading.Event) -> None:
         try:
-            while chunk := source.recv(65536):
+            while True:
+                chunk = source.recv(65536)
+                self._flowing.wait()  # a pause holds the end of a stream back too
+                if not chunk:
+                    break
                 if not silent.is_set():
                     target.sendall(chunk)
             if silent.is_set():

@@ -27,7 +27,7 @@ from tests.integration.conftest import BrokerHarness, RecordingHandler
 from tests.unit.factories import REPORTED_AT, make_crime
 from tests.waiting import wait_until
 
-pytestmark = [pytest.mark.integration, pytest.mark.spread]
+pytestmark = pytest.mark.integration
 
 NOT_UTF8 = b"\xff\xfe{not json at all\x00\x80"
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, func, inspect, select
+from sqlalchemy import create_engine, event, func, inspect, select
 from structlog.testing import capture_logs
 
 from referral_bridge.core import ids
@@ -675,6 +675,69 @@ class TestLedgerUnavailable:
 
         assert verdict == Ack()
         assert [m.message_id for m in kept] == [ids.referral_id(LANCASHIRE, CRIME_REF, VICTIM)]
+
+
+class TestFullDisk:
+    """SQLite answering SQLITE_FULL ("database or disk is full"). Capped here with
+    max_page_count; the fault run (tests/e2e/fault_runs/test_full_disk.py) fills a real
+    filesystem."""
+
+    def test_an_event_meeting_a_full_ledger_is_retried_uncounted_and_recorded_once_there_is_room(
+        self, tmp_path: Path, keys: KeyMaterial, publisher: RecordingPublisher, clock: FakeClock
+    ) -> None:
+        ledger = Ledger.open(f"sqlite:///{tmp_path / 'ledger.sqlite3'}")
+        disk = CappedSqlite(ledger)
+        service = make_service(
+            ledger=ledger, sealer=keys.sealer(), publisher=publisher, clock=clock
+        )
+        crimes = [make_crime(make_victim(VICTIM), crime_ref=f"CR-FULL-{n:03d}") for n in range(60)]
+        try:
+            disk.fill()
+            # The pages the ledger has fill up within a few events: then the next one fails.
+            with capture_logs() as logs:
+                for crime in crimes:
+                    full = service.handle(crime_message(crime))
+                    if full != Ack():
+                        break
+            recorded_while_full = processed_count(ledger)
+            sent_while_full = len(publisher.sent)
+            disk.make_room()
+            later = service.handle(crime_message(crime))
+            recorded = processed_count(ledger)
+        finally:
+            ledger.dispose()
+
+        # Not the message's fault: retried through the broker without using up its attempts,
+        # so however long the disk stays full it is never dead-lettered; nothing half-written.
+        assert full == Retry(detail="ledger unavailable", attempts=None)
+        retry = next(line for line in logs if line["event"] == "event.retry")
+        assert "disk is full; free space on it" in retry["detail"]
+        assert later == Ack()
+        assert recorded == recorded_while_full + 1
+        assert len(publisher.sent) == sent_while_full + 1
+        assert publisher.sent[-1].message_id == ids.referral_id(LANCASHIRE, crime.crime_ref, VICTIM)
+
+
+class CappedSqlite:
+    """Makes a SQLite ledger 'full': no page beyond those it has (PRAGMA max_page_count)."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self._engine = ledger.engine
+        self._cap: int | None = None
+
+        @event.listens_for(self._engine, "connect")
+        def _cap(dbapi_connection: Any, _record: Any) -> None:
+            if self._cap is not None:
+                dbapi_connection.execute(f"PRAGMA max_page_count = {self._cap}")
+
+    def fill(self) -> None:
+        with self._engine.connect() as connection:
+            self._cap = int(connection.exec_driver_sql("PRAGMA page_count").scalar_one())
+        self._engine.dispose()  # pooled connections pick the cap up when they reconnect
+
+    def make_room(self) -> None:
+        self._cap = None
+        self._engine.dispose()
 
 
 class OutageAfterCommitLedger(Ledger):

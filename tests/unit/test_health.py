@@ -353,3 +353,14 @@ class TestConsumerHeartbeat:
         quick = bridge.settings.model_copy(update={"providers": {}})
 
         assert consumer_heartbeat_seconds(quick) == DEFAULT_HEARTBEAT_SECONDS
+
+    def test_the_configured_heartbeat_wins(self, tmp_path: Path) -> None:
+        """`[broker] heartbeat_seconds`: a half-open connection noticed sooner (fault runs)."""
+        bridge = embedded_bridge(tmp_path, "")
+        bridge.close()
+        settings = bridge.settings
+        broker = settings.broker.model_copy(update={"heartbeat_seconds": 2})
+
+        heartbeat = consumer_heartbeat_seconds(settings.model_copy(update={"broker": broker}))
+
+        assert heartbeat == 2.0 < consumer_heartbeat_seconds(settings)

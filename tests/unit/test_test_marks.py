@@ -38,14 +38,14 @@ def module_marks(source: str) -> set[str]:
 
 
 def modules(folder: str) -> list[Path]:
-    return sorted((TESTS / folder).glob("test_*.py"))
+    return sorted((TESTS / folder).rglob("test_*.py"))
 
 
 @pytest.mark.parametrize("folder", sorted(FOLDER_MARKS))
 def test_every_module_in_the_folder_carries_its_mark(folder: str) -> None:
     assert modules(folder), f"no test modules under tests/{folder}"
     unmarked = [
-        path.name
+        str(path.relative_to(TESTS))
         for path in modules(folder)
         if FOLDER_MARKS[folder] not in module_marks(path.read_text(encoding="utf-8"))
     ]
