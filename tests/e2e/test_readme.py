@@ -2,8 +2,8 @@
 
 The first fenced block of the section is run command by command in a copy of the checkout (with
 this environment as its `.venv`, as `make` would have made it): `run` starts in the background,
-the commands after it run "from another terminal", and the worker must then process what they
-fed it and stop cleanly on SIGTERM.
+the commands after it run "from another terminal" (each waits for the worker to process what the
+one before fed it), and the worker must stop cleanly on SIGTERM.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -52,6 +53,11 @@ def is_worker(command: str) -> bool:
     return " run " in f" {command} " and "referral-bridge" in command
 
 
+def caught_up(log: Path, published: int) -> bool:
+    """Whether the worker's log shows at least `published` events processed."""
+    return log.read_text().count('"event.processed"') >= published
+
+
 def test_the_section_has_a_trial_and_a_production_run_of_the_same_command() -> None:
     trial, production = blocks()[:2]
     [run] = [c for c in trial if is_worker(c)]
@@ -75,6 +81,7 @@ def test_the_steps_work_on_a_fresh_copy_of_the_checkout(tmp_path: Path) -> None:
     log = tmp_path / "worker.log"
     worker: subprocess.Popen[bytes] | None = None
     published = 0
+    audits: list[str] = []
     try:
         for command in blocks()[0]:
             if is_worker(command):
@@ -93,12 +100,17 @@ def test_the_steps_work_on_a_fresh_copy_of_the_checkout(tmp_path: Path) -> None:
             )  # fmt: skip
             assert done.returncode == 0, f"{command}\n{done.stdout}\n{done.stderr}"
             if found := re.search(r"published (\d+) messages", done.stdout):
+                # What comes next in the README reads what the worker made of them.
                 published += int(found[1])
+                assert wait_until(partial(caught_up, log, published), timeout=120), log.read_text()[
+                    -3000:
+                ]
+            if " audit " in command:
+                audits.append(done.stdout)
         assert worker is not None, "the steps never start the worker"
         assert published > 0, "the steps never feed the worker"
-        assert wait_until(
-            lambda: log.read_text().count('"event.processed"') >= published, timeout=120
-        ), log.read_text()[-3000:]
+        assert audits, "the steps never show the audit trail"
+        assert all("referral_sent" in audit for audit in audits)
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(timeout=60) == 0
     finally:
