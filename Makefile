@@ -23,7 +23,7 @@ test: $(STAMP)
 	$(BIN)/ruff check referral_bridge tests benchmarks
 	$(BIN)/ruff format --check referral_bridge tests benchmarks
 	$(BIN)/mypy
-	$(BIN)/pytest -n $(TEST_PROCESSES) --dist loadfile
+	$(BIN)/pytest -n $(TEST_PROCESSES) --dist loadfile --durations=15
 
 # The fast loop: the pure core and everything else that needs no broker or database.
 unit: $(STAMP)
