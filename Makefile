@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Test processes for `make test`: most tests wait on brokers, workers and deadlines, so three
-# share two cores well (docs/benchmarks.md, "The test suite").
+# share two cores well. One file runs in one process (its module fixtures are built once).
 TEST_PROCESSES ?= 3
 
 .PHONY: demo test unit lint typecheck schemas bench bench-report chaos clean
@@ -23,7 +23,7 @@ test: $(STAMP)
 	$(BIN)/ruff check referral_bridge tests benchmarks
 	$(BIN)/ruff format --check referral_bridge tests benchmarks
 	$(BIN)/mypy
-	$(BIN)/pytest -n $(TEST_PROCESSES) --dist loadgroup
+	$(BIN)/pytest -n $(TEST_PROCESSES) --dist loadfile --durations=15
 
 # The fast loop: the pure core and everything else that needs no broker or database.
 unit: $(STAMP)
@@ -52,7 +52,7 @@ bench-report: $(STAMP)
 # The long fault runs (docs/reliability.md): broker, ledger and process faults on thousands of
 # events, a provider flapping for 10 minutes, withdrawals racing deliveries. Prints the table.
 chaos: $(STAMP)
-	RB_FAULT_SCALE=long $(BIN)/pytest -q -s tests/e2e/test_fault_runs.py tests/e2e/test_chaos.py \
+	RB_FAULT_SCALE=long $(BIN)/pytest -q -s tests/e2e/fault_runs tests/e2e/test_chaos.py \
 		tests/e2e/test_flapping_provider.py tests/e2e/test_withdrawal_race.py
 
 clean:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from referral_bridge.delivery import (
     ReferralsBrokerPublisher,
     Route,
 )
+from referral_bridge.delivery.https import tls_context
 from referral_bridge.errors import ConfigError, LedgerUnavailableError
 from referral_bridge.files import private_dir, private_tree
 from referral_bridge.ledger import Ledger
@@ -171,25 +173,15 @@ def provider_routes(
         if provider.delivery == "https":
             assert provider.url is not None  # ProviderSection validates this
             _warn_if_retries_clamped(settings, provider_id)
-            try:
-                routes[provider_id] = HttpsRoute.build(
-                    provider=provider_id,
-                    url=provider.url,
-                    ca_bundle=provider.ca_bundle,
-                    client_cert=provider.client_cert,
-                    client_key=provider.client_key,
-                    connect_timeout=provider.connect_timeout_seconds,
-                    read_timeout=provider.read_timeout_seconds,
-                )
-            except (OSError, ValueError) as exc:
-                raise ConfigError(
-                    [
-                        f"providers.{provider_id}: the CA bundle or client certificate cannot "
-                        f"be loaded ({type(exc).__name__}: {exc}); check the paths and that "
-                        "they are PEM files"
-                    ]
-                ) from None
+            routes[provider_id] = HttpsRoute.build(
+                provider=provider_id,
+                url=provider.url,
+                context=provider_tls(provider_id, provider),
+                connect_timeout=provider.connect_timeout_seconds,
+                read_timeout=provider.read_timeout_seconds,
+            )
         elif provider.broker_url:
+            provider_tls(provider_id, provider)  # the broker's CA bundle, loaded again at connect
             routes[provider_id] = AmqpRoute(
                 ReferralsBrokerPublisher(
                     provider.broker_url,
@@ -202,6 +194,30 @@ def provider_routes(
         else:
             routes[provider_id] = force
     return routes
+
+
+def provider_tls(provider_id: str, provider: ProviderSection) -> ssl.SSLContext | None:
+    """The TLS context of a provider's own connection (HTTPS, or its amqps broker), its files
+    loaded now: a CA bundle or client certificate that cannot be used is a ConfigError at
+    start-up and in `check-config --offline`, not deliveries failing until their deadline.
+    None when the provider has no connection of its own (the force broker)."""
+    if provider.delivery == "https":
+        ca, cert, key = provider.ca_bundle, provider.client_cert, provider.client_key
+    elif provider.broker_url:
+        ca, cert, key = provider.broker_ca_bundle, None, None
+    else:
+        return None
+    try:
+        return tls_context(ca_bundle=ca, client_cert=cert, client_key=key)
+    except (OSError, ValueError) as exc:
+        files = ", ".join(str(path) for path in (ca, cert, key) if path is not None)
+        raise ConfigError(
+            [
+                f"providers.{provider_id}: TLS files cannot be loaded ({files or 'system CAs'}: "
+                f"{type(exc).__name__}: {exc}); check the paths, that this user can read them, "
+                "that they are PEM files and that the client certificate is its key's"
+            ]
+        ) from None
 
 
 def _warn_if_retries_clamped(settings: Settings, provider_id: str) -> None:

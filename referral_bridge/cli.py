@@ -1,5 +1,5 @@
-"""Command line: run, migrate, demo, simulate, keys, open, rules explain, schemas, check-config,
-dlq, audit, retention.
+"""Command line: run, migrate, check-config, keys, provider, dlq, audit, report, retention, open,
+rules explain, simulate, demo, schemas.
 
 Exit codes are part of the interface (a test pins them); systemd and scripts act on them.
 """
@@ -111,10 +111,24 @@ def cmd_rules_explain(args: argparse.Namespace) -> int:
             if (args.config or _has_env_config())
             else _default_policy()
         )
-    now = datetime.fromisoformat(args.now) if args.now else None
+    now: datetime | None = args.now
     raw = sys.stdin.buffer.read() if args.event == "-" else Path(args.event).read_bytes()
     earlier = [Path(name).read_bytes() for name in args.after or ()]
     return explain_event(raw, policy_path=policy_path, now=now, out=sys.stdout, after=earlier)
+
+
+def _moment(text: str) -> datetime:
+    """`--now`: an RFC 3339 time with an offset, as the contract's timestamps are."""
+    from pydantic import TypeAdapter, ValidationError
+
+    from referral_bridge.core.events import Timestamp
+
+    try:
+        return TypeAdapter(Timestamp).validate_python(text)
+    except ValidationError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an RFC 3339 time with an offset: use e.g. 2026-11-24T10:00:00Z"
+        ) from None
 
 
 def _has_env_config() -> bool:
@@ -200,9 +214,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     explain.add_argument("event", help="event JSON file; - for stdin")
     explain.add_argument(
-        "--policy", help="policy file (default: the configured one, else config/policy.toml)"
+        "--policy", help="policy file (default: the configured one, else the default policy)"
     )
-    explain.add_argument("--now", help="decide as at this RFC 3339 time (default: now)")
+    explain.add_argument(
+        "--now", type=_moment, help="decide as at this RFC 3339 time with an offset (default: now)"
+    )
     explain.add_argument(
         "--after",
         action="append",

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from referral_bridge.bootstrap import broker_of, topology_of
+from referral_bridge.errors import BridgeError
 from referral_bridge.files import private_dir
 from referral_bridge.ledger import Ledger
 from referral_bridge.resources import DEFAULT_POLICY, SAMPLES
@@ -180,7 +181,11 @@ def _masked(payload: dict[str, Any]) -> dict[str, Any]:
 def run_demo(*, data_dir: Path, cases: int, seed: int, marker: str | None, out: TextIO) -> int:
     config = prepare(data_dir)
     settings = load_settings(config, env={})
-    events: list[SimulatedEvent] = sample_events(SAMPLES) if SAMPLES.is_dir() else []
+    # Package data (referral_bridge/resources): an install without them is broken, not quieter.
+    events: list[SimulatedEvent] = sample_events(SAMPLES)
+    if not events:
+        raise BridgeError(f"no sample events in {SAMPLES}: reinstall referral-bridge")
+    samples = len(events)
     simulator = Simulator(seed=seed, now=datetime.now(UTC), marker=marker)
     events += list(simulator.cases(cases))
     bad = list(simulator.bad_messages(12))
@@ -193,7 +198,8 @@ def run_demo(*, data_dir: Path, cases: int, seed: int, marker: str | None, out: 
             publish_all(publisher, [*events, *bad])
         print(
             f"fed {len(events) + len(bad)} messages: {len(events)} events "
-            f"({len(valid_ids)} distinct ids, the rest repeats), {len(bad)} invalid on purpose",
+            f"({samples} contract samples; {len(valid_ids)} distinct ids, the rest repeats), "
+            f"{len(bad)} invalid on purpose",
             file=out,
         )
         ledger = Ledger.open(settings.ledger_url)
@@ -245,8 +251,8 @@ def close_the_loop(
     unknown task among them, on purpose); wait until the worker has taken them all."""
     events = respond(ledger, seed=seed, now=datetime.now(UTC), unknown=True)
     unknown = 2
-    # Counted before publishing: the worker may process some of them before a later count.
-    processed_before = ledger.counts()["totals"]["processed"]
+    # Counted before publishing: the worker takes the new events as soon as they arrive.
+    already = ledger.counts()["totals"]["processed"]
     with Publisher(broker_of(settings), topology_of(settings)) as publisher:
         publish_all(publisher, events)
     outcomes = sum(1 for event in events if event.from_provider) - 1
@@ -257,7 +263,7 @@ def close_the_loop(
         file=out,
     )
     distinct = {json.loads(event.body)["id"] for event in events[:-unknown]}
-    expected = processed_before + len(distinct)
+    expected = already + len(distinct)
     return wait_until_processed(settings, ledger, expected, dead + unknown, worker, out)
 
 

@@ -126,7 +126,9 @@ class InboxServer:
         path: str | None = None,
         fault: FaultHook | None = None,
         limits: ServerLimits | None = None,
+        routes: Sequence[BaseRoute] = (),
     ) -> None:
+        """`routes` go before the receiver's (the web inbox's pages, `intake.web`)."""
         self.inbox = inbox
         self.path = path
         #: Test hook: called per request; a status it returns is answered instead of storing.
@@ -135,7 +137,7 @@ class InboxServer:
             str(certfile), str(keyfile), client_ca=str(client_ca) if client_ca else None
         )
         self._server = BoundedServer(
-            create_inbox_app(inbox, path=path, fault=self._fault),
+            create_inbox_app(inbox, path=path, fault=self._fault, routes=routes),
             host=host,
             port=port,
             limits=limits or ServerLimits(),

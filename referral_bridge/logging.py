@@ -45,7 +45,8 @@ REDACTED = "[redacted]"
 
 #: Keys whose values may be logged. Identifiers (case, victim, record, referral, task ids) are
 #: pseudonymous references that operators need to trace a case; names, dates of birth and
-#: contact details never have a key here.
+#: contact details never have a key here. tests/unit/test_log_keys.py checks that every keyword the
+#: package passes to a logger is listed (or it would be logged as "[redacted]").
 ALLOWED_KEYS: frozenset[str] = frozenset(
     {
         # Added by the processors themselves.
@@ -64,6 +65,7 @@ ALLOWED_KEYS: frozenset[str] = frozenset(
         "case_kind",
         "victim_id",
         "record_ref",
+        "incident_ref",
         "version",
         "referral_id",
         "task_id",
@@ -78,6 +80,12 @@ ALLOWED_KEYS: frozenset[str] = frozenset(
         "service",
         "deadline",
         "due_by",
+        # Tasks and crime reviews: enum values, a flag and a derived id.
+        "task_kind",
+        "result",
+        "late",
+        "resolution",
+        "escalation_id",
         # Transport and delivery.
         "transport",
         "queue",
@@ -89,6 +97,10 @@ ALLOWED_KEYS: frozenset[str] = frozenset(
         "count",
         "attempts",
         "retry_in_s",
+        "retry_at",
+        "attempts_in_place",
+        "attempt_s",
+        "budget_s",
         "duration_ms",
         "status",
         "status_code",
@@ -96,9 +108,13 @@ ALLOWED_KEYS: frozenset[str] = frozenset(
         # Keys and files.
         "kid",
         "path",
+        # The provider's web inbox: a staff account's name (never a victim's; a name no account
+        # has is logged as "(unknown)": it may be a password typed in the wrong box).
+        "username",
         # Process.
         "pid",
         "worker",
+        "step",
         "command",
         "exit_code",
         "detail",

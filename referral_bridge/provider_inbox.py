@@ -22,7 +22,7 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -64,6 +64,18 @@ CREATE TABLE IF NOT EXISTS referrals (
 )
 """
 
+#: Added for the web inbox (issue 13): what the intake list shows without opening anything. None
+#: of it is personal data: the team (service), the Victims' Code deadline, when it arrived, and
+#: the outcome recorded. Added to older stores by `_add_columns`.
+_REFERRAL_COLUMNS = {
+    "service": "TEXT",
+    "deadline": "TEXT",
+    "received_at": "TEXT",
+    "updated_at": "TEXT",
+    "outcome": "TEXT",
+    "outcome_at": "TEXT",
+}
+
 
 @dataclass(frozen=True, slots=True)
 class InboxRecord:
@@ -79,6 +91,22 @@ class InboxRecord:
     envelope: str
     token: str
     plaintext: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReferralFacts:
+    """What the intake list shows of a referral without opening it: no personal data."""
+
+    service: str | None = None
+    deadline: str | None = None
+
+    @classmethod
+    def of(cls, payload: dict[str, Any]) -> ReferralFacts:
+        service, deadline = payload.get("service"), payload.get("deadline")
+        return cls(
+            service=service if isinstance(service, str) else None,
+            deadline=deadline if isinstance(deadline, str) else None,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,29 +140,60 @@ class InboxStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
+            self._add_columns()
         finally:
             os.umask(previous)
         for suffix in ("", "-wal", "-shm"):
             with contextlib.suppress(FileNotFoundError):
                 Path(f"{self.path}{suffix}").chmod(0o600)
 
-    def add(self, record: InboxRecord, *, revision: int | None = None) -> str:
-        """Store the record and apply it to the referral it concerns, in one transaction.
+    def _add_columns(self) -> None:
+        held = {row[1] for row in self._db.execute("PRAGMA table_info(referrals)")}
+        for name, kind in _REFERRAL_COLUMNS.items():
+            if name not in held:
+                self._db.execute(f"ALTER TABLE referrals ADD COLUMN {name} {kind}")
 
-        Returns `accepted`, `duplicate` (a message with its id is held), `unknown_referral` (an
-        update for a referral not held) or `referral_withdrawn` (an update after a withdrawal).
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """The store's connection inside one immediate transaction, under the store's lock.
+
+        For what shares this file (the web inbox's staff tables, `intake.store`): committed when
+        the block ends, rolled back if it raises.
         """
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                outcome = self._add(record, revision)
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def add(
+        self,
+        record: InboxRecord,
+        *,
+        revision: int | None = None,
+        facts: ReferralFacts | None = None,
+    ) -> str:
+        """Store the record and apply it to the referral it concerns, in one transaction.
+
+        Returns `accepted`, `duplicate` (a message with its id is held), `unknown_referral` (an
+        update for a referral not held) or `referral_withdrawn` (an update after a withdrawal).
+        A withdrawal deletes the sealed referral and updates it withdraws (the personal details),
+        in the same transaction.
+        """
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                outcome = self._add(record, revision, facts or ReferralFacts())
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT" if outcome == "accepted" else "ROLLBACK")
             return outcome
 
-    def _add(self, record: InboxRecord, revision: int | None) -> str:
+    def _add(self, record: InboxRecord, revision: int | None, facts: ReferralFacts) -> str:
         state = self._db.execute(
             "SELECT revision, withdrawn_at FROM referrals WHERE referral_id = ?",
             (record.referral_id,),
@@ -159,24 +218,59 @@ class InboxStore:
         )
         if cursor.rowcount != 1:
             return "duplicate"
+        received = record.received_at.isoformat()
         if record.event_type == REFERRAL_CREATED:
             self._db.execute(
-                "INSERT OR IGNORE INTO referrals VALUES (?, ?, 1, NULL)",
-                (record.referral_id, record.message_id),
+                "INSERT OR IGNORE INTO referrals (referral_id, current_message_id, revision, "
+                "service, deadline, received_at, updated_at) VALUES (?, ?, 1, ?, ?, ?, ?)",
+                (
+                    record.referral_id,
+                    record.message_id,
+                    facts.service,
+                    facts.deadline,
+                    received,
+                    received,
+                ),
             )
+            # A withdrawal that overtook its referral: the referral arrives withdrawn.
+            withdrawn = self._db.execute(
+                "SELECT received_at FROM inbox WHERE referral_id = ? AND event_type = ?",
+                (record.referral_id, REFERRAL_WITHDRAWN),
+            ).fetchone()
+            if withdrawn is not None:
+                self._withdraw(record.referral_id, str(withdrawn[0]))
         elif record.event_type == REFERRAL_UPDATED and revision is not None:
             # Revisions may arrive out of order: the highest one is what the provider holds.
             self._db.execute(
-                "UPDATE referrals SET current_message_id = ?, revision = ? "
-                "WHERE referral_id = ? AND revision < ?",
-                (record.message_id, revision, record.referral_id, revision),
+                "UPDATE referrals SET current_message_id = ?, revision = ?, "
+                "service = coalesce(?, service), deadline = coalesce(?, deadline), "
+                "updated_at = ? WHERE referral_id = ? AND revision < ?",
+                (
+                    record.message_id,
+                    revision,
+                    facts.service,
+                    facts.deadline,
+                    received,
+                    record.referral_id,
+                    revision,
+                ),
             )
         else:
-            self._db.execute(
-                "UPDATE referrals SET withdrawn_at = ? WHERE referral_id = ?",
-                (record.received_at.isoformat(), record.referral_id),
-            )
+            self._withdraw(record.referral_id, received)
         return "accepted"
+
+    def _withdraw(self, referral_id: str, at: str) -> None:
+        """Mark the referral withdrawn and delete its personal details (the sealed tokens of
+        the referral and its updates, and any plain text) at once."""
+        self._db.execute(
+            "UPDATE referrals SET withdrawn_at = coalesce(withdrawn_at, ?) WHERE referral_id = ?",
+            (at, referral_id),
+        )
+        self._db.execute(
+            "UPDATE inbox SET token = '', plaintext = NULL WHERE referral_id = ? "
+            "AND event_type != ?",
+            (referral_id, REFERRAL_WITHDRAWN),
+        )
 
     def current(self, referral_id: str) -> tuple[str, int, bool] | None:
         """(message id of the current revision, revision, withdrawn) of a referral held."""
@@ -288,7 +382,7 @@ class ReferralInbox:
         )
         revision = payload.get("revision") if event_type == REFERRAL_UPDATED else None
         try:
-            outcome = self._store.add(record, revision=revision)
+            outcome = self._store.add(record, revision=revision, facts=ReferralFacts.of(payload))
         except sqlite3.Error as exc:
             log.error("inbox.store_failed", message_id=message_id, error_type=type(exc).__name__)
             return Answer(503, "store_unavailable", message_id)

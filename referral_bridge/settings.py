@@ -26,6 +26,9 @@ ENV_OVERRIDES: Mapping[str, tuple[str, str]] = {
     "REFERRAL_BRIDGE_LEDGER_URL": ("ledger", "url"),
     "REFERRAL_BRIDGE_DATA_DIR": ("bridge", "data_dir"),
 }
+#: The file paths in a provider's table: resolved against the config file's folder, and all left
+#: as written when operator tools load settings without keys (`resolve_keys=False`).
+PROVIDER_FILE_KEYS = ("public_keys", "ca_bundle", "client_cert", "client_key", "broker_ca_bundle")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -266,13 +269,7 @@ def _resolve_paths(
     if isinstance(providers, dict):
         for provider_id, provider in providers.items():
             if isinstance(provider, dict):
-                for key in (
-                    "public_keys",
-                    "ca_bundle",
-                    "client_cert",
-                    "client_key",
-                    "broker_ca_bundle",
-                ):
+                for key in PROVIDER_FILE_KEYS:
                     fix(provider, key, f"providers.{provider_id}.{key}")
 
 
@@ -289,7 +286,7 @@ def load_settings(
     """Read, override from the environment and validate; raise ConfigError listing every problem.
 
     `resolve_keys=False` is for operator tools that need no key (`dlq`, `audit`): the paths of
-    the signing key and of providers' key and certificate files are left exactly as written,
+    the signing key and of every provider file (PROVIDER_FILE_KEYS) are left exactly as written,
     `${VAR}` unexpanded, so that an unset `${CREDENTIALS_DIRECTORY}` outside systemd is no error.
     Such settings must not be used to load keys.
     """
@@ -317,8 +314,7 @@ def load_settings(
         providers = raw.get("providers")
         tables: list[tuple[Any, tuple[str, ...]]] = [(raw.get("keys"), ("signing_key",))]
         if isinstance(providers, dict):
-            provider_keys = ("public_keys", "ca_bundle", "client_cert", "client_key")
-            tables += [(provider, provider_keys) for provider in providers.values()]
+            tables += [(provider, PROVIDER_FILE_KEYS) for provider in providers.values()]
         for table, names in tables:
             if isinstance(table, dict):
                 aside += [(table, name, table.pop(name)) for name in names if name in table]

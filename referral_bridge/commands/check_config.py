@@ -2,7 +2,8 @@
 exactly what is wrong and what to do about it.
 
 Checks, in order: the configuration file, the policy, the keys (permissions, the signing key
-against the public file next to it, unique kids), the metrics address, then (unless
+against the public file next to it, unique kids), providers' TLS files (CA bundles, client
+certificates: loaded as `run` loads them), the metrics address, then (unless
 `--offline`) broker and ledger reachability. Every check prints one line, `OK`, `WARN` or
 `FAIL`, on stdout; failures are repeated on stderr. The exit code is RET_CONFIG (3) when anything
 needs an operator to change configuration, keys or software, else RET_CONNECT (4) when the broker
@@ -254,6 +255,28 @@ def check_keys(settings: Settings) -> list[Finding]:
     return findings + provider_findings + _check_kids_unique(signing, sets)
 
 
+def check_provider_tls(settings: Settings) -> list[Finding]:
+    """Each provider's own TLS files (HTTPS: CA bundle, client certificate and key; a provider
+    broker: its CA bundle), loaded exactly as `run` loads them at start."""
+    from referral_bridge.bootstrap import provider_tls
+
+    findings: list[Finding] = []
+    for provider_id, provider in settings.providers.items():
+        try:
+            context = provider_tls(provider_id, provider)
+        except ConfigError as exc:
+            findings += [fail("tls", problem) for problem in exc.problems]
+            continue
+        if context is None:
+            continue
+        trusted = provider.ca_bundle if provider.delivery == "https" else provider.broker_ca_bundle
+        mutual = f", client certificate {provider.client_cert}" if provider.client_cert else ""
+        findings.append(
+            ok("tls", f"provider {provider_id}: trusts {trusted or 'the system CAs'}{mutual}")
+        )
+    return findings
+
+
 # --- metrics, broker, ledger -------------------------------------------------------------------
 
 
@@ -462,6 +485,7 @@ def run_checks(
         return findings
     findings += check_policy(settings)
     findings += check_keys(settings)
+    findings += check_provider_tls(settings)
     findings += check_metrics(settings)
     if offline:
         findings.append(ok("broker", "not checked (--offline)"))

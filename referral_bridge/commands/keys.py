@@ -13,7 +13,7 @@ from referral_bridge.exit_codes import RET_OK, RET_USAGE
 def cmd_generate(args: argparse.Namespace) -> int:
     from referral_bridge.sealing import generate_key_pair
 
-    files = generate_key_pair(args.kid, Path(args.out))
+    files = generate_key_pair(args.kid, Path(args.out), name=args.name)
     print(f"private key: {files.private_path} (mode 0600: keep it secret)")
     print(f"public key:  {files.public_path}")
     return RET_OK
@@ -56,6 +56,11 @@ def register(commands: SubParsers) -> None:
     generate.add_argument("--kid", required=True, help="key id, e.g. bridge-2026-11")
     generate.add_argument(
         "--out", required=True, help="folder to write KID.private.jwk and KID.public.jwk"
+    )
+    generate.add_argument(
+        "--name",
+        help="write NAME.private.jwk and NAME.public.jwk instead (e.g. bridge: the file the "
+        "default configuration names)",
     )
     generate.set_defaults(func=cmd_generate)
 

@@ -14,13 +14,23 @@ import json
 import signal
 import sys
 import threading
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from referral_bridge.commands import SubParsers, settings_from, with_config
 from referral_bridge.display import safe_text
 from referral_bridge.exit_codes import RET_FAILURE, RET_OK, RET_USAGE
+
+if TYPE_CHECKING:
+    from starlette.routing import BaseRoute
+
+    from referral_bridge.intake.outbox import OutcomeOutbox
+    from referral_bridge.provider_inbox import InboxStore
+    from referral_bridge.sealing import KeySet
+    from referral_bridge.transport import Publisher
 
 
 def cmd_inbox(args: argparse.Namespace) -> int:
@@ -33,14 +43,24 @@ def cmd_inbox(args: argparse.Namespace) -> int:
     if not host or not (port.isascii() and port.isdigit()):
         print(f"referral-bridge: --listen {args.listen!r} is not HOST:PORT", file=sys.stderr)
         return RET_USAGE
+    if args.users and not args.broker_url:
+        print(
+            "referral-bridge: the web inbox (--users) needs --broker-url: the force's broker, "
+            "with this provider's account, to send outcomes to",
+            file=sys.stderr,
+        )
+        return RET_USAGE
     store = InboxStore(Path(args.store))
+    decryption_keys = load_key_set(Path(args.keys))
+    verification_keys = load_key_set(Path(args.verify_with))
     inbox = ReferralInbox(
         provider=args.provider,
-        decryption_keys=load_key_set(Path(args.keys)),
-        verification_keys=load_key_set(Path(args.verify_with)),
+        decryption_keys=decryption_keys,
+        verification_keys=verification_keys,
         store=store,
         store_plaintext=args.store_plaintext,
     )
+    web = _web_inbox(args, store, decryption_keys, verification_keys) if args.users else None
     server = InboxServer(
         inbox,
         certfile=Path(args.cert),
@@ -48,7 +68,8 @@ def cmd_inbox(args: argparse.Namespace) -> int:
         host=host,
         port=int(port),
         client_ca=Path(args.client_ca) if args.client_ca else None,
-        path=args.path,
+        path=args.path or ("/referrals" if web else None),
+        routes=web.routes if web else (),
         limits=ServerLimits(
             request_seconds=args.request_deadline,
             handshake_seconds=args.request_deadline,
@@ -64,11 +85,101 @@ def cmd_inbox(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, request_stop)
     server.start()
     print(f"listening on {server.url} (stop with Ctrl-C)", file=sys.stderr)
+    if web is not None:
+        web.outbox.start()
+        print(f"staff sign in at https://{args.listen}/inbox", file=sys.stderr)
     try:
         stop.wait()
     finally:
         server.stop()
+        if web is not None:
+            web.close()
         store.close()
+    return RET_OK
+
+
+@dataclass
+class _WebInbox:
+    routes: list[BaseRoute]
+    outbox: OutcomeOutbox
+    publisher: Publisher
+
+    def close(self) -> None:
+        self.outbox.stop()
+        self.publisher.close()
+
+
+def _web_inbox(
+    args: argparse.Namespace,
+    store: InboxStore,
+    decryption_keys: KeySet,
+    verification_keys: KeySet,
+) -> _WebInbox:
+    """The staff pages beside the receiver, and the loop that sends their outcomes."""
+    from referral_bridge.intake.accounts import Accounts
+    from referral_bridge.intake.outbox import OutcomeOutbox
+    from referral_bridge.intake.store import IntakeStore
+    from referral_bridge.intake.web import IntakeWeb, intake_routes
+    from referral_bridge.provider_outcomes import OutcomeSender
+    from referral_bridge.transport import Publisher, Topology, broker_spec
+
+    spec = broker_spec(args.broker_url, Path.cwd())
+    exchange = args.outcomes_exchange or Topology().outcomes_exchange
+    # One attempt per publish: the outbox loop does the waiting and retrying, for ever.
+    publisher = Publisher(
+        spec,
+        Topology(outcomes_exchange=exchange),
+        declare_topology=spec.embedded,
+        retry_attempts=1,
+    )
+    sender = OutcomeSender(publisher, provider=args.provider, exchange=exchange)
+    intake = IntakeStore(store)
+
+    def send(referral_id: str, outcome: str, at: datetime, event_id: str) -> object:
+        return sender.send(referral_id, outcome, at=at, event_id=event_id)
+
+    outbox = OutcomeOutbox(intake, send, clock=lambda: datetime.now(UTC))
+    web = IntakeWeb(
+        store=intake,
+        accounts=Accounts(Path(args.users)),
+        decryption_keys=decryption_keys,
+        verification_keys=verification_keys,
+        outbox=outbox,
+        provider=args.provider,
+    )
+    return _WebInbox(routes=intake_routes(web), outbox=outbox, publisher=publisher)
+
+
+def cmd_users(args: argparse.Namespace) -> int:
+    """Keep the web inbox's accounts file: add (or reset), disable, enable, list."""
+    from referral_bridge.core.intake import Role
+    from referral_bridge.intake.accounts import AccountsError, add_user, read_accounts, set_disabled
+
+    path = Path(args.users)
+    try:
+        if args.users_command == "add":
+            if args.password_stdin:
+                password = sys.stdin.readline().rstrip("\n")
+            else:
+                password = getpass.getpass("password: ")
+                if getpass.getpass("again: ") != password:
+                    print("referral-bridge: the passwords differ; nothing changed", file=sys.stderr)
+                    return RET_USAGE
+            account = add_user(
+                path, args.username, password, role=Role(args.role), teams=args.team or []
+            )
+            print(f"added {account.username} ({account.role.value}) to {path}")
+        elif args.users_command in ("disable", "enable"):
+            account = set_disabled(path, args.username, disabled=args.users_command == "disable")
+            print(f"{account.username}: {'disabled' if account.disabled else 'enabled'}")
+        else:
+            for account in read_accounts(path).values():
+                state = "disabled" if account.disabled else "active"
+                teams = ",".join(account.teams) or "-"
+                print(f"{account.username}  {account.role.value:<6} {state:<8} teams={teams}")
+    except AccountsError as exc:
+        print(f"referral-bridge: {exc}", file=sys.stderr)
+        return RET_USAGE
     return RET_OK
 
 
@@ -249,7 +360,48 @@ def register(commands: SubParsers) -> None:
         help="open connections at most; more wait in the kernel's queue "
         "(default: half the open-file limit, at most 1024)",
     )
+    inbox.add_argument(
+        "--users",
+        metavar="FILE",
+        help="serve the staff web inbox (/inbox) with the accounts in FILE "
+        "(`provider users add`); the receiver then takes POSTs on /referrals unless --path says",
+    )
+    inbox.add_argument(
+        "--broker-url",
+        help="web inbox: the force's broker, with this provider's account (amqps://...), "
+        "where recorded outcomes are sent",
+    )
+    inbox.add_argument(
+        "--outcomes-exchange",
+        help="web inbox: the outcomes exchange (default: victim-services.outcomes)",
+    )
     inbox.set_defaults(func=cmd_inbox)
+
+    users = provider.add_parser(
+        "users", help="staff accounts of the web inbox: add, disable, enable, list"
+    ).add_subparsers(dest="users_command", required=True)
+    add = users.add_parser("add", help="add a user, or set a new password, role or teams")
+    add.add_argument("username")
+    add.add_argument("--role", choices=("intake", "admin"), default="intake")
+    add.add_argument(
+        "--team",
+        action="append",
+        metavar="SERVICE",
+        help="a service (team) whose referrals an intake worker sees; repeat for more",
+    )
+    add.add_argument(
+        "--password-stdin", action="store_true", help="read the password from standard input"
+    )
+    for name, text in (
+        ("disable", "refuse a user's sign-in (and end their sessions at their next request)"),
+        ("enable", "let a disabled user sign in again"),
+    ):
+        parser = users.add_parser(name, help=text)
+        parser.add_argument("username")
+    users.add_parser("list", help="list users (no hashes)")
+    for parser in users.choices.values():
+        parser.add_argument("--users", required=True, metavar="FILE", help="the accounts file")
+        parser.set_defaults(func=cmd_users)
 
     outcome = with_config(
         provider.add_parser(

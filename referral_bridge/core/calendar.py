@@ -24,7 +24,8 @@ class WorkingDayCalendar:
     """Monday to Friday in Europe/London, except England and Wales bank holidays.
 
     `extra_closures` takes a one-off bank holiday proclaimed after the installed `holidays`
-    release knew of it, so a force can add it through configuration without a new release.
+    release knew of it. No configuration sets it yet (docs/known-limitations.md): until one does,
+    such a day is added by upgrading `holidays`.
     """
 
     extra_closures: frozenset[date] = field(default_factory=frozenset)

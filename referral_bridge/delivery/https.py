@@ -42,6 +42,24 @@ CLOUDEVENTS_JSON = "application/cloudevents+json"
 _TRANSIENT_4XX = frozenset({408, 425, 429})
 
 
+def tls_context(
+    *,
+    ca_bundle: Path | None = None,
+    client_cert: Path | None = None,
+    client_key: Path | None = None,
+) -> ssl.SSLContext:
+    """TLS 1.2+ trusting only `ca_bundle` (else the system CAs), with mutual TLS when a client
+    certificate is given. Loads the files now: OSError (ssl.SSLError among them) or ValueError
+    when one is missing, unreadable, not PEM, or a certificate is not its key's."""
+    context = ssl.create_default_context(cafile=str(ca_bundle) if ca_bundle is not None else None)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if client_cert is not None:
+        context.load_cert_chain(
+            str(client_cert), str(client_key) if client_key is not None else None
+        )
+    return context
+
+
 class HttpsRoute:
     """POSTs outbox messages to one provider's endpoint with one pooled httpx client."""
 
@@ -78,20 +96,16 @@ class HttpsRoute:
         ca_bundle: Path | None = None,
         client_cert: Path | None = None,
         client_key: Path | None = None,
+        context: ssl.SSLContext | None = None,
         connect_timeout: float = 5.0,
         read_timeout: float = 15.0,
         transport: httpx.BaseTransport | None = None,
     ) -> HttpsRoute:
-        """A route whose TLS trusts only `ca_bundle` (else the system CAs), with mutual TLS when
-        a client certificate is given. Redirects are not followed: a moved endpoint is a
-        configuration change to make on purpose."""
-        context = ssl.create_default_context(
-            cafile=str(ca_bundle) if ca_bundle is not None else None
-        )
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        if client_cert is not None:
-            context.load_cert_chain(
-                str(client_cert), str(client_key) if client_key is not None else None
+        """A route whose TLS is `context`, else `tls_context` of the files given. Redirects are
+        not followed: a moved endpoint is a configuration change to make on purpose."""
+        if context is None:
+            context = tls_context(
+                ca_bundle=ca_bundle, client_cert=client_cert, client_key=client_key
             )
         sockets = AttemptSockets()
         client = httpx.Client(

@@ -153,17 +153,21 @@ class KeySet:
         return f"KeySet(kids={self.kids!r}, current={self._current_kid!r})"
 
 
-def generate_key_pair(kid: str, out_dir: Path) -> KeyPairFiles:
-    """Write a new P-256 key pair as ``<kid>.private.jwk`` (0600) and ``<kid>.public.jwk`` (0644).
+def generate_key_pair(kid: str, out_dir: Path, *, name: str | None = None) -> KeyPairFiles:
+    """Write a new P-256 key pair as ``<name>.private.jwk`` (0600) and ``<name>.public.jwk``
+    (0644); `name` defaults to the kid. A name that stays the same across kids (``bridge``) is
+    the file a configuration names, so a new kid needs no configuration change.
 
     Never overwrites: a key that signed or received referrals must survive until it is retired,
     so rotation means a new kid. ``out_dir`` is created (0700) when missing.
     """
     _check_kid(kid)
+    stem = kid if name is None else name
+    _check_kid(stem, what="file name")
     out_dir = Path(out_dir)
     out_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    private_path = out_dir / f"{kid}{PRIVATE_SUFFIX}"
-    public_path = out_dir / f"{kid}{PUBLIC_SUFFIX}"
+    private_path = out_dir / f"{stem}{PRIVATE_SUFFIX}"
+    public_path = out_dir / f"{stem}{PUBLIC_SUFFIX}"
     for path in (private_path, public_path):
         if os.path.lexists(path):
             raise _exists_error(path)
@@ -254,10 +258,10 @@ def load_key_set(path: Path) -> KeySet:
     return KeySet(keys, current_kid=current_kids[0] if current_kids else None)
 
 
-def _check_kid(kid: str) -> None:
+def _check_kid(kid: str, *, what: str = "key id") -> None:
     if not _KID_PATTERN.fullmatch(kid):
         raise InvalidKeyIdError(
-            f"key id {kid[:40]!r} is not usable: use 1-128 letters, digits, '.', '_' or '-', "
+            f"{what} {kid[:40]!r} is not usable: use 1-128 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit (it becomes part of the key file names)"
         )
 

@@ -13,13 +13,20 @@ Measured limits that shape the rest of the transport layer:
 - exchange types and bindings are held in the memory of the process that declared them, so the
   Publisher declares the topology itself and `publish_inbound` writes straight to the work queue;
 - every fetch lists and sorts the queue folder, so it slows as a queue grows, and the order of
-  messages is not guaranteed across machine restarts.
+  messages is not guaranteed across machine restarts;
+- kombu's own `_put` creates a message's file empty and then writes it, and a fetch takes any
+  file it sees without a lock: one taken in between is read empty, deleted and lost. Our channel
+  (`_AtomicChannel`) writes under a name fetches skip and renames the finished file into place.
 
 Use RabbitMQ for anything that must not lose messages or runs several workers.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import time
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +35,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from kombu.connection import Connection
+from kombu.exceptions import ChannelError
+from kombu.transport import filesystem
+from kombu.utils.encoding import str_to_bytes
+from kombu.utils.json import dumps
 
 from referral_bridge.display import mask_url
 from referral_bridge.files import private_dir
@@ -44,6 +55,31 @@ _EMBEDDED_POLL_SECONDS = 0.1
 
 #: Seconds to wait for a TCP connection to RabbitMQ before treating it as unreachable.
 _CONNECT_TIMEOUT_SECONDS = 10.0
+
+
+class _AtomicChannel(filesystem.Channel):
+    """kombu's filesystem channel, with each message file complete before any reader can see it."""
+
+    # kombu names the argument "payload" here and "message" in the base class: keep its own.
+    def _put(self, queue: Any, payload: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        # The name kombu gives (its monotonic milliseconds order a queue); the file is written as
+        # ".NAME.partial", which a fetch skips (it takes names whose text after the first dot is
+        # "QUEUE.msg"), and renamed in one step.
+        name = f"{round(time.monotonic() * 1000)}_{uuid.uuid4()}.{queue}.msg"
+        final = os.path.join(self.data_folder_out, name)
+        partial = os.path.join(self.data_folder_out, f".{name}.partial")
+        try:
+            with open(partial, "wb") as file:
+                file.write(str_to_bytes(dumps(payload)))
+            os.replace(partial, final)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(partial)
+            raise ChannelError(f"Cannot add file {final!r} to directory") from exc
+
+
+class _AtomicFilesystemTransport(filesystem.Transport):
+    Channel = _AtomicChannel
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -73,6 +109,7 @@ class BrokerSpec:
             private_dir(folder)
         return Connection(
             self.url,
+            transport=_AtomicFilesystemTransport if self.embedded else None,
             transport_options=dict(self.transport_options),
             connect_timeout=_CONNECT_TIMEOUT_SECONDS,
             heartbeat=0 if self.embedded else heartbeat,

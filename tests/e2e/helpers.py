@@ -14,9 +14,8 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -30,6 +29,7 @@ from referral_bridge.ledger.schema import actions, outbox, processed_events
 from referral_bridge.resources import DEFAULT_POLICY, SAMPLES
 from referral_bridge.sealing import generate_key_pair
 from referral_bridge.transport import Publisher, Topology, broker_spec, queue_depth
+from tests.waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 POLICY = DEFAULT_POLICY
@@ -56,18 +56,6 @@ def worker_environment() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in _BRIDGE_ENV}
     env["PYTHONUNBUFFERED"] = "1"
     return env
-
-
-def wait_until(
-    condition: Callable[[], bool], *, timeout: float = 30.0, interval: float = 0.2
-) -> bool:
-    """Poll `condition` until it holds or `timeout` passes; return whether it held."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(interval)
-    return condition()
 
 
 def key_path(keys: Path, kid: str, kind: str) -> Path:

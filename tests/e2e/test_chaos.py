@@ -30,8 +30,9 @@ from referral_bridge.service import ReferralService, Routes
 from referral_bridge.settings import load_settings
 from referral_bridge.simulate import MARKER_DATE_OF_BIRTH, SimulatedEvent, Simulator
 from referral_bridge.transport import Ack, DeadLetter, InboundMessage, Verdict
-from tests.e2e.helpers import BridgeEnv, Received, Worker, wait_until
+from tests.e2e.helpers import BridgeEnv, Received, Worker
 from tests.faults.harness import LONG
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -25,9 +25,9 @@ from tests.e2e.helpers import (
     crime_event,
     iso,
     new_ref,
-    wait_until,
     worker_environment,
 )
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 

@@ -41,9 +41,9 @@ from tests.e2e.helpers import (
     new_ref,
     provider_kid,
     run_cli,
-    wait_until,
     worker_environment,
 )
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 

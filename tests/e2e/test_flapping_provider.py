@@ -94,7 +94,7 @@ def flap_run(tmp_path_factory: pytest.TempPathFactory) -> FlapRun:
         next_tick = started
         n = 0
         with structlog.testing.capture_logs() as logs:
-            while time.monotonic() - started < RUN_S + 30:
+            while time.monotonic() - started < RUN_S + 180:  # ends once all are delivered
                 now = time.monotonic()
                 if now - started < RUN_S and n < (now - started) * RATE_PER_S:
                     crime_ref, victim = f"LC-26-{n:07d}", make_victim(f"P-{n:05d}")

@@ -20,10 +20,11 @@ import httpx
 import pytest
 
 from referral_bridge.core import ids
-from tests.e2e.helpers import cli_command, wait_until, worker_environment
+from tests.e2e.helpers import cli_command, worker_environment
 from tests.fakes import KeyMaterial, make_keys
 from tests.integration.test_delivery_helpers import LANCASHIRE, Pki, make_pki
 from tests.unit.factories import FAKE_PHONE
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.e2e]
 
@@ -51,10 +52,26 @@ def listening(port: int) -> bool:
         return False
 
 
-def inbox_command(pki: Pki, keys: KeyMaterial, port: int, store: Path) -> list[str]:
-    """`referral-bridge provider inbox` for LANCASHIRE on 127.0.0.1:`port`, POSTs on /referrals."""
+def inbox_command(
+    pki: Pki,
+    keys: KeyMaterial | tuple[Path, Path],
+    port: int,
+    store: Path,
+    *,
+    log_json: bool = False,
+) -> list[str]:
+    """`referral-bridge provider inbox` for LANCASHIRE on 127.0.0.1:`port`, POSTs on /referrals.
+
+    `keys`: the test key material, or (the provider's private key set, the bridge's public one).
+    """
+    private, public = (
+        (keys.provider_private[LANCASHIRE], keys.bridge_public)
+        if isinstance(keys, KeyMaterial)
+        else keys
+    )
     return [
         *cli_command(),
+        *(["--log-json"] if log_json else []),
         "provider",
         "inbox",
         "--listen",
@@ -66,9 +83,9 @@ def inbox_command(pki: Pki, keys: KeyMaterial, port: int, store: Path) -> list[s
         "--provider",
         LANCASHIRE,
         "--keys",
-        str(keys.provider_private[LANCASHIRE]),
+        str(private),
         "--verify-with",
-        str(keys.bridge_public),
+        str(public),
         "--store",
         str(store),
         "--path",

@@ -27,6 +27,7 @@ import pytest
 
 from referral_bridge.core import ids
 from referral_bridge.core.calendar import LONDON
+from tests.e2e.browser import headless_chromium
 from tests.e2e.conftest import postgres_database
 from tests.e2e.helpers import (
     LANCASHIRE,
@@ -325,27 +326,7 @@ def test_no_personal_data_in_any_format(reported: Path, name: str) -> None:
 
 
 def test_the_page_renders_in_a_real_browser_without_network_or_errors(reported: Path) -> None:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = "/usr/bin/chromium"
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-default-apps",
-        "--disable-sync",
-        "--no-first-run",
-        "--disable-extensions",
-        f"--user-data-dir={reported / f'chromium-{uuid.uuid4().hex}'}",
-    ):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
-    driver = webdriver.Chrome(options=options, service=Service("/usr/bin/chromedriver"))
+    driver = headless_chromium(reported, logging=True)
     try:
         url = (reported / "report.html").resolve().as_uri()
         driver.get(url)

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.e2e.helpers import BridgeEnv, Received, crime_event, new_ref, wait_until
+from tests.e2e.helpers import BridgeEnv, Received, crime_event, new_ref
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 

@@ -18,12 +18,13 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import BridgeFactory
-from tests.e2e.helpers import crime_event, new_ref, wait_until
+from tests.e2e.helpers import crime_event, new_ref
 from tests.integration.test_delivery_helpers import (
     TricklingProvider,
     make_pki,
     trickling_provider,
 )
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -30,9 +30,9 @@ from tests.e2e.helpers import (
     key_path,
     new_ref,
     provider_kid,
-    wait_until,
     with_changes,
 )
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 

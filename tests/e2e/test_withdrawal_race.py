@@ -25,9 +25,9 @@ from tests.e2e.helpers import (
     consent_event,
     crime_event,
     encode,
-    wait_until,
 )
 from tests.faults.harness import LONG
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from referral_bridge.core import ids
-from tests.e2e.helpers import LANCASHIRE, BridgeEnv, Worker, crime_event, encode, wait_until
+from tests.e2e.helpers import LANCASHIRE, BridgeEnv, Worker, crime_event, encode
+from tests.waiting import wait_until
 
 LONG = os.environ.get("RB_FAULT_SCALE") == "long"
 #: Events of a run, the rate they are published at, and the faults injected meanwhile.
@@ -221,3 +222,10 @@ def _sleep_until(moment: float) -> None:
     delay = moment - time.monotonic()
     if delay > 0:
         time.sleep(delay)
+
+
+def assert_nothing_lost(result: FaultResult) -> None:
+    assert (result.lost, result.unexpected) == (0, 0), result.row()
+    assert result.referrals_out == result.referrals_expected, result.row()
+    assert (result.dead_lettered, result.wrongly_dead_lettered) == (BAD, 0), result.row()
+    assert set(result.exit_codes) == {0}, result.row()

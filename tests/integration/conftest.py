@@ -34,6 +34,7 @@ from referral_bridge.transport import (
     queue_depth,
 )
 from tests.fakes import ledger_url_for, require_postgres, throwaway_postgres_database
+from tests.waiting import wait_until
 
 RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672//"
 #: Retries a test can wait for: 5 attempts, 0.1 to 0.4 s apart.
@@ -42,16 +43,6 @@ QUICK_RETRIES = RetryPolicy(
     first_delay=timedelta(milliseconds=100),
     longest_delay=timedelta(milliseconds=400),
 )
-
-
-def wait_until(condition: Callable[[], bool], *, timeout: float = 10.0) -> bool:
-    """Poll `condition` until it holds or `timeout` passes; return whether it held."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
 
 
 class RecordingHandler:

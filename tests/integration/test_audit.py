@@ -21,6 +21,8 @@ from referral_bridge.audit import (
 )
 from referral_bridge.ledger import AuditFacts, Ledger, OutboxMessage
 
+pytestmark = pytest.mark.integration
+
 AT = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 CONSENT_AT = datetime(2026, 11, 23, 9, 30, tzinfo=UTC)
 

@@ -46,6 +46,8 @@ from tests.integration.test_service import (  # noqa: F401  (fixtures, used by n
 )
 from tests.unit.factories import CRIME_REF, INCIDENT_REF, make_crime, make_victim
 
+pytestmark = pytest.mark.integration
+
 ESCALATION = "officer.task.escalation"
 HOMICIDE = "homicide-service"
 CALENDAR = WorkingDayCalendar()

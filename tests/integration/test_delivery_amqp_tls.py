@@ -22,6 +22,8 @@ from referral_bridge.delivery.amqp import ReferralsBrokerPublisher, tls_options
 from referral_bridge.transport.errors import BrokerUnavailableError
 from tests.integration.test_delivery_helpers import _ca, _leaf
 
+pytestmark = pytest.mark.integration
+
 EXCHANGE = "victim-services.referrals"
 
 

@@ -35,8 +35,8 @@ from tests.fakes import (
     require_postgres,
     throwaway_postgres_database,
 )
-from tests.integration.conftest import wait_until
 from tests.unit.factories import CRIME_REF, REPORTED_AT, make_crime
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 

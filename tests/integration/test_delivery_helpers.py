@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -28,6 +29,8 @@ from referral_bridge.inbox_app import InboxServer
 from referral_bridge.ledger import Ledger
 from referral_bridge.provider_inbox import InboxStore, ReferralInbox
 from tests.fakes import FakeClock, KeyMaterial, RecordingPublisher
+
+pytestmark = pytest.mark.integration
 
 LANCASHIRE = "lancashire-victim-services"
 HOMICIDE = "homicide-service"

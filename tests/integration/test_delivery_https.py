@@ -35,7 +35,6 @@ from tests.fakes import (
     make_keys,
     make_service,
 )
-from tests.integration.conftest import wait_until
 from tests.integration.test_delivery_helpers import (
     HOMICIDE,
     LANCASHIRE,
@@ -48,6 +47,9 @@ from tests.integration.test_delivery_helpers import (
     running_inbox,
 )
 from tests.unit.factories import CRIME_REF, FAKE_PHONE, REPORTED_AT, make_crime, make_victim
+from tests.waiting import wait_until
+
+pytestmark = pytest.mark.integration
 
 CREATED = "victim.referral.created"
 LEAFLET = "officer.task.leaflet"

@@ -23,6 +23,8 @@ from tests.integration.test_delivery_helpers import (
     running_inbox,
 )
 
+pytestmark = pytest.mark.integration
+
 CREATED = "victim.referral.created"
 WITHDRAWN = "victim.referral.withdrawn"
 UPDATED = "victim.referral.updated"

@@ -27,6 +27,8 @@ from tests.fakes import make_service as make_fake_service
 from tests.integration.test_delivery_helpers import LANCASHIRE, make_engine
 from tests.unit.factories import REPORTED_AT, make_crime, make_victim
 
+pytestmark = pytest.mark.integration
+
 START = REPORTED_AT + timedelta(hours=1)
 
 

@@ -24,6 +24,8 @@ from referral_bridge.transport.publisher import ORIGINAL_ROUTING_KEY_HEADER
 from referral_bridge.transport.topology import Topology, dead_letter_queue_entity
 from tests.integration.conftest import BrokerHarness
 
+pytestmark = pytest.mark.integration
+
 FAILED_AT = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 NOT_UTF8 = b'{"name": "\xff\xfe"}'
 

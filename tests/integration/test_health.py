@@ -24,9 +24,9 @@ from tests.e2e.helpers import (
     consent_event,
     crime_event,
     new_ref,
-    wait_until,
 )
 from tests.faults.proxy import FaultProxy
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 

@@ -30,7 +30,7 @@ from prometheus_client import CollectorRegistry
 from referral_bridge.health import CheckResult, HealthServer, Readiness
 from referral_bridge.http_server import ServerLimits
 from referral_bridge.provider_inbox import MAX_BODY_BYTES
-from tests.e2e.helpers import wait_until, worker_environment
+from tests.e2e.helpers import worker_environment
 from tests.e2e.test_inbox_cli import free_port, inbox_command, referral_event
 from tests.fakes import KeyMaterial, make_keys
 from tests.integration.test_delivery_helpers import (
@@ -40,6 +40,7 @@ from tests.integration.test_delivery_helpers import (
     make_pki,
     running_inbox,
 )
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -15,7 +15,6 @@ import pytest
 from referral_bridge.delivery import HttpsRoute
 from referral_bridge.delivery.errors import TransientDeliveryError
 from referral_bridge.ledger.store import OutboxMessage
-from tests.integration.conftest import wait_until
 from tests.integration.test_delivery_helpers import (
     LANCASHIRE,
     Pki,
@@ -23,6 +22,9 @@ from tests.integration.test_delivery_helpers import (
     make_pki,
     trickling_provider,
 )
+from tests.waiting import wait_until
+
+pytestmark = pytest.mark.integration
 
 #: Far longer than any deadline here: an attempt that lasts it was not cut.
 TRICKLE_SECONDS = 120.0

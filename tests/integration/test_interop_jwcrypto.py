@@ -28,6 +28,8 @@ from referral_bridge.sealing import (
 )
 from tests.fakes import KeyMaterial, make_keys
 
+pytestmark = pytest.mark.integration
+
 PROVIDER = "lancashire-victim-services"
 PAYLOAD = {"referral_id": "r-1", "case_ref": "LC-26-0000001", "victim_id": "P-0001"}
 

@@ -19,6 +19,8 @@ from referral_bridge.ledger import Ledger, OutboxMessage, RecordedAction
 from referral_bridge.ledger import schema as t
 from tests.fakes import ledger_url_for, require_postgres, throwaway_postgres_database
 
+pytestmark = pytest.mark.integration
+
 AT = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 CRIME = "LC-26-0000001"
 INCIDENT = "INC-20261123-0001"

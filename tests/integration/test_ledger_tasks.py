@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from sqlalchemy import create_engine, select
 
 from referral_bridge.ledger import Ledger
 from referral_bridge.ledger import schema as t
+
+pytestmark = pytest.mark.integration
 
 AT = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 

@@ -29,6 +29,8 @@ from referral_bridge.ledger import AuditFacts, Ledger, OutboxMessage
 from referral_bridge.ledger import schema as t
 from tests.fakes import ledger_url_for
 
+pytestmark = pytest.mark.integration
+
 AT = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 V2_OUTBOX_COLUMNS = {
     "provider",

@@ -15,8 +15,8 @@ from referral_bridge.files import private_tree
 from referral_bridge.ledger import Ledger
 from referral_bridge.provider_inbox import InboxStore
 from tests.e2e.helpers import Worker
-from tests.integration.conftest import wait_until
 from tests.unit.test_systemd_notify import embedded_config
+from tests.waiting import wait_until
 
 
 def mode(path: Path) -> int:
@@ -32,7 +32,7 @@ def permissive_umask() -> Iterator[None]:
         os.umask(previous)
 
 
-pytestmark = pytest.mark.usefixtures("permissive_umask")
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("permissive_umask")]
 
 
 def assert_owner_only_while_open(database: Path) -> None:

@@ -23,10 +23,11 @@ from referral_bridge.ledger import Ledger
 from referral_bridge.service import ReferralService
 from referral_bridge.transport import Ack, InboundMessage, Retry, Verdict
 from tests.fakes import FakeClock, RecordingPublisher, RecordingSealer, cloudevent, make_service
-from tests.integration.conftest import BrokerHarness, RecordingHandler, wait_until
+from tests.integration.conftest import BrokerHarness, RecordingHandler
 from tests.unit.factories import REPORTED_AT, make_crime
+from tests.waiting import wait_until
 
-pytestmark = [pytest.mark.integration, pytest.mark.spread]
+pytestmark = pytest.mark.integration
 
 NOT_UTF8 = b"\xff\xfe{not json at all\x00\x80"
 

@@ -64,6 +64,8 @@ from tests.unit.factories import (
     make_victim,
 )
 
+pytestmark = pytest.mark.integration
+
 CREATED = "victim.referral.created"
 WITHDRAWN = "victim.referral.withdrawn"
 UPDATED = "victim.referral.updated"
@@ -677,7 +679,8 @@ class TestLedgerUnavailable:
 
 class TestFullDisk:
     """SQLite answering SQLITE_FULL ("database or disk is full"). Capped here with
-    max_page_count; the fault run (tests/e2e/test_fault_runs.py) fills a real filesystem."""
+    max_page_count; the fault run (tests/e2e/fault_runs/test_full_disk.py) fills a real
+    filesystem."""
 
     def test_an_event_meeting_a_full_ledger_is_retried_uncounted_and_recorded_once_there_is_room(
         self, tmp_path: Path, keys: KeyMaterial, publisher: RecordingPublisher, clock: FakeClock

@@ -5,7 +5,10 @@
 
 from __future__ import annotations
 
+import builtins
 from pathlib import Path
+from queue import Empty
+from typing import Any
 
 import pytest
 
@@ -18,7 +21,10 @@ from referral_bridge.transport import (
     TransportConfigError,
     broker_spec,
 )
-from tests.integration.conftest import BrokerHarness, RecordingHandler, wait_until
+from tests.integration.conftest import BrokerHarness, RecordingHandler
+from tests.waiting import wait_until
+
+pytestmark = pytest.mark.integration
 
 NOT_UTF8 = b"\xff\xfe{not json at all\x00\x80"
 
@@ -169,3 +175,36 @@ class TestEmbeddedFlows:
         took = running.halt()
         assert not running.alive
         assert took < 2.5
+
+
+class TestEmbeddedFiles:
+    def test_a_fetch_during_a_write_finds_nothing_and_the_message_is_kept(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """kombu's own writer creates the file empty first: a fetch in between read it empty,
+        deleted it, and the message was lost. The fetch is forced into exactly that moment."""
+        spec = broker_spec(None, tmp_path)
+        queue_folder = str(spec.data_folders[0])
+        real_open = builtins.open
+        fetched_meanwhile: list[str] = []
+
+        with spec.connection() as writing, spec.connection() as reading:
+            writer, reader = writing.default_channel, reading.default_channel
+
+            def open_then_fetch(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+                handle = real_open(file, mode, *args, **kwargs)
+                if "w" in mode and str(file).startswith(queue_folder):
+                    try:
+                        fetched_meanwhile.append(repr(reader._get("q")))
+                    except Empty:
+                        fetched_meanwhile.append("nothing")
+                    except ValueError as exc:  # the JSON of an empty file
+                        fetched_meanwhile.append(type(exc).__name__)
+                return handle
+
+            monkeypatch.setattr(builtins, "open", open_then_fetch)
+            writer._put("q", {"body": "complete"})
+            monkeypatch.undo()
+
+            assert fetched_meanwhile == ["nothing"]
+            assert reader._get("q") == {"body": "complete"}

@@ -34,8 +34,8 @@ from tests.integration.conftest import (
     RecordingHandler,
     RunningConsumer,
     unique_topology,
-    wait_until,
 )
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import update
 
+from referral_bridge.bootstrap import broker_of, provider_routes
 from referral_bridge.commands.check_config import (
     Finding,
     Status,
@@ -22,12 +23,17 @@ from referral_bridge.commands.check_config import (
     render,
     run_checks,
 )
+from referral_bridge.errors import ConfigError
 from referral_bridge.exit_codes import RET_CONFIG, RET_CONNECT, RET_OK
 from referral_bridge.ledger import Ledger
 from referral_bridge.ledger import schema as t
 from referral_bridge.sealing import generate_key_pair
 from referral_bridge.sealing.rotation import rotate_key_set
+from referral_bridge.settings import load_settings
+from referral_bridge.transport import Topology
+from referral_bridge.transport.publisher import Publisher
 from tests.fakes import POLICY_FILE, KeyMaterial, make_keys
+from tests.integration.test_delivery_helpers import Pki, make_pki
 
 
 def write_config(root: Path, keys: KeyMaterial, *, broker_url: str = "", extra: str = "") -> Path:
@@ -221,6 +227,78 @@ class TestKeys:
         problems = failures(run_checks(config, env={}), "keys")
 
         assert [p.startswith("providers.homicide-service.public_keys") for p in problems] == [True]
+
+
+class TestProviderTls:
+    """`--offline` loads providers' TLS files as `run` does, so it cannot pass where `run` fails."""
+
+    @pytest.fixture
+    def pki(self, tmp_path: Path) -> Pki:
+        return make_pki(tmp_path / "pki")
+
+    @staticmethod
+    def with_last_provider(config: Path, keys: KeyMaterial, lines: str) -> str:
+        """Add `lines` to the last provider's table (the file ends with it); return its id."""
+        config.write_text(config.read_text(encoding="utf-8") + lines, encoding="utf-8")
+        return list(keys.provider_public)[-1]
+
+    @staticmethod
+    def https(ca_bundle: Path, cert: Path | None = None, key: Path | None = None) -> str:
+        lines = 'delivery = "https"\nurl = "https://provider.example/referrals"\n'
+        lines += f'ca_bundle = "{ca_bundle}"\n'
+        if cert is not None:
+            lines += f'client_cert = "{cert}"\nclient_key = "{key}"\n'
+        return lines
+
+    def bad_files(self, pki: Pki, tmp_path: Path) -> dict[str, str]:
+        not_pem = tmp_path / "not-pem.pem"
+        not_pem.write_text("this is not a certificate\n", encoding="utf-8")
+        broker = 'broker_url = "amqps://bridge@provider.example/referrals"\n'
+        return {
+            "ca_bundle not PEM": self.https(not_pem),
+            "ca_bundle missing": self.https(tmp_path / "absent.pem"),
+            "client_cert missing": self.https(pki.ca_cert, tmp_path / "absent.pem", pki.client_key),
+            "client_cert not its key's": self.https(pki.ca_cert, pki.client_cert, pki.server_key),
+            "broker_ca_bundle not PEM": f'{broker}broker_ca_bundle = "{not_pem}"\n',
+        }
+
+    def test_usable_files_pass(self, config: Path, keys: KeyMaterial, pki: Pki) -> None:
+        provider = self.with_last_provider(
+            config, keys, self.https(pki.ca_cert, pki.client_cert, pki.client_key)
+        )
+
+        findings = run_checks(config, offline=True, env={})
+
+        assert exit_code(findings) == RET_OK
+        assert [f.detail for f in findings if f.check == "tls"] == [
+            f"provider {provider}: trusts {pki.ca_cert}, client certificate {pki.client_cert}"
+        ]
+
+    @pytest.mark.parametrize(
+        "case",
+        [
+            "ca_bundle not PEM",
+            "ca_bundle missing",
+            "client_cert missing",
+            "client_cert not its key's",
+            "broker_ca_bundle not PEM",
+        ],
+    )
+    def test_a_file_run_cannot_load_fails_offline_too(
+        self, case: str, config: Path, keys: KeyMaterial, pki: Pki, tmp_path: Path
+    ) -> None:
+        provider = self.with_last_provider(config, keys, self.bad_files(pki, tmp_path)[case])
+
+        findings = run_checks(config, offline=True, env={})
+        settings = load_settings(config, env={})
+        publisher = Publisher(broker_of(settings), Topology())  # connects on first use only
+        with pytest.raises(ConfigError) as at_start:
+            provider_routes(settings, publisher, Topology())
+
+        [problem] = failures(findings, "tls")
+        assert exit_code(findings) == RET_CONFIG
+        assert problem.startswith(f"providers.{provider}: TLS files cannot be loaded")
+        assert at_start.value.problems == [problem]
 
 
 class TestBroker:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import base64
 import json
 import logging
@@ -80,6 +81,14 @@ class TestExitCodes:
             cli.main(["no-such-command"])
 
         assert caught.value.code == cli.RET_USAGE
+
+
+def test_the_description_names_every_command() -> None:
+    parser = cli.build_parser()
+    [commands] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    described = set((parser.description or "").replace(",", " ").replace(".", " ").split())
+
+    assert set(commands.choices) - described == set()
 
 
 class TestCheckConfig:
@@ -279,6 +288,19 @@ class TestRulesExplain:
         assert code == cli.RET_OK
         assert expected in out
         assert "    rule " in out
+
+    @pytest.mark.parametrize("now", ["yesterday", "2026-11-24T10:00:00", "2026-11-24"])
+    def test_a_now_that_is_not_a_time_with_an_offset_is_a_usage_error(
+        self, now: str, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        with pytest.raises(SystemExit) as caught:
+            run("rules", "explain", str(BURGLARY), "--policy", str(POLICY_FILE), "--now", now)
+
+        err = capsys.readouterr().err
+        assert caught.value.code == cli.RET_USAGE
+        assert "--now" in err
+        assert "with an offset" in err
+        assert "unexpected" not in err
 
     def test_the_burglary_sample_is_decided_by_the_other_crime_rule(
         self, capsys: pytest.CaptureFixture[str]

@@ -123,6 +123,21 @@ class TestGenerateKeyPair:
         with pytest.raises(InvalidKeyIdError):
             generate_key_pair(kid, tmp_path)
 
+    def test_a_name_names_the_files_and_the_kid_stays_inside(self, tmp_path: Path) -> None:
+        files = generate_key_pair("bridge-2026-11", tmp_path, name="bridge")
+
+        assert (files.private_path.name, files.public_path.name) == (
+            "bridge.private.jwk",
+            "bridge.public.jwk",
+        )
+        assert load_private_key(files.private_path).kid == "bridge-2026-11"
+
+    @pytest.mark.parametrize("name", ["../escape", "a/b", ".hidden"])
+    def test_refuses_a_name_that_is_unsafe_as_a_file_name(self, tmp_path: Path, name: str) -> None:
+        with pytest.raises(InvalidKeyIdError, match="file name"):
+            generate_key_pair("bridge-2026", tmp_path, name=name)
+        assert list(tmp_path.iterdir()) == []
+
     def test_generated_private_key_loads_back_with_its_kid(self, tmp_path: Path) -> None:
         files = generate_key_pair("bridge-2026", tmp_path)
         assert load_private_key(files.private_path).kid == "bridge-2026"

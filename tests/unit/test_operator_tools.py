@@ -55,7 +55,11 @@ def production_config(tmp_path: Path) -> Path:
         "[providers.homicide-service]\n"
         'public_keys = "/etc/referral-bridge/keys/absent.public.jwk"\n'
         'client_cert = "${CREDENTIALS_DIRECTORY}/homicide-client.crt"\n'
-        'client_key = "${CREDENTIALS_DIRECTORY}/homicide-client.key"\n',
+        'client_key = "${CREDENTIALS_DIRECTORY}/homicide-client.key"\n'
+        "[providers.remote-broker]\n"
+        'public_keys = "/etc/referral-bridge/keys/absent.public.jwk"\n'
+        'broker_url = "amqps://bridge@provider.example:5671/referrals"\n'
+        'broker_ca_bundle = "${CREDENTIALS_DIRECTORY}/provider-ca.pem"\n',
         encoding="utf-8",
     )
     return path

@@ -8,7 +8,12 @@ import pytest
 
 from referral_bridge.bootstrap import topology_of
 from referral_bridge.errors import ConfigError
-from referral_bridge.settings import CONFIG_ENV, load_settings
+from referral_bridge.settings import (
+    CONFIG_ENV,
+    PROVIDER_FILE_KEYS,
+    ProviderSection,
+    load_settings,
+)
 from referral_bridge.transport import Topology
 from referral_bridge.worker import retry_policy_of
 
@@ -185,6 +190,31 @@ class TestWithoutResolvingKeys:
         settings = load_settings(write_config(tmp_path, text), env={}, resolve_keys=False)
 
         assert settings.keys.signing_key == Path("${CREDENTIALS_DIRECTORY}/bridge.private.jwk")
+
+    def test_every_provider_file_is_left_as_written(self, tmp_path: Path) -> None:
+        files = {
+            "public_keys": "${CREDENTIALS_DIRECTORY}/p.jwk",
+            "broker_ca_bundle": "${CREDENTIALS_DIRECTORY}/provider-ca.pem",
+        }
+        text = MINIMAL.replace(
+            'public_keys = "keys/lancashire-victim-services.public.jwk"',
+            'broker_url = "amqps://bridge@provider.example/referrals"\n'
+            + "".join(f'{key} = "{value}"\n' for key, value in files.items()),
+        )
+
+        settings = load_settings(write_config(tmp_path, text), env={}, resolve_keys=False)
+
+        [provider] = settings.providers.values()
+        assert {key: str(getattr(provider, key)) for key in files} == files
+
+    def test_every_path_a_provider_has_is_a_provider_file(self) -> None:
+        paths = {
+            name
+            for name, field in ProviderSection.model_fields.items()
+            if field.annotation in (Path, Path | None)
+        }
+
+        assert paths == set(PROVIDER_FILE_KEYS)
 
     def test_other_paths_are_still_expanded_and_resolved(self, tmp_path: Path) -> None:
         text = MINIMAL.replace('"data"', '"${STATE_DIRECTORY}"')

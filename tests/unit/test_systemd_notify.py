@@ -24,6 +24,7 @@ from referral_bridge.health import Heartbeat
 from referral_bridge.systemd import Notifier, Watchdog, watchdog_interval
 from referral_bridge.worker import LoopTick
 from tests.fakes import POLICY_FILE, make_keys
+from tests.waiting import wait_until
 
 
 class NotifySocket:
@@ -46,12 +47,12 @@ class NotifySocket:
         return self.received
 
     def wait_for(self, assignment: str, timeout: float = 30.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if any(assignment in message.splitlines() for message in self.received):
-                return True
-            self.drain(0.2)
-        return any(assignment in message.splitlines() for message in self.received)
+        """Whether `assignment` arrives within `timeout` (the socket is read while waiting)."""
+        return wait_until(
+            lambda: any(assignment in message.splitlines() for message in self.drain(0.2)),
+            timeout=timeout,
+            interval=0,
+        )
 
 
 @pytest.fixture
