@@ -121,9 +121,8 @@ class RetentionSweep:
         self._unfinished = report.matters >= self._batch
         log.info(
             "retention.swept",
-            matters=report.matters,
-            snapshots=report.records,
-            bodies=report.bodies,
-            consents=report.consents,
+            count=report.matters,
+            detail=f"{report.records} snapshots, {report.bodies} message bodies, "
+            f"{report.consents} consent recorders erased",
         )
         return report.matters

@@ -22,6 +22,8 @@ from tests.fakes import (
     bridge_role,
 )
 
+pytestmark = pytest.mark.integration
+
 NOW = datetime.now(UTC).replace(microsecond=0)
 SKEW = timedelta(minutes=5)
 

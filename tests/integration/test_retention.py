@@ -50,6 +50,8 @@ from tests.integration.test_service import (
 )
 from tests.unit.factories import CRIME_REF, make_crime, make_victim
 
+pytestmark = pytest.mark.integration
+
 YEAR = timedelta(days=365)
 LATER = YEAR + timedelta(days=2)
 
