@@ -17,7 +17,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -323,6 +323,7 @@ class BridgeEnv:
         metrics_listen: str = "",
         worker_broker_url: str | None = None,
         worker_ledger_url: str | None = None,
+        queue_type: str = "classic",
     ) -> BridgeEnv:
         """`worker_*_url`: where the workers reach the broker and the ledger, when not where the
         test does (through a fault proxy)."""
@@ -331,7 +332,7 @@ class BridgeEnv:
         generate_key_pair(BRIDGE_KID, keys)
         for provider in PROVIDERS:
             generate_key_pair(provider_kid(provider), keys)
-        topology = unique_topology()
+        topology = replace(unique_topology(), queue_type=queue_type)
         providers = "".join(
             f'\n[providers.{p}]\npublic_keys = "keys/{provider_kid(p)}.public.jwk"\n'
             for p in PROVIDERS
@@ -347,7 +348,8 @@ class BridgeEnv:
             f"scheduler_interval_seconds = {scheduler_interval}\n\n"
             "[broker]\n"
             f"url = {json.dumps(worker_broker_url or rabbitmq_url)}\n"
-            f"prefetch = {prefetch}\n\n"
+            f"prefetch = {prefetch}\n"
+            f"queue_type = {json.dumps(queue_type)}\n\n"
             "[broker.topology]\n"
             f'inbound_exchange = "{topology.inbound_exchange}"\n'
             f'work_queue = "{topology.work_queue}"\n'

@@ -212,7 +212,7 @@ def test_the_work_queue_is_empty_afterwards(chaos_run: ChaosRun) -> None:
 
 
 def test_every_distinct_valid_event_is_processed_once(chaos_run: ChaosRun) -> None:
-    assert chaos_run.distinct_valid > 1900
+    assert chaos_run.distinct_valid > EVENTS * 0.95
     assert chaos_run.env.processed_count() == chaos_run.distinct_valid
 
 
@@ -229,7 +229,14 @@ def test_the_messages_on_the_wire_are_exactly_the_outbox(
     record_property("wire_messages", sum(wire.values()))
     record_property("wire_duplicates", duplicates)
     print(f"chaos: {sum(wire.values())} messages on the wire, {duplicates} duplicates")
-    assert set(wire) == {row.message_id for row in chaos_run.env.outbox_rows()}
+    rows = chaos_run.env.outbox_rows()
+    assert set(wire) == {row.message_id for row in rows if row.published_at is not None}
+    # What never went out was cancelled before any attempt (a withdrawal, or a cancelled crime,
+    # committed before its referral's first attempt; group commit makes that common): the
+    # provider never had it, rightly.
+    unsent = [row for row in rows if row.published_at is None]
+    assert all((row.last_error or "").startswith("cancelled:") for row in unsent)
+    assert len(unsent) < len(rows) // 2
 
 
 def test_no_victim_is_referred_twice_to_a_provider(chaos_run: ChaosRun) -> None:
@@ -245,7 +252,7 @@ def test_the_outbox_equals_that_of_a_calm_reference_run(chaos_run: ChaosRun) -> 
     )
     assert set(chaos_run.reference_published) == chaos_run.reference_outbox
     worker_outbox = {row.message_id for row in chaos_run.env.outbox_rows()}
-    assert len(worker_outbox) > 1000
+    assert len(worker_outbox) > EVENTS // 2
     assert worker_outbox == chaos_run.reference_outbox
 
 

@@ -689,6 +689,7 @@ class OutageAfterCommitLedger(Ledger):
         after: tuple[datetime, str] | None = None,
         limit: int = 200,
         skip_providers: Collection[str | None] = (),
+        event_ids: Collection[str] | None = None,
     ) -> list[PendingDelivery]:
         if self.outages > 0:
             self.outages -= 1
@@ -700,6 +701,7 @@ class OutageAfterCommitLedger(Ledger):
             after=after,
             limit=limit,
             skip_providers=skip_providers,
+            event_ids=event_ids,
         )
 
 
