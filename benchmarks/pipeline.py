@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 import tracemalloc
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -56,6 +56,11 @@ class CountingPublisher:
         mandatory: bool = False,
     ) -> None:
         self.count += 1
+
+    def publish_window(self, messages: Sequence[Any]) -> list[None]:
+        """As the force broker's Publisher: the batched path claims and marks a window at once."""
+        self.count += len(messages)
+        return [None] * len(messages)
 
 
 def events(count: int, seed: int) -> list[bytes]:

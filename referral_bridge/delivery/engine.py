@@ -228,6 +228,10 @@ class DeliveryEngine:
         windowed: list[tuple[PendingDelivery, Route]] = []
         now = self._clock()
         for delivery in pending:
+            if self._monotonic() >= deadline:
+                # The pass budget is spent (slow HTTPS providers): the scheduler takes the rest.
+                waiting.append(delivery)
+                continue
             route = self.route_for(delivery.message.provider)
             if not getattr(route, "windowed", False):
                 if self._attempt(delivery, report, 1, deadline) is Result.WAITING:
