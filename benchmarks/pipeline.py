@@ -1,14 +1,10 @@
-# mypy: disallow-untyped-calls=False
-# (kombu ships type markers but leaves most functions unannotated.)
 """Throughput and memory of the bridge's per-event pipeline, as ratios to baselines in the same run.
 
 Run: `.venv/bin/python benchmarks/pipeline.py --events 2000` (in-process, SQLite ledger, real
-sealing, a publisher that records), or add `--amqp URL` to also time the real worker draining a
-RabbitMQ queue against a bare kombu consumer that only acks (the transport's floor).
+sealing, a publisher that records): one event per `handle` call, and in batches of 32 through
+`handle_batch` (group commit). The worker on RabbitMQ is timed by benchmarks/throughput.py.
 
-Baselines:
-- parse: bytes -> validated InboundEvent only (the work no bridge can skip);
-- ack-only consumer: the same messages drained by kombu with an immediate ack.
+Baseline: parse, bytes -> validated InboundEvent only (the work no bridge can skip).
 """
 
 from __future__ import annotations
@@ -16,14 +12,11 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
 import tracemalloc
-import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -43,6 +36,8 @@ from referral_bridge.simulate import Simulator  # noqa: E402
 from referral_bridge.verdicts import InboundMessage  # noqa: E402
 
 PROVIDERS = ("lancashire-victim-services", "homicide-service")
+#: Events per `handle_batch` call in the batched figure (the worker's default batch_size).
+BATCH = 32
 
 
 class CountingPublisher:
@@ -61,6 +56,11 @@ class CountingPublisher:
         mandatory: bool = False,
     ) -> None:
         self.count += 1
+
+    def publish_window(self, messages: Sequence[Any]) -> list[None]:
+        """As the force broker's Publisher: the batched path claims and marks a window at once."""
+        self.count += len(messages)
+        return [None] * len(messages)
 
 
 def events(count: int, seed: int) -> list[bytes]:
@@ -119,6 +119,26 @@ def in_process(count: int, seed: int) -> dict[str, float]:
         ledger.dispose()
     with tempfile.TemporaryDirectory() as tmp:
         service, ledger = build_service(Path(tmp))
+
+        def run_batches() -> None:
+            for start in range(0, len(bodies), BATCH):
+                service.handle_batch(
+                    [
+                        InboundMessage(
+                            body=body,
+                            headers={},
+                            routing_key="x",
+                            redelivered=False,
+                            delivery_tag=None,
+                        )
+                        for body in bodies[start : start + BATCH]
+                    ]
+                )
+
+        batched_s = timed(run_batches)
+        ledger.dispose()
+    with tempfile.TemporaryDirectory() as tmp:
+        service, ledger = build_service(Path(tmp))
         tracemalloc.start()
         run()
         _, peak = tracemalloc.get_traced_memory()
@@ -130,6 +150,10 @@ def in_process(count: int, seed: int) -> dict[str, float]:
         "pipeline_s": pipeline_s,
         "pipeline_events_per_s": count / pipeline_s,
         "ratio_pipeline_to_parse": pipeline_s / parse_s,
+        "batched_s": batched_s,
+        "batched_events_per_s": count / batched_s,
+        "ratio_batched_to_parse": batched_s / parse_s,
+        "speed_up_batched": pipeline_s / batched_s,
         "peak_traced_mib": peak / 2**20,
     }
 
@@ -174,119 +198,12 @@ def memory_growth(seed: int) -> dict[str, float]:
     }
 
 
-def amqp(count: int, seed: int, url: str) -> dict[str, float]:
-    """Drain time of the real worker vs an ack-only kombu consumer on the same broker."""
-    from kombu.connection import Connection
-    from kombu.entity import Queue
-
-    bodies = events(count, seed)
-    suffix = uuid.uuid4().hex[:8]
-    with Connection(url) as connection:
-        baseline_queue = Queue(f"bench-baseline-{suffix}", durable=False, auto_delete=False)
-        producer = connection.Producer()
-        baseline_queue(connection.default_channel).declare()
-        for body in bodies:
-            producer.publish(
-                body,
-                routing_key=baseline_queue.name,
-                content_type="application/cloudevents+json",
-                content_encoding="utf-8",
-                delivery_mode=2,
-            )
-        received = 0
-
-        def on_message(message: Any) -> None:
-            nonlocal received
-            message.ack()
-            received += 1
-
-        start = time.perf_counter()
-        with connection.Consumer(baseline_queue, on_message=on_message, prefetch_count=16):
-            while received < count:
-                connection.drain_events(timeout=10)
-        baseline_s = time.perf_counter() - start
-        baseline_queue(connection.default_channel).delete()
-
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        for kid in ("bridge", *PROVIDERS):
-            generate_key_pair(kid, work / "keys")
-        names = {
-            k: f"bench-{k}-{suffix}" for k in ("in", "work", "ref", "out", "tasks", "dlq", "sink")
-        }
-        config = work / "rb.toml"
-        config.write_text(
-            '[bridge]\ndata_dir = "data"\n'
-            f"policy_file = {json.dumps(str(DEFAULT_POLICY))}\n"
-            f"[broker]\nurl = {json.dumps(url)}\n"
-            f'[broker.topology]\ninbound_exchange = "{names["in"]}"\n'
-            f'work_queue = "{names["work"]}"\n'
-            f'referrals_exchange = "{names["ref"]}"\ntasks_exchange = "{names["tasks"]}"\n'
-            f'outcomes_exchange = "{names["out"]}"\n'
-            f'dead_letter_queue = "{names["dlq"]}"\n'
-            '[keys]\nsigning_key = "keys/bridge.private.jwk"\n'
-            + "".join(f'[providers.{p}]\npublic_keys = "keys/{p}.public.jwk"\n' for p in PROVIDERS)
-        )
-        from referral_bridge.bootstrap import broker_of, topology_of
-        from referral_bridge.settings import load_settings
-        from referral_bridge.transport.publisher import Publisher
-        from referral_bridge.transport.topology import declare
-
-        settings = load_settings(config, env={})
-        with Connection(url) as connection:
-            channel = connection.default_channel
-            declare(channel, topology_of(settings))
-            # Stand-ins for the providers' and officers' queues, so deliveries are routable.
-            channel.queue_declare(names["sink"], durable=True)
-            for key in ("ref", "tasks"):
-                channel.queue_bind(names["sink"], exchange=names[key], routing_key="#")
-        with Publisher(broker_of(settings), topology_of(settings)) as publisher:
-            for body in bodies:
-                publisher.publish_inbound(body, json.loads(body)["type"])
-        ledger = Ledger.open(settings.ledger_url)
-        start = time.perf_counter()
-        worker = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-            [
-                sys.executable,
-                "-m",
-                "referral_bridge",
-                "--log-level",
-                "WARNING",
-                "run",
-                "--config",
-                str(config),
-            ],
-            cwd=REPO,
-            env={**os.environ},
-        )
-        while ledger.counts()["totals"]["processed"] < len({json.loads(b)["id"] for b in bodies}):
-            time.sleep(0.05)
-        worker_s = time.perf_counter() - start
-        worker.terminate()
-        worker.wait(timeout=60)
-        ledger.dispose()
-        with Connection(url) as connection:
-            channel = connection.default_channel
-            for key in ("work", "dlq", "sink"):
-                channel.queue_delete(names[key])
-            for key in ("in", "ref", "out", "tasks"):
-                channel.exchange_delete(names[key])
-    return {
-        "events": count,
-        "ack_only_s": baseline_s,
-        "worker_s": worker_s,
-        "worker_events_per_s": count / worker_s,
-        "ratio_worker_to_ack_only": worker_s / baseline_s,
-    }
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--events", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--amqp", help="RabbitMQ URL, e.g. amqp://guest:guest@127.0.0.1:5672//")
     parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
     args = parser.parse_args()
     configure_logging(json=True, level="WARNING")
@@ -294,8 +211,6 @@ def main() -> None:
         "in_process": in_process(args.events, args.seed),
         "memory": memory_growth(args.seed),
     }
-    if args.amqp:
-        results["amqp"] = amqp(args.events, args.seed, args.amqp)
     print(json.dumps(results, indent=2))
     if args.check:
         missed = missed_targets(results)
@@ -316,10 +231,6 @@ def missed_targets(results: dict[str, Any]) -> list[str]:
     rate = results["in_process"]["pipeline_events_per_s"]
     if rate < MIN_EVENTS_PER_S:
         missed.append(f"in-process {rate:.0f} events/s < {MIN_EVENTS_PER_S:.0f}")
-    if "amqp" in results and results["amqp"]["worker_events_per_s"] < MIN_EVENTS_PER_S:
-        missed.append(
-            f"worker {results['amqp']['worker_events_per_s']:.0f} events/s < {MIN_EVENTS_PER_S:.0f}"
-        )
     growth = results["memory"]["ratio_kept_2500_to_500"]
     if growth > MAX_MEMORY_GROWTH:
         missed.append(

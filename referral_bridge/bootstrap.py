@@ -128,6 +128,7 @@ def topology_of(settings: Settings) -> Topology:
         tasks_exchange=names.tasks_exchange,
         dead_letter_queue=names.dead_letter_queue,
         retry_queue=names.retry_queue,
+        queue_type=settings.broker.queue_type,
     )
 
 

@@ -95,6 +95,7 @@ ALLOWED_KEYS: frozenset[str] = frozenset(
         "redelivered",
         "size",
         "count",
+        "delivered",
         "attempts",
         "retry_in_s",
         "retry_at",

@@ -8,7 +8,7 @@ consumer acks or dead-letters according to the Verdict returned here, in one pla
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -194,6 +194,37 @@ class ReferralService:
 
     def handle(self, message: InboundMessage) -> Verdict:
         """Process one raw message and say whether to ack, retry or dead-letter it."""
+        return self.handle_batch([message])[0]
+
+    def handle_batch(self, messages: Sequence[InboundMessage]) -> list[Verdict]:
+        """Process messages in one ledger transaction (group commit); one verdict for each.
+
+        Each event runs in a savepoint of its own, so one that fails is undone alone and its
+        neighbours commit. One commit (one fsync) serves the batch; then the outbox rows of
+        every event are delivered together (windowed confirms) before any verdict is returned,
+        so nothing is acked before its effects are committed. A batch the ledger will not take
+        (an outage, a deadlock between workers) is processed again one event at a time, each
+        in its own transaction with the usual in-place retries.
+        """
+        verdicts: list[Verdict | None] = [None] * len(messages)
+        admitted: list[tuple[int, InboundEvent]] = []
+        for index, message in enumerate(messages):
+            checked = self._admit(message)
+            if isinstance(checked, InboundEvent):
+                admitted.append((index, checked))
+            else:
+                verdicts[index] = checked
+        outcomes = self._process_batch([(e, messages[i].routing_key) for i, e in admitted])
+        done: list[tuple[InboundEvent, Handled]] = []
+        for (index, event), outcome in zip(admitted, outcomes, strict=True):
+            verdicts[index] = self._verdict(messages[index], event, outcome)
+            if isinstance(outcome, Handled):
+                done.append((event, outcome))
+        self._deliver_and_log(done)
+        return [v if v is not None else Retry(detail="not processed") for v in verdicts]
+
+    def _admit(self, message: InboundMessage) -> InboundEvent | Verdict:
+        """The parsed event, or the dead letter of a message that can never be processed."""
         try:
             event = parse_inbound(message.body, max_bytes=self._max_bytes)
         except InvalidMessage as exc:
@@ -201,7 +232,6 @@ class ReferralService:
                 "event.rejected", reason=exc.reason.value, detail=exc.detail, size=len(message.body)
             )
             return DeadLetter(reason=exc.reason, detail=exc.detail, attempts=1)
-        bound = log.bind(event_id=event.id, event_type=event.type.value)
         self._metrics.events_consumed.labels(type=event.type.value).inc()
         if not isinstance(event.data, ReferralOutcome) and (
             message.routing_key in self._policy.providers()
@@ -209,73 +239,120 @@ class ReferralService:
             # Providers publish on victim-services.outcomes with their own id as the routing
             # key, and the work queue takes everything from there: only outcomes may come so.
             detail = "only victim.referral.outcome may be published with a provider's routing key"
-            bound.warning("event.rejected", reason="schema_violation", detail=detail)
+            log.warning(
+                "event.rejected",
+                event_id=event.id,
+                event_type=event.type.value,
+                reason="schema_violation",
+                detail=detail,
+            )
             return DeadLetter(reason=DeadLetterReason.SCHEMA_VIOLATION, detail=detail, attempts=1)
-        try:
-            handled = self._process_with_retries(event, message.routing_key)
-        except UnknownReferenceError as exc:
-            bound.warning("event.rejected", reason=exc.reason.value, detail=exc.detail)
-            return DeadLetter(reason=exc.reason, detail=exc.detail, attempts=message.attempts + 1)
-        except LedgerUnavailableError as exc:
-            bound.warning("event.retry", reason="ledger_unavailable", detail=str(exc))
+        return event
+
+    def _process_batch(self, work: Sequence[tuple[InboundEvent, str]]) -> list[Handled | Exception]:
+        """Each event's outcome: what it did (committed), or the exception that undid it."""
+        if len(work) > 1:
+            try:
+                outcomes: list[Handled | Exception] = []
+                with self._ledger.transaction() as tx:
+                    for event, routing_key in work:
+                        try:
+                            with tx.savepoint():
+                                outcomes.append(self._process_in(tx, event, routing_key))
+                        except LedgerUnavailableError:
+                            raise
+                        except Exception as exc:  # undone alone: its neighbours go on
+                            outcomes.append(exc)
+                return outcomes
+            except LedgerUnavailableError as exc:
+                log.warning("batch.split", count=len(work), detail=str(exc))
+        outcomes = []
+        for event, routing_key in work:
+            try:
+                outcomes.append(self._process_with_retries(event, routing_key))
+            except Exception as exc:
+                outcomes.append(exc)
+        return outcomes
+
+    def _verdict(
+        self, message: InboundMessage, event: InboundEvent, outcome: Handled | Exception
+    ) -> Verdict:
+        if isinstance(outcome, Handled):
+            return Ack()
+        bound = log.bind(event_id=event.id, event_type=event.type.value)
+        if isinstance(outcome, UnknownReferenceError):
+            bound.warning("event.rejected", reason=outcome.reason.value, detail=outcome.detail)
+            return DeadLetter(
+                reason=outcome.reason, detail=outcome.detail, attempts=message.attempts + 1
+            )
+        if isinstance(outcome, LedgerUnavailableError):
+            bound.warning("event.retry", reason="ledger_unavailable", detail=str(outcome))
             return Retry(detail="ledger unavailable")
-        except Exception as exc:  # any other failure: retry a few times, then dead-letter
-            # Counted on the message (its retry copies carry it): the same for every worker.
-            attempts = message.attempts + 1
-            error_type = type(exc).__name__
-            if attempts >= self._max_attempts:
-                bound.error(
-                    "event.failed",
-                    reason="processing_error",
-                    error_type=error_type,
-                    attempts=attempts,
-                )
-                return DeadLetter(
-                    reason=DeadLetterReason.PROCESSING_ERROR,
-                    detail=f"{error_type} on each of {attempts} attempts; see the bridge's log "
-                    f"for event {event.id}, fix the cause, then replay",
-                    attempts=attempts,
-                )
-            bound.warning(
-                "event.retry", reason="processing_error", error_type=error_type, attempts=attempts
+        # Any other failure: retry a few times, then dead-letter. Counted on the message (its
+        # retry copies carry it): the same for every worker.
+        attempts = message.attempts + 1
+        error_type = type(outcome).__name__
+        if attempts >= self._max_attempts:
+            bound.error(
+                "event.failed", reason="processing_error", error_type=error_type, attempts=attempts
             )
-            return Retry(detail=f"{error_type} (attempt {attempts})", attempts=attempts)
-        for decision in handled.decisions:
-            self._count(decision)
-            bound.info(
-                "victim.decided",
-                case_ref=decision.case_ref,
-                victim_id=decision.victim_id,
-                outcome=decision.outcome.value,
-                rule=decision.rule,
-                reason=decision.reason,
-                provider=decision.provider,
+            return DeadLetter(
+                reason=DeadLetterReason.PROCESSING_ERROR,
+                detail=f"{error_type} on each of {attempts} attempts; see the bridge's log "
+                f"for event {event.id}, fix the cause, then replay",
+                attempts=attempts,
             )
-        # The event's effects are committed, outbox rows included: whatever delivery does now,
-        # the inbound message is done and is acked. One attempt per row here, no retries in
-        # place: a row not delivered is parked and the scheduler delivers it, so a provider that
-        # is down or stalled never holds the queue up. Nothing raised by delivery may turn a
-        # committed event into a Retry (it would be redelivered and posted again, for ever).
-        # A duplicate's rows belong to the worker that processed it first (or, after a crash,
-        # to the scheduler): this one leaves them alone.
+        bound.warning(
+            "event.retry", reason="processing_error", error_type=error_type, attempts=attempts
+        )
+        return Retry(detail=f"{error_type} (attempt {attempts})", attempts=attempts)
+
+    def _deliver_and_log(self, done: Sequence[tuple[InboundEvent, Handled]]) -> None:
+        """Deliver the committed events' outbox rows, then log each event.
+
+        The events' effects are committed, outbox rows included: whatever delivery does now,
+        the inbound messages are done and are acked. One attempt per row here, no retries in
+        place: a row not delivered is parked and the scheduler delivers it, so a provider that
+        is down or stalled never holds the queue up. Nothing raised by delivery may turn a
+        committed event into a Retry (it would be redelivered and posted again, for ever).
+        A duplicate's rows belong to the worker that processed it first (or, after a crash,
+        to the scheduler): this one leaves them alone.
+        """
+        for event, handled in done:
+            for decision in handled.decisions:
+                self._count(decision)
+                log.info(
+                    "victim.decided",
+                    event_id=event.id,
+                    event_type=event.type.value,
+                    case_ref=decision.case_ref,
+                    victim_id=decision.victim_id,
+                    outcome=decision.outcome.value,
+                    rule=decision.rule,
+                    reason=decision.reason,
+                    provider=decision.provider,
+                )
+        fresh = [event.id for event, handled in done if handled.result != "duplicate"]
+        sent = 0
         try:
-            sent = (
-                0
-                if handled.result == "duplicate"
-                else self.flush(event_id=event.id, retry_in_place=False)
-            )
+            sent = self._delivery.deliver_events(fresh).delivered if fresh else 0
         except Exception as exc:
             level = (
-                bound.warning
+                log.warning
                 if isinstance(exc, (TransportError, LedgerUnavailableError))
-                else bound.error
+                else log.error
             )
-            level("delivery.deferred", error_type=type(exc).__name__)
-            sent = 0
-        bound.info(
-            "event.processed", outcome=handled.result, case_ref=handled.matter_ref, count=sent
-        )
-        return Ack()
+            level("delivery.deferred", error_type=type(exc).__name__, count=len(fresh))
+        for event, handled in done:
+            log.info(
+                "event.processed",
+                event_id=event.id,
+                event_type=event.type.value,
+                outcome=handled.result,
+                case_ref=handled.matter_ref,
+            )
+        if len(done) > 1:
+            log.debug("batch.processed", count=len(done), delivered=sent)
 
     def _process_with_retries(self, event: InboundEvent, routing_key: str) -> Handled:
         """Ride out a short ledger outage in place; a longer one is left to the broker (Retry)."""
@@ -299,63 +376,65 @@ class ReferralService:
         equal it (None: not checked, for callers that did not take the event off the broker).
         Raises UnknownReferenceError for an outcome or completion about nothing the bridge sent.
         """
+        with self._ledger.transaction() as tx:
+            return self._process_in(tx, event, routing_key)
+
+    def _process_in(
+        self, tx: LedgerTransaction, event: InboundEvent, routing_key: str | None
+    ) -> Handled:
+        """`process` inside a transaction (or a batch's savepoint) the caller commits."""
         now = self._clock()
         data = event.data
         if isinstance(data, ReferralOutcome):
-            return self._record_outcome(event, data, routing_key, now)
+            return self._record_outcome(tx, event, data, routing_key, now)
         if isinstance(data, TaskCompleted):
-            return self._complete_task(event, data, now)
+            return self._complete_task(tx, event, data, now)
         record_ref, named = _refs_named(data)
-        with self._ledger.transaction() as tx:
-            matter = self._lock_matter(tx, named)
-            if tx.is_processed(event.id, source=event.source):
-                return Handled(result="duplicate", matter_ref=None)
-            if isinstance(data, ConsentUpdated):
-                tx.save_consent(
-                    data.case_ref,
-                    data.victim_id,
-                    ConsentRecord(
-                        referral=data.referral,
-                        recorded_at=data.recorded_at,
-                        recorded_by=data.recorded_by,
-                        lawful_basis=data.lawful_basis,
-                    ),
-                )
-            else:
-                known = tx.record_version(record_ref)
-                if known is not None and known >= data.version:
-                    tx.mark_processed(
-                        event.id,
-                        event.type.value,
-                        record_ref,
-                        "stale_version",
-                        now,
-                        source=event.source,
-                    )
-                    return Handled(result="stale_version", matter_ref=record_ref)
-                kind = CaseKind.CRIME if isinstance(data, CrimeRecorded) else CaseKind.INCIDENT
-                tx.save_record(
-                    record_ref, kind.value, data.version, data.model_dump(mode="json"), now
-                )
-                if isinstance(data, CrimeRecorded):
-                    for incident_ref in data.linked_incident_refs:
-                        tx.link(incident_ref, data.crime_ref)
-                        self._resolve_crime_review(tx, incident_ref, now)
-                elif data.linked_crime_ref:
-                    tx.link(data.incident_ref, data.linked_crime_ref)
-                    self._resolve_crime_review(tx, data.incident_ref, now)
-                else:
-                    check_at = review_at(CaseSnapshot.from_incident(data), self._policy)
-                    if check_at is not None:
-                        tx.schedule_crime_review(data.incident_ref, check_at)
-            decisions: tuple[Decision, ...] = ()
-            for case_ref in self._cases_to_decide(tx, record_ref, data, matter, now):
-                decisions += self._decide_and_record(tx, case_ref, matter, event.id, now)
-            result = "decided" if decisions else "awaiting_case"
-            tx.mark_processed(
-                event.id, event.type.value, record_ref, result, now, source=event.source
+        matter = self._lock_matter(tx, named)
+        if tx.is_processed(event.id, source=event.source):
+            return Handled(result="duplicate", matter_ref=None)
+        if isinstance(data, ConsentUpdated):
+            tx.save_consent(
+                data.case_ref,
+                data.victim_id,
+                ConsentRecord(
+                    referral=data.referral,
+                    recorded_at=data.recorded_at,
+                    recorded_by=data.recorded_by,
+                    lawful_basis=data.lawful_basis,
+                ),
             )
-            return Handled(result=result, matter_ref=record_ref, decisions=decisions)
+        else:
+            known = tx.record_version(record_ref)
+            if known is not None and known >= data.version:
+                tx.mark_processed(
+                    event.id,
+                    event.type.value,
+                    record_ref,
+                    "stale_version",
+                    now,
+                    source=event.source,
+                )
+                return Handled(result="stale_version", matter_ref=record_ref)
+            kind = CaseKind.CRIME if isinstance(data, CrimeRecorded) else CaseKind.INCIDENT
+            tx.save_record(record_ref, kind.value, data.version, data.model_dump(mode="json"), now)
+            if isinstance(data, CrimeRecorded):
+                for incident_ref in data.linked_incident_refs:
+                    tx.link(incident_ref, data.crime_ref)
+                    self._resolve_crime_review(tx, incident_ref, now)
+            elif data.linked_crime_ref:
+                tx.link(data.incident_ref, data.linked_crime_ref)
+                self._resolve_crime_review(tx, data.incident_ref, now)
+            else:
+                check_at = review_at(CaseSnapshot.from_incident(data), self._policy)
+                if check_at is not None:
+                    tx.schedule_crime_review(data.incident_ref, check_at)
+        decisions: tuple[Decision, ...] = ()
+        for case_ref in self._cases_to_decide(tx, record_ref, data, matter, now):
+            decisions += self._decide_and_record(tx, case_ref, matter, event.id, now)
+        result = "decided" if decisions else "awaiting_case"
+        tx.mark_processed(event.id, event.type.value, record_ref, result, now, source=event.source)
+        return Handled(result=result, matter_ref=record_ref, decisions=decisions)
 
     @staticmethod
     def _lock_matter(tx: LedgerTransaction, named: set[str]) -> set[str]:
@@ -398,76 +477,78 @@ class ReferralService:
     # --- closing the loop: provider outcomes and task completions (rules.md) -------------------
 
     def _record_outcome(
-        self, event: InboundEvent, data: ReferralOutcome, routing_key: str | None, now: datetime
+        self,
+        tx: LedgerTransaction,
+        event: InboundEvent,
+        data: ReferralOutcome,
+        routing_key: str | None,
+        now: datetime,
     ) -> Handled:
-        with self._ledger.transaction() as tx:
-            if tx.is_processed(event.id, source=event.source):
-                return Handled(result="duplicate", matter_ref=None)
-            referral = tx.sent_referral(data.referral_id)
-            problem = outcome_source_problem(data, routing_key, referral)
-            if problem is not None or referral is None:
-                raise UnknownReferenceError(
-                    DeadLetterReason.UNKNOWN_REFERRAL, problem or "unknown referral"
-                )
-            matter = self._lock_matter(tx, {referral.case_ref})
-            # Read again under the lock: a withdrawal may have committed meanwhile.
-            referral = tx.sent_referral(data.referral_id) or referral
-            reason = LEAFLET_REASONS.get(data.outcome)
-            task_id = (
-                ids.leaflet_task_id(referral.case_ref, referral.victim_id, reason)
-                if reason is not None
-                else None
+        if tx.is_processed(event.id, source=event.source):
+            return Handled(result="duplicate", matter_ref=None)
+        referral = tx.sent_referral(data.referral_id)
+        problem = outcome_source_problem(data, routing_key, referral)
+        if problem is not None or referral is None:
+            raise UnknownReferenceError(
+                DeadLetterReason.UNKNOWN_REFERRAL, problem or "unknown referral"
             )
-            effect = decide_outcome(
-                data,
-                tx.referral_outcome(referral.referral_id),
+        matter = self._lock_matter(tx, {referral.case_ref})
+        # Read again under the lock: a withdrawal may have committed meanwhile.
+        referral = tx.sent_referral(data.referral_id) or referral
+        reason = LEAFLET_REASONS.get(data.outcome)
+        task_id = (
+            ids.leaflet_task_id(referral.case_ref, referral.victim_id, reason)
+            if reason is not None
+            else None
+        )
+        effect = decide_outcome(
+            data,
+            tx.referral_outcome(referral.referral_id),
+            referral,
+            leaflet_issued=task_id is not None and tx.has_action(task_id),
+            received_at=now,
+            calendar=self._calendar,
+        )
+        if effect.record is not None:
+            tx.save_referral_outcome(
                 referral,
-                leaflet_issued=task_id is not None and tx.has_action(task_id),
+                effect.record,
                 received_at=now,
-                calendar=self._calendar,
+                event_source=event.source,
+                event_id=event.id,
             )
-            if effect.record is not None:
-                tx.save_referral_outcome(
-                    referral,
-                    effect.record,
-                    received_at=now,
-                    event_source=event.source,
-                    event_id=event.id,
-                )
-            decisions: tuple[Decision, ...] = ()
-            state = (
-                tx.load_state(referral.case_ref, matter)
-                if effect.leaflet_reason is not None
-                else None
-            )
-            if (
-                effect.leaflet_reason is not None
-                and effect.leaflet_due_by is not None
-                and task_id is not None
-                and state is not None
-                and state.snapshot
-            ):
-                decision = self._provider_leaflet(
-                    tx,
-                    snapshot_of(state.snapshot_kind, state.snapshot),
-                    referral.victim_id,
-                    referral.provider,
-                    effect.leaflet_reason,
-                    task_id,
-                    effect.leaflet_due_by,
-                    effect.explanation + f" Leaflet task {task_id}.",
-                    event.id,
-                    now,
-                )
-                decisions = (decision,)
-            tx.mark_processed(
+        decisions: tuple[Decision, ...] = ()
+        state = (
+            tx.load_state(referral.case_ref, matter) if effect.leaflet_reason is not None else None
+        )
+        if (
+            effect.leaflet_reason is not None
+            and effect.leaflet_due_by is not None
+            and task_id is not None
+            and state is not None
+            and state.snapshot
+        ):
+            decision = self._provider_leaflet(
+                tx,
+                snapshot_of(state.snapshot_kind, state.snapshot),
+                referral.victim_id,
+                referral.provider,
+                effect.leaflet_reason,
+                task_id,
+                effect.leaflet_due_by,
+                effect.explanation + f" Leaflet task {task_id}.",
                 event.id,
-                event.type.value,
-                referral.referral_id,
-                effect.result.value,
                 now,
-                source=event.source,
             )
+            decisions = (decision,)
+        tx.mark_processed(
+            event.id,
+            event.type.value,
+            referral.referral_id,
+            effect.result.value,
+            now,
+            source=event.source,
+        )
         log.info(
             "referral.outcome",
             referral_id=referral.referral_id,
@@ -479,25 +560,26 @@ class ReferralService:
             result=effect.result.value, matter_ref=referral.case_ref, decisions=decisions
         )
 
-    def _complete_task(self, event: InboundEvent, data: TaskCompleted, now: datetime) -> Handled:
-        with self._ledger.transaction() as tx:
-            if tx.is_processed(event.id, source=event.source):
-                return Handled(result="duplicate", matter_ref=None)
-            task = tx.task(data.task_id)
-            if task is None:
-                raise UnknownReferenceError(
-                    DeadLetterReason.UNKNOWN_TASK,
-                    f"no task {data.task_id} was issued by this bridge: check the task system's "
-                    "task id (the task message's task_id)",
-                )
-            result = decide_completion(task, data)
-            if result is CompletionResult.COMPLETED and not tx.complete_task(
-                task.task_id, at=data.completed_at, by=data.completed_by, result=data.result.value
-            ):
-                result = CompletionResult.ALREADY_COMPLETED
-            tx.mark_processed(
-                event.id, event.type.value, task.task_id, result.value, now, source=event.source
+    def _complete_task(
+        self, tx: LedgerTransaction, event: InboundEvent, data: TaskCompleted, now: datetime
+    ) -> Handled:
+        if tx.is_processed(event.id, source=event.source):
+            return Handled(result="duplicate", matter_ref=None)
+        task = tx.task(data.task_id)
+        if task is None:
+            raise UnknownReferenceError(
+                DeadLetterReason.UNKNOWN_TASK,
+                f"no task {data.task_id} was issued by this bridge: check the task system's "
+                "task id (the task message's task_id)",
             )
+        result = decide_completion(task, data)
+        if result is CompletionResult.COMPLETED and not tx.complete_task(
+            task.task_id, at=data.completed_at, by=data.completed_by, result=data.result.value
+        ):
+            result = CompletionResult.ALREADY_COMPLETED
+        tx.mark_processed(
+            event.id, event.type.value, task.task_id, result.value, now, source=event.source
+        )
         log.info(
             "task.completed",
             task_id=task.task_id,

@@ -75,13 +75,44 @@ class TopologySection(_Section):
 class BrokerSection(_Section):
     #: Empty: the embedded transport under the data directory (for trying the bridge only).
     url: str = ""
-    prefetch: Annotated[int, Field(ge=1, le=1000)] = 16
+    #: Messages the broker may hand the worker before it acks them (a batch can only be
+    #: filled from these, so at least `batch_size`).
+    prefetch: Annotated[int, Field(ge=1, le=1000)] = 64
+    #: Group commit: up to this many messages share one ledger transaction, one window of
+    #: publisher confirms and one ack. 1 turns batching off.
+    batch_size: Annotated[int, Field(ge=1, le=500)] = 32
+    #: The longest the first message of a batch waits while more keep arriving, in seconds.
+    #: A message alone never waits: the batch is what has already arrived.
+    batch_max_wait_seconds: Annotated[float, Field(ge=0, le=1)] = 0.02
+    #: "quorum" declares the work, retry and dead-letter queues as RabbitMQ quorum queues:
+    #: replicated over a cluster, they survive the loss of a minority of its nodes (see
+    #: docs/operations.md, "Quorum queues"). An existing queue keeps the type it was declared
+    #: with: changing this needs new queue names (or the old queues drained and deleted).
+    queue_type: Literal["classic", "quorum"] = "classic"
     #: AMQP heartbeat of the consuming connection, in whole seconds; a silent (half-open)
     #: connection is noticed in about two periods. Unset: derived from the delivery timeouts
     #: (45 s by default), which no in-place delivery outlasts; shorter notices sooner but may
     #: drop the connection during a slow delivery pass (churn, not loss).
     heartbeat_seconds: Annotated[int, Field(ge=1, le=600)] | None = None
     topology: TopologySection = TopologySection()
+
+    @model_validator(mode="after")
+    def _batch_fits_prefetch(self) -> BrokerSection:
+        if self.queue_type == "quorum" and not self.url:
+            raise ValueError(
+                'queue_type = "quorum" needs RabbitMQ ([broker] url): the embedded broker has '
+                "one kind of queue"
+            )
+        if self.batch_size > self.prefetch and "batch_size" not in self.model_fields_set:
+            # The default follows a smaller prefetch (set before batching existed).
+            object.__setattr__(self, "batch_size", self.prefetch)
+        if self.batch_size > self.prefetch:
+            raise ValueError(
+                f"batch_size ({self.batch_size}) must not exceed prefetch ({self.prefetch}): "
+                "a batch is filled from what the broker has handed over; raise prefetch or "
+                "lower batch_size"
+            )
+        return self
 
 
 class LedgerSection(_Section):

@@ -284,6 +284,9 @@ def run(bridge: Bridge, stop: threading.Event, *, notifier: Notifier | None = No
             on_retried=bridge.metrics.retries.inc,
             heartbeat=consumer_heartbeat_seconds(settings),
             retry_policy=retry_policy_of(settings),
+            batch_handler=bridge.service.handle_batch,
+            batch_size=settings.broker.batch_size,
+            batch_max_wait=settings.broker.batch_max_wait_seconds,
         )
         try:
             consumer.run(stop)

@@ -16,7 +16,7 @@ builds one with ``ssl.create_default_context(**options)`` (CERT_REQUIRED) and se
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -28,7 +28,7 @@ from kombu.entity import Exchange
 from kombu.exceptions import OperationalError
 from kombu.messaging import Producer
 
-from referral_bridge.delivery.errors import TransientDeliveryError
+from referral_bridge.delivery.errors import DeliveryError, TransientDeliveryError
 from referral_bridge.display import mask_url
 from referral_bridge.ledger.store import OutboxMessage
 from referral_bridge.transport.errors import (
@@ -36,6 +36,7 @@ from referral_bridge.transport.errors import (
     PublishError,
     TransportError,
 )
+from referral_bridge.transport.publisher import Outgoing
 
 log = structlog.get_logger("referral_bridge.delivery.amqp")
 
@@ -76,6 +77,9 @@ class AmqpRoute:
         self._owns = owns_publisher
         #: The longest one attempt can take, if the publisher says (for the pass budget).
         self.max_attempt_seconds: float | None = getattr(publisher, "max_attempt_seconds", None)
+        #: Whether the publisher can publish a window with one wait for all confirms (the
+        #: force broker's Publisher); the delivery engine then sends a batch's rows together.
+        self.windowed = callable(getattr(publisher, "publish_window", None))
 
     def deliver(self, message: OutboxMessage) -> None:
         try:
@@ -88,21 +92,58 @@ class AmqpRoute:
                 content_type=CLOUDEVENTS_JSON,
                 mandatory=True,
             )
-        except BrokerUnavailableError as exc:
-            raise TransientDeliveryError(
+        except TransportError as exc:
+            raise self._delivery_error(exc, message) from exc
+
+    def deliver_window(self, messages: Sequence[OutboxMessage]) -> list[DeliveryError | None]:
+        """Publish all, then wait for all confirms (when the publisher can): one round trip.
+
+        One entry per message: None once the broker has it, else why not. A publisher without
+        windows (a provider's own broker) publishes one message at a time.
+        """
+        window = getattr(self._publisher, "publish_window", None)
+        if window is None:
+            results: list[DeliveryError | None] = []
+            for message in messages:
+                try:
+                    self.deliver(message)
+                except DeliveryError as exc:
+                    results.append(exc)
+                else:
+                    results.append(None)
+            return results
+        outcomes: list[TransportError | None] = window(
+            [
+                Outgoing(
+                    exchange=m.exchange,
+                    routing_key=m.routing_key,
+                    body=m.body,
+                    headers=m.headers,
+                    message_id=m.message_id,
+                    mandatory=True,
+                )
+                for m in messages
+            ]
+        )
+        return [
+            None if error is None else self._delivery_error(error, message)
+            for message, error in zip(messages, outcomes, strict=True)
+        ]
+
+    def _delivery_error(self, exc: TransportError, message: OutboxMessage) -> DeliveryError:
+        """Every broker failure is transient: the broker or the provider's queue may come back."""
+        if isinstance(exc, BrokerUnavailableError):
+            return TransientDeliveryError(
                 "broker_unavailable", f"{self.name}: broker unreachable ({type(exc).__name__})"
-            ) from exc
-        except PublishError as exc:
-            raise TransientDeliveryError(
+            )
+        if isinstance(exc, PublishError):
+            return TransientDeliveryError(
                 "publish_refused",
                 f"{self.name}: the broker refused, nacked or could not route the message to "
                 f"{message.exchange!r} / {message.routing_key!r}",
                 maybe_delivered=False,
-            ) from exc
-        except TransportError as exc:
-            raise TransientDeliveryError(
-                "broker_error", f"{self.name}: {type(exc).__name__}"
-            ) from exc
+            )
+        return TransientDeliveryError("broker_error", f"{self.name}: {type(exc).__name__}")
 
     def close(self) -> None:
         if self._owns:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -54,6 +54,8 @@ REASON_UNREACHABLE = "provider_unreachable"
 #: Circuit key for messages without a provider (officers' tasks on the force broker).
 TASKS_KEY = "officer-tasks"
 _PAGE = 200
+#: Rounds of `deliver_events`: each lets rows go that waited on rows of the round before.
+_ROUNDS = 8
 
 
 class FallbackIssuer(Protocol):
@@ -174,6 +176,141 @@ class DeliveryEngine:
             attempts=None if retry_in_place else 1,
             deadline=deadline,
         )
+
+    def deliver_events(self, event_ids: Collection[str]) -> PassReport:
+        """Deliver the rows a batch of inbound events just committed, one attempt each.
+
+        Group commit's delivery: every row whose route can publish a window (the force broker)
+        is claimed in one ledger transaction, published with windowed confirms, and marked in
+        one more; other routes (HTTPS, a provider's broker) go one at a time as in a pass. So a
+        batch costs two commits and one confirm round trip, not three of each per row. Rows that
+        wait on an earlier one (per case and destination, a withdrawal behind its referral) go
+        in a later round, once those are marked. The claim protocol is the one `_attempt_one`
+        follows; failures park rows. Raises LedgerUnavailableError only.
+        """
+        report = PassReport()
+        if not event_ids:
+            return report
+        deadline = self._monotonic() + self._policy.pass_budget_seconds
+        self._record_unmarked()
+        pending: list[PendingDelivery] = []
+        cursor: tuple[datetime, str] | None = None
+        while True:
+            page = self._ledger.due_deliveries(
+                self._clock(), event_ids=event_ids, after=cursor, limit=_PAGE
+            )
+            pending.extend(page)
+            if len(page) < _PAGE:
+                break
+            cursor = (page[-1].created_at, page[-1].message_id)
+        for _round in range(_ROUNDS):
+            if not pending or self._monotonic() >= deadline:
+                break
+            delivered_before = report.delivered
+            pending = self._round(pending, report, deadline)
+            if report.delivered == delivered_before:
+                break
+        for _waiting in pending:
+            report.add(Result.WAITING)
+        if report.fallbacks:
+            fallback = self._pass(
+                event_id=FALLBACK_EVENT, created_before=None, attempts=1, deadline=deadline
+            )
+            for result, count in fallback.counts.items():
+                report.counts[result] = report.counts.get(result, 0) + count
+        return report
+
+    def _round(
+        self, pending: list[PendingDelivery], report: PassReport, deadline: float
+    ) -> list[PendingDelivery]:
+        """One round of `deliver_events`; returns the rows still waiting on another."""
+        waiting: list[PendingDelivery] = []
+        windowed: list[tuple[PendingDelivery, Route]] = []
+        now = self._clock()
+        for delivery in pending:
+            if self._monotonic() >= deadline:
+                # The pass budget is spent (slow HTTPS providers): the scheduler takes the rest.
+                waiting.append(delivery)
+                continue
+            route = self.route_for(delivery.message.provider)
+            if not getattr(route, "windowed", False):
+                if self._attempt(delivery, report, 1, deadline) is Result.WAITING:
+                    report.counts[Result.WAITING] -= 1
+                    waiting.append(delivery)
+                continue
+            if not self.circuit(delivery.message.provider).allows():
+                self._attempt(delivery, report, 1, deadline)  # deferred to the probe time
+                continue
+            if self._ledger.waiting_on(delivery, now) is not None:
+                waiting.append(delivery)
+                continue
+            windowed.append((delivery, route))
+        if not windowed:
+            return waiting
+        claimed = self._ledger.claim_deliveries(
+            [d.message_id for d, _ in windowed], now, now + self._policy.claim_lease
+        )
+        by_route: dict[int, tuple[Route, list[PendingDelivery]]] = {}
+        for delivery, route in windowed:
+            if delivery.message_id not in claimed:
+                report.add(Result.CLAIMED_ELSEWHERE)
+                continue
+            by_route.setdefault(id(route), (route, []))[1].append(delivery)
+        handed: list[tuple[PendingDelivery, Route]] = []
+        for route, deliveries in by_route.values():
+            try:
+                window = getattr(route, "deliver_window")  # noqa: B009 - not in every Route
+                errors: list[Exception | None] = window([d.message for d in deliveries])
+            except Exception as exc:  # unexpected: each row then goes alone, as any failure
+                log.error("delivery.window_failed", error_type=type(exc).__name__)
+                errors = [exc] * len(deliveries)
+            for delivery, error in zip(deliveries, errors, strict=True):
+                if error is None or self._retry_alone(delivery, route, report, deadline):
+                    handed.append((delivery, route))
+        self._mark_handed(handed, report)
+        return waiting
+
+    def _retry_alone(
+        self, delivery: PendingDelivery, route: Route, report: PassReport, deadline: float
+    ) -> bool:
+        """A row its window did not get through: one attempt alone (still under its claim),
+        with the route's own retries; parked or rejected if that fails too."""
+        breaker = self.circuit(delivery.message.provider)
+        try:
+            self._try_in_place(route, delivery, breaker, attempts=1, deadline=deadline)
+        except DeliveryRejectedError as exc:
+            self._close_circuit(breaker, delivery.message.provider)
+            self._reject(delivery, exc, route, report)
+            report.add(Result.REJECTED)
+            return False
+        except TransientDeliveryError as exc:
+            self._park(delivery, exc, route)
+            report.add(Result.PARKED)
+            return False
+        return True
+
+    def _mark_handed(self, handed: list[tuple[PendingDelivery, Route]], report: PassReport) -> None:
+        """Record the hand-overs in one transaction; kept for later if the ledger is away."""
+        if not handed:
+            return
+        at = self._clock()
+        for delivery, route in handed:
+            self._unmarked[delivery.message_id] = (at, route.audit_route)
+        marks = [(d.message_id, at, route.audit_route) for d, route in handed]
+        self._ledger.mark_published_many(marks)  # LedgerUnavailableError: _unmarked keeps them
+        for delivery, route in handed:
+            del self._unmarked[delivery.message_id]
+            message = delivery.message
+            self._close_circuit(self.circuit(message.provider), message.provider)
+            if message.provider is not None:
+                self._metrics.delivered.labels(provider=message.provider, kind=message.kind).inc()
+            report.add(Result.DELIVERED)
+            log.debug(
+                "delivery.delivered",
+                message_id=message.message_id,
+                provider=message.provider,
+                transport=route.name,
+            )
 
     def _pass(
         self,

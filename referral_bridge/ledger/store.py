@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Collection, Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
@@ -260,6 +260,17 @@ class LedgerTransaction:
             .order_by(t.locks.c.ref)
             .with_for_update()
         ).all()
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """A SAVEPOINT: an exception inside undoes only what was done inside, and the
+        transaction goes on (group commit: one failing event never fails its neighbours).
+        A database error (the connection went, a deadlock) is LedgerUnavailableError."""
+        try:
+            with self._c.begin_nested():
+                yield
+        except OperationalError as exc:
+            raise LedgerUnavailableError(_describe(exc, self._c.engine)) from None
 
     def is_processed(self, event_id: str, *, source: str) -> bool:
         """Whether this `source` + `id` was seen (or this id, before duplicates had a source)."""
@@ -954,28 +965,22 @@ class Ledger:
         never send the same row at once, and `LedgerTransaction.cancel_referral` either wins
         (nothing is sent) or sees the attempt (the withdrawal follows it).
         """
-        claim = (
-            update(t.outbox)
-            .where(
-                t.outbox.c.message_id == message_id,
-                t.outbox.c.published_at.is_(None),
-                t.outbox.c.rejected_at.is_(None),
-                _unclaimed(now),
-            )
-            .values(
-                claimed_until=until,
-                attempts=t.outbox.c.attempts + 1,
-                # A claim that lapsed is an attempt that never reported back: it may have arrived.
-                maybe_delivered=or_(
-                    t.outbox.c.maybe_delivered.is_(True), t.outbox.c.claimed_until.is_not(None)
-                ),
-            )
-        )
+        return bool(self.claim_deliveries([message_id], now, until))
+
+    def claim_deliveries(
+        self, message_ids: Sequence[str], now: datetime, until: datetime
+    ) -> set[str]:
+        """`claim_delivery` for several rows in one committed transaction (one commit, one
+        fsync); returns the ids claimed. Each claim is its own compare-and-set, as alone."""
+        claimed: set[str] = set()
         try:
             with self.engine.begin() as connection:
-                return bool(connection.execute(claim).rowcount)
+                for message_id in message_ids:
+                    if connection.execute(_claim(message_id, now, until)).rowcount:
+                        claimed.add(message_id)
         except OperationalError as exc:
             raise LedgerUnavailableError(_describe(exc, self.engine)) from None
+        return claimed
 
     def mark_published(self, message_id: str, at: datetime, *, route: str = "amqp") -> bool:
         """Record that a claimed message was handed over, and end its claim.
@@ -986,32 +991,20 @@ class Ledger:
         and its withdrawal (kept, see `cancel_referral`) follows. Returns False if it was already
         marked (a repeat after a lost claim), in which case nothing is recorded twice.
         """
+        return bool(self.mark_published_many([(message_id, at, route)]))
+
+    def mark_published_many(self, marks: Sequence[tuple[str, datetime, str]]) -> set[str]:
+        """`mark_published` for several (message id, when, route) in one transaction (one
+        commit); returns the ids marked now (not those marked before)."""
+        marked: set[str] = set()
         try:
             with self.engine.begin() as connection:
-                marked = connection.execute(
-                    update(t.outbox)
-                    .where(t.outbox.c.message_id == message_id, t.outbox.c.published_at.is_(None))
-                    .values(
-                        published_at=at,
-                        claimed_until=None,
-                        rejected_at=None,
-                        last_error=None,
-                        next_attempt_at=None,
-                    )
-                )
-                if not marked.rowcount:
-                    return False
-                row = connection.execute(
-                    select(t.outbox.c.kind, t.outbox.c.audit).where(
-                        t.outbox.c.message_id == message_id
-                    )
-                ).one()
-                facts = _audit_facts(row.audit)
-                if facts is not None:
-                    append_audit(connection, [_audit_row(row.kind, message_id, facts, at, route)])
-                return True
+                for message_id, at, route in marks:
+                    if _mark_published(connection, message_id, at, route):
+                        marked.add(message_id)
         except OperationalError as exc:
             raise LedgerUnavailableError(_describe(exc, self.engine)) from None
+        return marked
 
     # --- delivery to providers -------------------------------------------------------------------
 
@@ -1024,6 +1017,7 @@ class Ledger:
         after: tuple[datetime, str] | None = None,
         limit: int = 200,
         skip_providers: Collection[str | None] = (),
+        event_ids: Collection[str] | None = None,
     ) -> list[PendingDelivery]:
         """Undelivered, unrejected rows whose next attempt is due, oldest first.
 
@@ -1032,7 +1026,8 @@ class Ledger:
 
         `created_before` applies only to rows never parked: a row another worker has just
         committed is left to that worker, while a parked row is due whatever its age. `after`
-        is a (created_at, message_id) cursor for paging through a pass.
+        is a (created_at, message_id) cursor for paging through a pass. `event_ids`: only the
+        rows of these events (a batch's).
         """
         query = _delivery_query().where(
             t.outbox.c.published_at.is_(None),
@@ -1042,6 +1037,8 @@ class Ledger:
         )
         if event_id is not None:
             query = query.where(t.outbox.c.event_id == event_id)
+        if event_ids is not None:
+            query = query.where(t.outbox.c.event_id.in_(list(event_ids)))
         if created_before is not None:
             query = query.where(
                 or_(
@@ -1417,6 +1414,51 @@ def _audit_row(
         "consent_regime": facts.consent_regime,
         "detail": f"delivered by {route}",
     }
+
+
+def _claim(message_id: str, now: datetime, until: datetime) -> Any:
+    """The compare-and-set that claims one due row for one attempt (see claim_delivery)."""
+    return (
+        update(t.outbox)
+        .where(
+            t.outbox.c.message_id == message_id,
+            t.outbox.c.published_at.is_(None),
+            t.outbox.c.rejected_at.is_(None),
+            _unclaimed(now),
+        )
+        .values(
+            claimed_until=until,
+            attempts=t.outbox.c.attempts + 1,
+            # A claim that lapsed is an attempt that never reported back: it may have arrived.
+            maybe_delivered=or_(
+                t.outbox.c.maybe_delivered.is_(True), t.outbox.c.claimed_until.is_not(None)
+            ),
+        )
+    )
+
+
+def _mark_published(connection: Connection, message_id: str, at: datetime, route: str) -> bool:
+    """Mark one row handed over and write its audit record (see Ledger.mark_published)."""
+    marked = connection.execute(
+        update(t.outbox)
+        .where(t.outbox.c.message_id == message_id, t.outbox.c.published_at.is_(None))
+        .values(
+            published_at=at,
+            claimed_until=None,
+            rejected_at=None,
+            last_error=None,
+            next_attempt_at=None,
+        )
+    )
+    if not marked.rowcount:
+        return False
+    row = connection.execute(
+        select(t.outbox.c.kind, t.outbox.c.audit).where(t.outbox.c.message_id == message_id)
+    ).one()
+    facts = _audit_facts(row.audit)
+    if facts is not None:
+        append_audit(connection, [_audit_row(row.kind, message_id, facts, at, route)])
+    return True
 
 
 def _never_tried_uncertainly() -> ColumnElement[bool]:

@@ -7,7 +7,8 @@ from __future__ import annotations
 import functools
 import re
 import threading
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -29,7 +30,12 @@ from referral_bridge.transport.retry import (
     raw_body,
     without_broker_death_headers,
 )
-from referral_bridge.transport.topology import Topology, declare, work_queue_entity
+from referral_bridge.transport.topology import (
+    DELIVERY_COUNT_HEADER,
+    Topology,
+    declare,
+    work_queue_entity,
+)
 from referral_bridge.verdicts import (
     Ack,
     DeadLetter,
@@ -40,6 +46,9 @@ from referral_bridge.verdicts import (
 )
 
 log = structlog.get_logger(__name__)
+
+#: Verdicts for a batch of messages, one each, in order (group commit).
+BatchHandler = Callable[[Sequence[InboundMessage]], list[Verdict]]
 
 
 REASON_HEADER = "x-rb-reason"
@@ -61,6 +70,9 @@ _ROUTING_KEY = re.compile(r"[A-Za-z0-9_-]{1,64}(?:\.[A-Za-z0-9_-]{1,64}){0,7}")
 #: for about two periods, and the loop is silent while a handler runs; the worker passes a value
 #: fitted to its longest in-place delivery (see worker.consumer_heartbeat_seconds).
 DEFAULT_HEARTBEAT_SECONDS = 30.0
+
+#: The longest the first message of a batch waits while more keep arriving (group commit).
+DEFAULT_BATCH_MAX_WAIT_SECONDS = 0.02
 
 #: The settings' defaults: 5 attempts, 1, 2, 4 and 8 s apart.
 DEFAULT_RETRY_POLICY = RetryPolicy(
@@ -106,7 +118,13 @@ class Consumer:
         on_dead_lettered: Callable[[DeadLetterReason], None] | None = None,
         on_retried: Callable[[], None] | None = None,
         heartbeat: float = DEFAULT_HEARTBEAT_SECONDS,
+        batch_handler: BatchHandler | None = None,
+        batch_size: int = 1,
+        batch_max_wait: float = DEFAULT_BATCH_MAX_WAIT_SECONDS,
     ) -> None:
+        """`batch_handler` (with `batch_size` > 1) turns on group commit: what prefetch has
+        delivered is handed over in batches of up to `batch_size`, gathered for at most
+        `batch_max_wait` seconds after the first; a lone message goes at once."""
         self._spec = spec
         self._topology = topology
         self._handler = handler
@@ -122,6 +140,11 @@ class Consumer:
         self._on_dead_lettered = on_dead_lettered
         self._on_retried = on_retried
         self._heartbeat = heartbeat
+        self._batch_handler = batch_handler if batch_size > 1 else None
+        self._batch_size = batch_size
+        self._batch_max_wait = batch_max_wait
+        #: Messages delivered and not yet handed over (group commit only).
+        self._batch: list[tuple[Message, InboundMessage]] = []
         self._stop = threading.Event()
         # RabbitMQ expires retry copies back into the work queue; the embedded broker cannot.
         self._due_retries = DueRetries(topology, publisher, clock=clock) if spec.embedded else None
@@ -196,6 +219,8 @@ class Consumer:
 
     def _consume(self, connection: Connection, stop: threading.Event) -> None:
         """Hand messages to the handler until `stop` is set; raise _ConnectionLostError on loss."""
+        # What a lost channel had delivered comes back from the broker; never settle it here.
+        self._batch = []
         try:
             channel = connection.channel()
             # py-amqp would otherwise turn bodies that have a content_encoding into str.
@@ -227,6 +252,9 @@ class Consumer:
                     connection.drain_events(timeout=self._drain_timeout)
                 except TimeoutError:
                     continue
+                if self._batch:
+                    self._gather(connection)
+                    self._run_batch()
             # The message in hand was settled inside drain_events; prefetched ones not yet
             # handed over go back to the queue when the channel closes.
             consumer.cancel()
@@ -240,16 +268,98 @@ class Consumer:
         log.warning("transport.undecodable_message", error_type=type(exc).__name__)
         self._on_message(message)
 
+    def _gather(self, connection: Connection) -> None:
+        """Take what has already arrived, up to a batch, never waiting for more.
+
+        A message alone goes at once (latency); under a backlog prefetch keeps the socket
+        full, so batches fill. `batch_max_wait` caps the time the first message waits while
+        more keep trickling in.
+        """
+        deadline = time.monotonic() + self._batch_max_wait
+        while len(self._batch) < self._batch_size and time.monotonic() < deadline:
+            before = len(self._batch)
+            try:
+                connection.drain_events(timeout=0)
+            except TimeoutError:
+                return
+            if len(self._batch) == before:  # a frame that was not a message (a heartbeat)
+                continue
+
+    def _run_batch(self) -> None:
+        """Hand the batch to the batch handler and settle each message by its verdict."""
+        batch, self._batch = self._batch, []
+        inbound = [item for _, item in batch]
+        assert self._batch_handler is not None
+        try:
+            verdicts = self._batch_handler(inbound)
+        except Exception as exc:
+            # Only the type is logged: the exception's text may quote personal data. Each
+            # message then goes alone, so one bad message cannot fail the others.
+            log.error("transport.batch_failed", error_type=type(exc).__name__, count=len(batch))
+            for message, item in batch:
+                self._handle_one(message, item)
+            return
+        acked: list[Message] = []
+        for (message, item), verdict in zip(batch, verdicts, strict=True):
+            if isinstance(verdict, Ack):
+                acked.append(message)
+            else:
+                self._settle(message, item, verdict)
+        self._ack_all(acked)
+
+    def _ack_all(self, messages: list[Message]) -> None:
+        """Ack the messages; one `multiple` ack when they are every unsettled message so far.
+
+        Everything delivered before the last of them on this channel is in this batch or an
+        earlier one, and the others were settled one by one above, so on RabbitMQ one ack with
+        multiple=True covers exactly these. The embedded broker acks each.
+        """
+        if not messages:
+            return
+        if self._spec.embedded or len(messages) == 1:
+            for message in messages:
+                message.ack()
+            return
+        last = max(messages, key=lambda m: int(m.delivery_tag))
+        last.ack(multiple=True)
+        for message in messages:
+            # kombu tracks acknowledgement per message; the broker has them all now.
+            message._state = "ACK"
+
     def _on_message(self, message: Message) -> None:
         headers = dict(message.headers or {})
+        # A quorum queue counts the deliveries that came back unsettled (a worker killed while
+        # handling it, on any worker): each is an attempt that failed, as the retry copies' are.
+        unsettled = attempts_carried(headers.get(DELIVERY_COUNT_HEADER))
         inbound = InboundMessage(
             body=raw_body(message),
             headers=inbound_headers(headers),
             routing_key=_original_routing_key(message),
             redelivered=_redelivered(message),
             delivery_tag=message.delivery_tag,
-            attempts=attempts_carried(headers.get(ATTEMPTS_HEADER)),
+            attempts=attempts_carried(headers.get(ATTEMPTS_HEADER)) + unsettled,
         )
+        if unsettled and self._retry_policy.exhausted(inbound.attempts):
+            # Not handed over again: a message that takes its worker down each time (a poison
+            # message) would otherwise take every worker down in turn, for ever.
+            self._settle(
+                message,
+                inbound,
+                DeadLetter(
+                    reason=DeadLetterReason.PROCESSING_ERROR,
+                    detail=f"delivered {unsettled} times without being settled (a worker "
+                    "stopped while handling it, or lost its connection); see the bridge's log, "
+                    "fix the cause, then replay",
+                    attempts=inbound.attempts,
+                ),
+            )
+            return
+        if self._batch_handler is not None:
+            self._batch.append((message, inbound))
+            return
+        self._handle_one(message, inbound)
+
+    def _handle_one(self, message: Message, inbound: InboundMessage) -> None:
         try:
             verdict = self._handler(inbound)
         except Exception as exc:

@@ -4,12 +4,16 @@
 
 from __future__ import annotations
 
+import functools
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
 import structlog
+from amqp import spec
 from amqp.exceptions import MessageNacked
 from kombu.connection import Connection
 from kombu.exceptions import OperationalError
@@ -17,7 +21,7 @@ from kombu.messaging import Producer
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 from referral_bridge.transport.embedded import BrokerSpec
-from referral_bridge.transport.errors import BrokerUnavailableError, PublishError
+from referral_bridge.transport.errors import BrokerUnavailableError, PublishError, TransportError
 from referral_bridge.transport.topology import Topology, declare
 
 log = structlog.get_logger(__name__)
@@ -27,6 +31,19 @@ CLOUDEVENTS_JSON = "application/cloudevents+json"
 ORIGINAL_ROUTING_KEY_HEADER = "x-rb-original-routing-key"
 
 HeaderValue = str | int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Outgoing:
+    """One message of a window published with `Publisher.publish_window`."""
+
+    exchange: str
+    routing_key: str
+    body: bytes = field(repr=False)
+    headers: Mapping[str, Any]
+    message_id: str
+    content_type: str = CLOUDEVENTS_JSON
+    mandatory: bool = False
 
 
 class _ConnectionLostError(Exception):
@@ -75,6 +92,12 @@ class Publisher:
         self._channel: Any = None
         self._producer: Producer | None = None
         self._returned: list[str] = []
+        #: Messages published on the current channel since confirm mode began (RabbitMQ numbers
+        #: its confirms by this), and the window's outcomes by that number: False while
+        #: unconfirmed, True once acked, "nack" once nacked.
+        self._published = 0
+        self._window: dict[int, str | bool] = {}
+        self._returned_ids: set[str] = set()
 
     @property
     def topology(self) -> Topology:
@@ -130,6 +153,114 @@ class Publisher:
                     f"{self._spec.display_url} unreachable after {self._retry_attempts} attempts "
                     f"({exc.__cause__!r}); check that it is running and reachable"
                 ) from exc.__cause__
+
+    def publish_window(self, messages: Sequence[Outgoing]) -> list[TransportError | None]:
+        """Publish every message, then wait for all their confirms: one round trip per window.
+
+        Returns one entry per message: None once the broker confirmed it, else the error for
+        that message (PublishError: nacked, refused or unroutable; BrokerUnavailableError: the
+        connection went or the confirms did not come in time, so it may or may not be stored).
+        Nothing is retried here: the caller publishes what failed again on its own (`publish`),
+        which retries, so one bad message never fails the window. The embedded broker has no
+        confirms: there each message is simply published in turn.
+        """
+        if not self._spec.supports_confirms:
+            results: list[TransportError | None] = []
+            for message in messages:
+                try:
+                    self.publish(
+                        exchange=message.exchange,
+                        routing_key=message.routing_key,
+                        body=message.body,
+                        headers=message.headers,
+                        message_id=message.message_id,
+                        content_type=message.content_type,
+                        mandatory=message.mandatory,
+                    )
+                except TransportError as exc:
+                    results.append(exc)
+                else:
+                    results.append(None)
+            return results
+        if not messages:
+            return []
+        with self._lock:
+            return self._publish_window_once(messages)
+
+    def _publish_window_once(self, messages: Sequence[Outgoing]) -> list[TransportError | None]:
+        connection = self._connection or self._spec.connection()
+        sequence: list[int] = []
+        try:
+            self._ensure_producer(connection)
+            channel = self._channel
+            if not channel._confirm_selected:
+                # py-amqp selects confirm mode lazily, on the first confirmed publish.
+                channel._confirm_selected = True
+                channel.confirm_select()
+            self._returned_ids.clear()
+            self._window.clear()
+            for message in messages:
+                prepared = channel.prepare_message(
+                    message.body,
+                    0,
+                    message.content_type,
+                    "utf-8",
+                    dict(message.headers),
+                    {"delivery_mode": PERSISTENT, "message_id": message.message_id},
+                )
+                # The plain publish: py-amqp's confirmed one waits for each confirm in turn.
+                channel._basic_publish(
+                    prepared,
+                    exchange=message.exchange,
+                    routing_key=message.routing_key,
+                    mandatory=message.mandatory,
+                )
+                self._published += 1
+                sequence.append(self._published)
+                self._window[self._published] = False
+            deadline = time.monotonic() + self._confirm_timeout
+            while any(self._window[number] is False for number in sequence):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError("publisher confirms did not arrive in time")
+                channel.wait([spec.Basic.Ack, spec.Basic.Nack], timeout=remaining)
+        except connection.channel_errors as exc:
+            self._drop_channel()
+            return self._window_results(messages, sequence, PublishError, str(exc))
+        except (TimeoutError, OperationalError, *connection.connection_errors) as exc:
+            log.warning("transport.publish_connection_lost", error_type=type(exc).__name__)
+            self._drop_connection(connection)
+            return self._window_results(messages, sequence, BrokerUnavailableError, str(exc))
+        return self._window_results(messages, sequence, BrokerUnavailableError, "")
+
+    def _window_results(
+        self,
+        messages: Sequence[Outgoing],
+        sequence: list[int],
+        unconfirmed: type[TransportError],
+        cause: str,
+    ) -> list[TransportError | None]:
+        results: list[TransportError | None] = []
+        for index, message in enumerate(messages):
+            state = self._window.get(sequence[index]) if index < len(sequence) else False
+            where = f"exchange {message.exchange!r} routing key {message.routing_key!r}"
+            if state == "nack":
+                results.append(PublishError(f"the broker nacked a message for {where}"))
+            elif state is True and message.message_id in self._returned_ids:
+                results.append(PublishError(f"no queue receives messages sent to {where}"))
+            elif state is True:
+                results.append(None)
+            else:
+                results.append(
+                    unconfirmed(f"no confirm for a message to {where} ({cause or 'no answer'})")
+                )
+        self._window.clear()
+        return results
+
+    def _on_confirm(self, outcome: str | bool, delivery_tag: int, multiple: bool) -> None:
+        for number, state in self._window.items():
+            if state is False and (number <= delivery_tag if multiple else number == delivery_tag):
+                self._window[number] = outcome
 
     def publish_dead_letter(
         self,
@@ -268,6 +399,7 @@ class Publisher:
                 confirm_timeout=self._confirm_timeout,
                 **properties,
             )
+            self._published += 1
         except MessageNacked as exc:
             self._drop_channel()
             raise PublishError(
@@ -301,6 +433,9 @@ class Publisher:
         if self._spec.supports_confirms:
             # Without a handler py-amqp raises from inside the confirm wait and loses the ack.
             channel.events["basic_return"].add(self._on_return)
+            channel.events["basic_ack"].add(functools.partial(self._on_confirm, True))
+            channel.events["basic_nack"].add(functools.partial(self._on_confirm, "nack"))
+        self._published = 0
         if self._declare_topology:
             declare(channel, self._topology)
         self._channel = channel
@@ -309,6 +444,9 @@ class Publisher:
 
     def _on_return(self, exc: Exception, exchange: str, routing_key: str, message: Any) -> None:
         self._returned.append(str(exc))
+        message_id = (getattr(message, "properties", None) or {}).get("message_id")
+        if isinstance(message_id, str):
+            self._returned_ids.add(message_id)
 
     def _drop_channel(self) -> None:
         """Forget a channel the broker has closed; the next publish opens another."""

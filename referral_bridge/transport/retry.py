@@ -28,11 +28,12 @@ log = structlog.get_logger(__name__)
 #: When a retry copy may be tried again (RFC 3339, UTC); read by `DueRetries`, shown to operators.
 NOT_BEFORE_HEADER = "x-rb-not-before"
 #: Headers RabbitMQ adds each time a copy expires back; our attempts header is the count we keep.
-_BROKER_DEATH_PREFIXES = ("x-death", "x-first-death-", "x-last-death-")
+_BROKER_DEATH_PREFIXES = ("x-death", "x-first-death-", "x-last-death-", "x-delivery-count")
 
 
 def without_broker_death_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
-    """`headers` without those RabbitMQ added when it dead-lettered the message to us."""
+    """`headers` without those RabbitMQ added when it dead-lettered or redelivered the message
+    to us (a quorum queue's delivery count is carried on in our attempts header instead)."""
     return {k: v for k, v in headers.items() if not k.startswith(_BROKER_DEATH_PREFIXES)}
 
 

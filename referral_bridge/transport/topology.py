@@ -36,6 +36,9 @@ class Topology:
     #: Where failed messages wait before they are tried again; empty: "<work_queue>.retry", so
     #: that a work queue of another name gets a retry queue of its own.
     retry_queue: str = ""
+    #: "quorum": the work, retry and dead-letter queues are RabbitMQ quorum queues (replicated
+    #: over the cluster's nodes, data-safe on a node's loss); "classic" the single-node kind.
+    queue_type: str = "classic"
 
     def __post_init__(self) -> None:
         if not self.retry_queue:
@@ -48,6 +51,12 @@ class Topology:
         if event_type == OUTCOME_EVENT_TYPE:
             return self.outcomes_exchange
         return self.inbound_exchange
+
+
+QUORUM = "quorum"
+#: Set by RabbitMQ on each delivery of a message from a quorum queue after the first: how often it
+#: was handed to a consumer and came back unsettled (a worker died, a connection or node went).
+DELIVERY_COUNT_HEADER = "x-delivery-count"
 
 
 def _topic(name: str) -> Exchange:
@@ -66,6 +75,7 @@ def work_queue_entity(topology: Topology) -> Queue:
         durable=True,
         auto_delete=False,
         exclusive=False,
+        queue_arguments=_type_arguments(topology) or None,
     )
 
 
@@ -74,7 +84,13 @@ def dead_letter_queue_entity(topology: Topology) -> Queue:
 
     Dead letters wait for an operator; a broker that silently expired them would lose messages.
     """
-    return Queue(topology.dead_letter_queue, durable=True, auto_delete=False, exclusive=False)
+    return Queue(
+        topology.dead_letter_queue,
+        durable=True,
+        auto_delete=False,
+        exclusive=False,
+        queue_arguments=_type_arguments(topology) or None,
+    )
 
 
 def retry_queue_entity(topology: Topology) -> Queue:
@@ -93,8 +109,20 @@ def retry_queue_entity(topology: Topology) -> Queue:
         queue_arguments={
             "x-dead-letter-exchange": "",
             "x-dead-letter-routing-key": topology.work_queue,
+            **_type_arguments(topology),
+            # A quorum queue dead-letters at most once unless told otherwise: an expired copy
+            # must reach the work queue even if it is briefly unavailable.
+            **(
+                {"x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"}
+                if topology.queue_type == QUORUM
+                else {}
+            ),
         },
     )
+
+
+def _type_arguments(topology: Topology) -> dict[str, str]:
+    return {"x-queue-type": QUORUM} if topology.queue_type == QUORUM else {}
 
 
 def declare(channel: Any, topology: Topology) -> None:

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -312,6 +312,7 @@ class BridgeEnv:
         worker_broker_url: str | None = None,
         worker_ledger_url: str | None = None,
         broker_heartbeat: int | None = None,
+        queue_type: str = "classic",
     ) -> BridgeEnv:
         """`worker_*_url`: where the workers reach the broker and the ledger, when not where the
         test does (through a fault proxy). `broker_heartbeat`: `[broker] heartbeat_seconds`."""
@@ -320,7 +321,7 @@ class BridgeEnv:
         generate_key_pair(BRIDGE_KID, keys)
         for provider in PROVIDERS:
             generate_key_pair(provider_kid(provider), keys)
-        topology = unique_topology()
+        topology = replace(unique_topology(), queue_type=queue_type)
         providers = "".join(
             f'\n[providers.{p}]\npublic_keys = "keys/{provider_kid(p)}.public.jwk"\n'
             for p in PROVIDERS
@@ -337,6 +338,7 @@ class BridgeEnv:
             "[broker]\n"
             f"url = {json.dumps(worker_broker_url or rabbitmq_url)}\n"
             f"prefetch = {prefetch}\n"
+            f"queue_type = {json.dumps(queue_type)}\n"
             + (f"heartbeat_seconds = {broker_heartbeat}\n" if broker_heartbeat else "")
             + "\n"
             "[broker.topology]\n"

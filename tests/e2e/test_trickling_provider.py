@@ -115,8 +115,10 @@ def test_a_trickling_provider_neither_stalls_the_worker_nor_starves_the_watchdog
     assert wait_until(lambda: trickler.requests >= 1, timeout=60), worker.log_text()
     started = time.monotonic()
 
-    # Each event's referral gets one attempt, cut at 3 s: the worker goes on to the next event.
+    # Each event's referral gets one attempt, cut at 3 s: the worker goes on to the next one.
+    # (With group commit the events of a batch are recorded first, then their referrals tried.)
     assert wait_until(lambda: env.processed_count() == EVENTS, timeout=60), worker.log_text()
+    assert wait_until(lambda: trickler.requests >= EVENTS, timeout=60), worker.log_text()
     assert trickler.requests == EVENTS
     # Watch the watchdog for a while longer than its timeout, through and after those attempts.
     wait_until(lambda: time.monotonic() - started > 1.2 * WATCHDOG_SECONDS, timeout=60)

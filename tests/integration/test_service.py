@@ -754,6 +754,7 @@ class OutageAfterCommitLedger(Ledger):
         after: tuple[datetime, str] | None = None,
         limit: int = 200,
         skip_providers: Collection[str | None] = (),
+        event_ids: Collection[str] | None = None,
     ) -> list[PendingDelivery]:
         if self.outages > 0:
             self.outages -= 1
@@ -765,6 +766,7 @@ class OutageAfterCommitLedger(Ledger):
             after=after,
             limit=limit,
             skip_providers=skip_providers,
+            event_ids=event_ids,
         )
 
 
