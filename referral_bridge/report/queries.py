@@ -94,6 +94,25 @@ class ReportQueries:
             return (func.julianday(later) - func.julianday(earlier)) * 1440.0
         return cast(extract("epoch", later - earlier), Float) / 60.0
 
+    def _flags_by_month_and_category(
+        self, dated: Subquery, total: str, flags: Sequence[str]
+    ) -> list[Counted]:
+        """Rows of `dated` (month, category, 0/1 flags) counted as `total` and each flag summed,
+        per month and category."""
+        query = select(
+            dated.c.month,
+            dated.c.category,
+            func.count(),
+            *(func.sum(dated.c[name]) for name in flags),
+        ).group_by(dated.c.month, dated.c.category)
+        found = []
+        for row in self._c.execute(query):
+            month, category, rows, *sums = tuple(row)
+            counts = {total: int(rows)}
+            counts.update({name: int(n or 0) for name, n in zip(flags, sums, strict=True)})
+            found.append(Counted({MONTH: month, CATEGORY: category}, counts))
+        return found
+
     def _counted(self, query: Any, dims: Sequence[str], measure: str = "n") -> list[Counted]:
         """Rows of `dims..., count` into Counted rows with `count` under `measure`."""
         found = []
@@ -127,19 +146,7 @@ class ReportQueries:
             per_victim.c.category,
             *(per_victim.c[name] for name in flags),
         ).subquery()
-        query = select(
-            dated.c.month,
-            dated.c.category,
-            func.count(),
-            *(func.sum(dated.c[name]) for name in flags),
-        ).group_by(dated.c.month, dated.c.category)
-        found = []
-        for row in self._c.execute(query):
-            month, category, victims, *by_outcome = tuple(row)
-            counts = {"victims": int(victims)}
-            counts.update({name: int(n or 0) for name, n in zip(flags, by_outcome, strict=True)})
-            found.append(Counted({MONTH: month, CATEGORY: category}, counts))
-        return found
+        return self._flags_by_month_and_category(dated, "victims", list(flags))
 
     def reasons(self) -> list[Counted]:
         d = t.decisions
@@ -272,19 +279,7 @@ class ReportQueries:
             _one(and_(v.given == 0, v.declined == 0, v.not_obtained == 0)).label("awaiting"),
         ).subquery()
         names = ("asked", "given", "declined", "not_obtained", "awaiting")
-        query = select(
-            dated.c.month,
-            dated.c.category,
-            func.count(),
-            *(func.sum(dated.c[name]) for name in names),
-        ).group_by(dated.c.month, dated.c.category)
-        found = []
-        for row in self._c.execute(query):
-            month, category, needing, *values = tuple(row)
-            counts = {"needing": int(needing)}
-            counts.update({name: int(n or 0) for name, n in zip(names, values, strict=True)})
-            found.append(Counted({MONTH: month, CATEGORY: category}, counts))
-        return found
+        return self._flags_by_month_and_category(dated, "needing", names)
 
     def tasks(self) -> list[Counted]:
         tk, a, d = t.tasks, t.actions, t.decisions
