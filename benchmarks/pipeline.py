@@ -27,13 +27,13 @@ sys.path.insert(0, str(REPO))
 from referral_bridge.bootstrap import ProviderSealer, load_policy  # noqa: E402
 from referral_bridge.core.calendar import WorkingDayCalendar  # noqa: E402
 from referral_bridge.core.parsing import parse_inbound  # noqa: E402
+from referral_bridge.core.verdicts import InboundMessage  # noqa: E402
+from referral_bridge.devtools.simulate import Simulator  # noqa: E402
 from referral_bridge.ledger import Ledger  # noqa: E402
 from referral_bridge.logging import configure_logging  # noqa: E402
 from referral_bridge.resources import DEFAULT_POLICY  # noqa: E402
 from referral_bridge.sealing import generate_key_pair, load_key_set, load_private_key  # noqa: E402
-from referral_bridge.service import ReferralService, Routes  # noqa: E402
-from referral_bridge.simulate import Simulator  # noqa: E402
-from referral_bridge.verdicts import InboundMessage  # noqa: E402
+from referral_bridge.service.handler import ReferralService, Routes  # noqa: E402
 
 PROVIDERS = ("lancashire-victim-services", "homicide-service")
 #: Events per `handle_batch` call in the batched figure (the worker's default batch_size).

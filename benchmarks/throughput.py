@@ -48,9 +48,9 @@ from kombu.connection import Connection  # noqa: E402
 from kombu.entity import Queue  # noqa: E402
 
 from referral_bridge.core import ids  # noqa: E402
+from referral_bridge.devtools.simulate import Simulator  # noqa: E402
 from referral_bridge.resources import DEFAULT_POLICY  # noqa: E402
 from referral_bridge.sealing import generate_key_pair  # noqa: E402
-from referral_bridge.simulate import Simulator  # noqa: E402
 from referral_bridge.transport.publisher import Outgoing, Publisher  # noqa: E402
 from referral_bridge.transport.topology import Topology  # noqa: E402
 

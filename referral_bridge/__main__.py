@@ -2,6 +2,6 @@
 
 import sys
 
-from referral_bridge.cli import main
+from referral_bridge.cli.main import main
 
 sys.exit(main())

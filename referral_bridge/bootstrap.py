@@ -34,7 +34,7 @@ from referral_bridge.delivery.https import tls_context
 from referral_bridge.errors import ConfigError, LedgerUnavailableError
 from referral_bridge.files import private_dir, private_tree
 from referral_bridge.ledger import Ledger
-from referral_bridge.metrics import BridgeMetrics
+from referral_bridge.runtime.metrics import BridgeMetrics
 from referral_bridge.sealing import (
     KeySet,
     PrivateKey,
@@ -43,7 +43,7 @@ from referral_bridge.sealing import (
     seal,
 )
 from referral_bridge.sealing.rotation import load_signing_key
-from referral_bridge.service import ReferralService, Routes
+from referral_bridge.service.handler import ReferralService, Routes
 from referral_bridge.settings import ProviderSection, Settings
 from referral_bridge.transport.embedded import BrokerSpec, broker_spec
 from referral_bridge.transport.publisher import Publisher

@@ -31,7 +31,7 @@ from referral_bridge.ledger import schema as ledger_schema
 from referral_bridge.ledger.roles import grant
 from referral_bridge.resources import DEFAULT_POLICY
 from referral_bridge.sealing import KeySet, generate_key_pair, load_key_set, load_private_key
-from referral_bridge.service import ReferralService, Routes, Sealer
+from referral_bridge.service.handler import ReferralService, Routes, Sealer
 from referral_bridge.transport import InboundMessage, PublishError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -43,7 +43,7 @@ from referral_bridge.delivery.policy import DeliveryPolicy, park_delay
 from referral_bridge.delivery.routes import Route
 from referral_bridge.errors import LedgerUnavailableError
 from referral_bridge.ledger.store import Ledger, LedgerTransaction, PendingDelivery
-from referral_bridge.metrics import BridgeMetrics
+from referral_bridge.runtime.metrics import BridgeMetrics
 
 log = structlog.get_logger("referral_bridge.delivery")
 

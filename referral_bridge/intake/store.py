@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from referral_bridge.core.intake import IntakeState, state_of
-from referral_bridge.provider_inbox import InboxStore
+from referral_bridge.provider.inbox import InboxStore
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS staff_sessions (

@@ -4,6 +4,7 @@ Business logic lives elsewhere: the consumer hands raw bytes to an injected hand
 out the verdict it returns.
 """
 
+from referral_bridge.core.verdicts import Ack, DeadLetter, Handler, InboundMessage, Retry, Verdict
 from referral_bridge.transport.consumer import Consumer
 from referral_bridge.transport.embedded import BrokerSpec, broker_spec, embedded_broker_spec
 from referral_bridge.transport.errors import (
@@ -16,7 +17,6 @@ from referral_bridge.transport.errors import (
 )
 from referral_bridge.transport.publisher import Publisher
 from referral_bridge.transport.topology import Topology, declare, queue_depth
-from referral_bridge.verdicts import Ack, DeadLetter, Handler, InboundMessage, Retry, Verdict
 
 __all__ = [
     "Ack",

@@ -21,6 +21,14 @@ from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exp
 
 from referral_bridge.core.events import DeadLetterReason
 from referral_bridge.core.retry import RetryPolicy, attempts_carried
+from referral_bridge.core.verdicts import (
+    Ack,
+    DeadLetter,
+    Handler,
+    InboundMessage,
+    Retry,
+    Verdict,
+)
 from referral_bridge.transport.embedded import BrokerSpec
 from referral_bridge.transport.errors import BrokerUnavailableError, TransportError
 from referral_bridge.transport.publisher import ORIGINAL_ROUTING_KEY_HEADER, Publisher
@@ -35,14 +43,6 @@ from referral_bridge.transport.topology import (
     Topology,
     declare,
     work_queue_entity,
-)
-from referral_bridge.verdicts import (
-    Ack,
-    DeadLetter,
-    Handler,
-    InboundMessage,
-    Retry,
-    Verdict,
 )
 
 log = structlog.get_logger(__name__)

@@ -12,7 +12,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from referral_bridge.exit_codes import RET_CONFIG, RET_OK, RET_TAMPERED, RET_USAGE
+from referral_bridge.cli.exit_codes import RET_CONFIG, RET_OK, RET_TAMPERED, RET_USAGE
 from tests.e2e.conftest import BridgeFactory
 from tests.e2e.helpers import BridgeEnv, crime_event, new_ref, run_cli
 

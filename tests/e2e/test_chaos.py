@@ -25,10 +25,10 @@ from sqlalchemy import select
 
 from referral_bridge import bootstrap
 from referral_bridge.core.calendar import WorkingDayCalendar
+from referral_bridge.devtools.simulate import MARKER_DATE_OF_BIRTH, SimulatedEvent, Simulator
 from referral_bridge.ledger.schema import outbox
-from referral_bridge.service import ReferralService, Routes
+from referral_bridge.service.handler import ReferralService, Routes
 from referral_bridge.settings import load_settings
-from referral_bridge.simulate import MARKER_DATE_OF_BIRTH, SimulatedEvent, Simulator
 from referral_bridge.transport import Ack, DeadLetter, InboundMessage, Verdict
 from tests.e2e.helpers import BridgeEnv, Received, Worker
 from tests.faults.harness import LONG

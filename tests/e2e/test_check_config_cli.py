@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine
 
-from referral_bridge.exit_codes import RET_CONFIG, RET_CONNECT, RET_OK
+from referral_bridge.cli.exit_codes import RET_CONFIG, RET_CONNECT, RET_OK
 from referral_bridge.ledger import schema as t
 from tests.e2e.conftest import BridgeFactory
 from tests.e2e.helpers import BridgeEnv, cli_command, crime_event, new_ref, worker_environment

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from referral_bridge.simulate import Simulator
+from referral_bridge.devtools.simulate import Simulator
 from tests.e2e.conftest import BridgeFactory
 from tests.e2e.helpers import BridgeEnv, Received
 

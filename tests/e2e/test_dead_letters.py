@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from referral_bridge.simulate import MARKER_DATE_OF_BIRTH
+from referral_bridge.devtools.simulate import MARKER_DATE_OF_BIRTH
 from tests.e2e.helpers import BridgeEnv, Received, crime_event, load_sample, new_ref
 
 pytestmark = pytest.mark.e2e

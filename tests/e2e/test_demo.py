@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from referral_bridge.simulate import MARKER_DATE_OF_BIRTH
+from referral_bridge.devtools.simulate import MARKER_DATE_OF_BIRTH
 from tests.e2e.helpers import cli_command, worker_environment
 
 pytestmark = pytest.mark.e2e

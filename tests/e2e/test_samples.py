@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from referral_bridge.cli import RET_OK, RET_VERIFY
+from referral_bridge.cli.main import RET_OK, RET_VERIFY
 from referral_bridge.core import ids
 from referral_bridge.sealing import generate_key_pair
 from tests.e2e.helpers import (

@@ -10,9 +10,9 @@ import sys
 
 from prometheus_client import CollectorRegistry
 
-from referral_bridge.health import CheckResult, HealthServer, Readiness
-from referral_bridge.http_server import ServerLimits
 from referral_bridge.logging import configure_logging
+from referral_bridge.runtime.health import CheckResult, HealthServer, Readiness
+from referral_bridge.runtime.http_server import ServerLimits
 
 
 def main(argv: list[str]) -> None:

@@ -11,15 +11,15 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from referral_bridge import audit as audit_module
-from referral_bridge.audit import (
+from referral_bridge.ledger import AuditFacts, Ledger, OutboxMessage
+from referral_bridge.operator import audit as audit_module
+from referral_bridge.operator.audit import (
     DEAD_LETTER_REVEALED,
     AuditQuery,
     AuditRecord,
     AuditTrail,
     operator_name,
 )
-from referral_bridge.ledger import AuditFacts, Ledger, OutboxMessage
 
 pytestmark = pytest.mark.integration
 

@@ -12,12 +12,12 @@ import pytest
 from sqlalchemy import Connection, create_engine, select, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from referral_bridge.audit import AuditRecord, AuditTrail
 from referral_bridge.core.audit_chain import GENESIS, ChainReport, row_hash, verify_chain
 from referral_bridge.errors import LedgerPrivilegeError, LedgerSchemaError
 from referral_bridge.ledger import AuditFacts, Ledger, OutboxMessage
 from referral_bridge.ledger import schema as t
 from referral_bridge.ledger.chain import chain_rows
+from referral_bridge.operator.audit import AuditRecord, AuditTrail
 from tests.fakes import (
     bridge_role,
 )

@@ -17,7 +17,7 @@ from referral_bridge.core.calendar import WorkingDayCalendar
 from referral_bridge.core.events import ConsentState, DeadLetterReason
 from referral_bridge.ledger import Ledger
 from referral_bridge.ledger import schema as t
-from referral_bridge.service import ReferralService
+from referral_bridge.service.handler import ReferralService
 from referral_bridge.transport import Ack, DeadLetter
 from tests.fakes import (
     FakeClock,

@@ -21,7 +21,7 @@ from referral_bridge.delivery import DeliveryPolicy
 from referral_bridge.errors import LedgerUnavailableError
 from referral_bridge.ledger import Ledger
 from referral_bridge.ledger.store import Cancellation
-from referral_bridge.service import ReferralService
+from referral_bridge.service.handler import ReferralService
 from referral_bridge.transport import Ack
 from tests.fakes import (
     FakeClock,

@@ -24,10 +24,10 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from referral_bridge.delivery import DeliveryEngine, DeliveryPolicy, HttpsRoute, Route
 from referral_bridge.delivery.amqp import AmqpRoute
-from referral_bridge.http_server import ServerLimits
-from referral_bridge.inbox_app import InboxServer
 from referral_bridge.ledger import Ledger
-from referral_bridge.provider_inbox import InboxStore, ReferralInbox
+from referral_bridge.provider.inbox import InboxStore, ReferralInbox
+from referral_bridge.provider.inbox_app import InboxServer
+from referral_bridge.runtime.http_server import ServerLimits
 from tests.fakes import FakeClock, KeyMaterial, RecordingPublisher
 
 pytestmark = pytest.mark.integration

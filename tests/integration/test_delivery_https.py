@@ -24,7 +24,7 @@ from referral_bridge.delivery import DeliveryPolicy, Route
 from referral_bridge.ledger import Ledger
 from referral_bridge.ledger import schema as t
 from referral_bridge.sealing import open_sealed
-from referral_bridge.service import ReferralService
+from referral_bridge.service.handler import ReferralService
 from referral_bridge.transport import Ack
 from tests.fakes import (
     FakeClock,

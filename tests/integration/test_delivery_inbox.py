@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from referral_bridge.core import ids
-from referral_bridge.provider_inbox import Answer, InboxStore, ReferralInbox
+from referral_bridge.provider.inbox import Answer, InboxStore, ReferralInbox
 from tests.fakes import KeyMaterial, make_keys
 from tests.integration.test_delivery_helpers import (
     HOMICIDE,

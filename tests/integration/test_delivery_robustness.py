@@ -19,8 +19,8 @@ from referral_bridge.bootstrap import Bridge
 from referral_bridge.core import ids
 from referral_bridge.delivery import DeliveryPolicy, HttpsRoute, Route
 from referral_bridge.ledger import Ledger, OutboxMessage
-from referral_bridge.scheduler import Scheduler
-from referral_bridge.service import ReferralService
+from referral_bridge.runtime.scheduler import Scheduler
+from referral_bridge.service.handler import ReferralService
 from referral_bridge.transport import Ack
 from tests.fakes import FakeClock, KeyMaterial, RecordingPublisher, cloudevent, inbound, make_keys
 from tests.fakes import make_service as make_fake_service

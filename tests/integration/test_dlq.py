@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from referral_bridge.dlq import (
+from referral_bridge.operator.deadletters import (
     REPLAY_COUNT_HEADER,
     DeadLetterFilter,
     DeadLetterMessage,

@@ -15,11 +15,11 @@ import pytest
 
 from referral_bridge.core import ids
 from referral_bridge.core.events import DeadLetterReason
+from referral_bridge.core.verdicts import InboundMessage
 from referral_bridge.ledger import Ledger
-from referral_bridge.service import ReferralService
+from referral_bridge.service.handler import ReferralService
 from referral_bridge.transport import Ack, DeadLetter, PublishError, Retry, Verdict
 from referral_bridge.transport.publisher import Outgoing
-from referral_bridge.verdicts import InboundMessage
 from tests.fakes import (
     FakeClock,
     KeyMaterial,

@@ -27,9 +27,9 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
-from referral_bridge.health import CheckResult, HealthServer, Readiness
-from referral_bridge.http_server import ServerLimits
-from referral_bridge.provider_inbox import MAX_BODY_BYTES
+from referral_bridge.provider.inbox import MAX_BODY_BYTES
+from referral_bridge.runtime.health import CheckResult, HealthServer, Readiness
+from referral_bridge.runtime.http_server import ServerLimits
 from tests.e2e.helpers import worker_environment
 from tests.e2e.test_inbox_cli import free_port, inbox_command, referral_event
 from tests.fakes import KeyMaterial, make_keys

@@ -22,7 +22,6 @@ from starlette.routing import Route
 
 from referral_bridge.core import ids
 from referral_bridge.core.intake import LockoutPolicy, Role
-from referral_bridge.inbox_app import InboxServer
 from referral_bridge.intake.accounts import Accounts, add_user, set_disabled
 from referral_bridge.intake.outbox import OutcomeOutbox
 from referral_bridge.intake.store import IntakeStore
@@ -31,7 +30,8 @@ from referral_bridge.intake.web import (
     IntakeWeb,
     intake_routes,
 )
-from referral_bridge.provider_inbox import InboxStore, ReferralInbox
+from referral_bridge.provider.inbox import InboxStore, ReferralInbox
+from referral_bridge.provider.inbox_app import InboxServer
 from tests.fakes import KeyMaterial, make_keys
 from tests.integration.test_delivery_helpers import LANCASHIRE, Pki, make_pki
 

@@ -22,7 +22,7 @@ from sqlalchemy import select
 from referral_bridge.core.events import ConsentState, CrimeRecorded, IncidentRecorded
 from referral_bridge.ledger import Ledger
 from referral_bridge.ledger import schema as t
-from referral_bridge.service import ReferralService
+from referral_bridge.service.handler import ReferralService
 from referral_bridge.transport import Ack, DeadLetter, InboundMessage, Retry
 from tests.fakes import (
     FakeClock,

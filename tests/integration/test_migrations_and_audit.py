@@ -23,10 +23,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import DBAPIError
 
-from referral_bridge.audit import AuditRecord, AuditTrail
 from referral_bridge.errors import LedgerSchemaError
 from referral_bridge.ledger import AuditFacts, Ledger, OutboxMessage
 from referral_bridge.ledger import schema as t
+from referral_bridge.operator.audit import AuditRecord, AuditTrail
 from tests.fakes import ledger_url_for
 
 pytestmark = pytest.mark.integration

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from referral_bridge.cli import main
+from referral_bridge.cli.main import main
 from referral_bridge.files import private_tree
 from referral_bridge.ledger import Ledger
-from referral_bridge.provider_inbox import InboxStore
+from referral_bridge.provider.inbox import InboxStore
 from tests.e2e.helpers import Worker
 from tests.unit.test_systemd_notify import embedded_config
 from tests.waiting import wait_until

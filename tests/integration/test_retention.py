@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from referral_bridge.audit import AuditQuery, AuditTrail
 from referral_bridge.core.audit_chain import verify_chain
 from referral_bridge.ledger import Ledger
 from referral_bridge.ledger import schema as t
@@ -26,8 +25,9 @@ from referral_bridge.ledger.retention import (
     sweep,
 )
 from referral_bridge.ledger.subject import subject_access
-from referral_bridge.scheduler import RetentionSweep
-from referral_bridge.service import ReferralService
+from referral_bridge.operator.audit import AuditQuery, AuditTrail
+from referral_bridge.runtime.scheduler import RetentionSweep
+from referral_bridge.service.handler import ReferralService
 from referral_bridge.settings import RetentionSection
 from tests.fakes import (
     FakeClock,

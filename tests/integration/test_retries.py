@@ -20,7 +20,7 @@ import pytest
 
 from referral_bridge.core.retry import RetryPolicy
 from referral_bridge.ledger import Ledger
-from referral_bridge.service import ReferralService
+from referral_bridge.service.handler import ReferralService
 from referral_bridge.transport import Ack, InboundMessage, Retry, Verdict
 from tests.fakes import FakeClock, RecordingPublisher, RecordingSealer, cloudevent, make_service
 from tests.integration.conftest import BrokerHarness, RecordingHandler

@@ -34,7 +34,7 @@ from referral_bridge.ledger import schema as t
 from referral_bridge.ledger.store import PendingDelivery
 from referral_bridge.resources import SAMPLES
 from referral_bridge.sealing import open_event
-from referral_bridge.service import ReferralService
+from referral_bridge.service.handler import ReferralService
 from referral_bridge.transport import Ack, DeadLetter, Retry
 from tests.fakes import (
     REFERRALS_EXCHANGE,

@@ -16,15 +16,15 @@ import pytest
 from sqlalchemy import update
 
 from referral_bridge.bootstrap import broker_of, provider_routes
-from referral_bridge.commands.check_config import (
+from referral_bridge.cli.check_config import (
     Finding,
     Status,
     exit_code,
     render,
     run_checks,
 )
+from referral_bridge.cli.exit_codes import RET_CONFIG, RET_CONNECT, RET_OK
 from referral_bridge.errors import ConfigError
-from referral_bridge.exit_codes import RET_CONFIG, RET_CONNECT, RET_OK
 from referral_bridge.ledger import Ledger
 from referral_bridge.ledger import schema as t
 from referral_bridge.sealing import generate_key_pair

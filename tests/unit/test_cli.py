@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import structlog
 
-from referral_bridge import cli
+from referral_bridge.cli import main as cli
 from referral_bridge.resources import SAMPLES
 from referral_bridge.sealing import load_key_set, load_private_key, seal
 from referral_bridge.settings import CONFIG_ENV

@@ -17,7 +17,9 @@ from sqlalchemy import select
 
 from referral_bridge.bootstrap import Bridge, build
 from referral_bridge.errors import ConfigError
-from referral_bridge.health import (
+from referral_bridge.ledger import Ledger
+from referral_bridge.ledger import schema as t
+from referral_bridge.runtime.health import (
     CachedCheck,
     CheckResult,
     HealthServer,
@@ -28,12 +30,14 @@ from referral_bridge.health import (
     parse_listen,
     probe_ledger,
 )
-from referral_bridge.ledger import Ledger
-from referral_bridge.ledger import schema as t
+from referral_bridge.runtime.systemd import Notifier
+from referral_bridge.runtime.worker import (
+    consumer_heartbeat_seconds,
+    readiness_of,
+    start_health_server,
+)
 from referral_bridge.settings import load_settings
-from referral_bridge.systemd import Notifier
 from referral_bridge.transport.consumer import DEFAULT_HEARTBEAT_SECONDS
-from referral_bridge.worker import consumer_heartbeat_seconds, readiness_of, start_health_server
 from tests.fakes import POLICY_FILE, make_keys
 
 

@@ -13,9 +13,9 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 from structlog.testing import capture_logs
 
-from referral_bridge import cli
-from referral_bridge.inbox_app import create_inbox_app
-from referral_bridge.provider_inbox import Answer, InboxStore, ReferralInbox
+from referral_bridge.cli import main as cli
+from referral_bridge.provider.inbox import Answer, InboxStore, ReferralInbox
+from referral_bridge.provider.inbox_app import create_inbox_app
 from tests.fakes import KeyMaterial, make_keys
 
 MARKER = "JANEDOEMARKER07700900456"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from referral_bridge.cli import main
+from referral_bridge.cli.main import main
 from referral_bridge.core.intake import Role
 from referral_bridge.intake.accounts import Accounts, AccountsError, add_user, read_accounts
 

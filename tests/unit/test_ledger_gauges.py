@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from referral_bridge.ledger import Ledger
 from referral_bridge.ledger import schema as t
-from referral_bridge.ledger_gauges import CompliancePoller, LedgerGauges, ledger_figures
+from referral_bridge.runtime.gauges import CompliancePoller, LedgerGauges, ledger_figures
 from referral_bridge.transport import BrokerSpec, BrokerUnavailableError, broker_spec
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)

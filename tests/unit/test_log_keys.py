@@ -100,7 +100,7 @@ def test_the_walk_finds_the_package_s_log_calls() -> None:
     # stopped recognising the loggers.
     assert len(calls) > 50
     files = {call.where.partition(":")[0] for call in calls}
-    assert {"referral_bridge/worker.py", "referral_bridge/delivery/engine.py"} <= files
+    assert {"referral_bridge/runtime/worker.py", "referral_bridge/delivery/engine.py"} <= files
 
 
 def test_every_logged_keyword_is_allowed() -> None:

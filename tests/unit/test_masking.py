@@ -24,7 +24,7 @@ from referral_bridge.core.events import (
     VictimConsent,
     VictimKind,
 )
-from referral_bridge.masking import (
+from referral_bridge.operator.masking import (
     MASKED,
     MASKED_FREE_TEXT,
     MASKED_INVALID,

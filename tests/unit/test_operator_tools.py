@@ -15,11 +15,11 @@ import pytest
 import structlog
 from sqlalchemy import create_engine, select
 
-from referral_bridge import cli
-from referral_bridge.commands import dlq as dlq_commands
-from referral_bridge.dlq import DeadLetterMessage
+from referral_bridge.cli import dlq as dlq_commands
+from referral_bridge.cli import main as cli
 from referral_bridge.ledger import Ledger
 from referral_bridge.ledger import schema as t
+from referral_bridge.operator.deadletters import DeadLetterMessage
 from referral_bridge.settings import CONFIG_ENV
 from tests.fakes import POLICY_FILE
 

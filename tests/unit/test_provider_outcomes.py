@@ -9,17 +9,17 @@ from typing import Any
 
 import pytest
 
-from referral_bridge import cli
+from referral_bridge.cli import main as cli
 from referral_bridge.core.events import EventType, ReferralOutcome, TaskCompleted
 from referral_bridge.core.parsing import parse_inbound
-from referral_bridge.provider_inbox import (
+from referral_bridge.devtools.simulate import Responder
+from referral_bridge.provider.inbox import (
     REFERRAL_CREATED,
     REFERRAL_WITHDRAWN,
     InboxRecord,
     InboxStore,
 )
-from referral_bridge.provider_outcomes import OutcomeError, OutcomeSender, outcome_event
-from referral_bridge.simulate import Responder
+from referral_bridge.provider.outcomes import OutcomeError, OutcomeSender, outcome_event
 from tests.fakes import POLICY_FILE
 
 AT = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)

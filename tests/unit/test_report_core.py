@@ -151,7 +151,7 @@ def test_the_worker_side_never_imports_the_plotting_or_template_libraries() -> N
     import sys
 
     code = (
-        "import sys, referral_bridge.worker, referral_bridge.commands.report, "
+        "import sys, referral_bridge.runtime.worker, referral_bridge.cli.report, "
         "referral_bridge.report.render; "
         "print(sorted(m for m in ('matplotlib', 'jinja2') if m in sys.modules))"
     )

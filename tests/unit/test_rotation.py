@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from referral_bridge.bootstrap import ProviderSealer
-from referral_bridge.cli import main
+from referral_bridge.cli.main import main
 from referral_bridge.sealing import (
     KeySet,
     PrivateKey,

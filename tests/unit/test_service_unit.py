@@ -15,7 +15,7 @@ from referral_bridge.core.case import CaseSnapshot
 from referral_bridge.core.events import CaseKind, DeadLetterReason
 from referral_bridge.errors import LedgerUnavailableError
 from referral_bridge.ledger import Ledger, LedgerTransaction
-from referral_bridge.service import (
+from referral_bridge.service.handler import (
     CLOUDEVENTS_JSON,
     ReferralService,
     snapshot_of,

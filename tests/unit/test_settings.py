@@ -8,6 +8,7 @@ import pytest
 
 from referral_bridge.bootstrap import topology_of
 from referral_bridge.errors import ConfigError
+from referral_bridge.runtime.worker import retry_policy_of
 from referral_bridge.settings import (
     CONFIG_ENV,
     PROVIDER_FILE_KEYS,
@@ -15,7 +16,6 @@ from referral_bridge.settings import (
     load_settings,
 )
 from referral_bridge.transport import Topology
-from referral_bridge.worker import retry_policy_of
 
 MINIMAL = """\
 [bridge]

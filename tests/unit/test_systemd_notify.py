@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from referral_bridge.health import Heartbeat
-from referral_bridge.systemd import Notifier, Watchdog, watchdog_interval
-from referral_bridge.worker import LoopTick
+from referral_bridge.runtime.health import Heartbeat
+from referral_bridge.runtime.systemd import Notifier, Watchdog, watchdog_interval
+from referral_bridge.runtime.worker import LoopTick
 from tests.fakes import POLICY_FILE, make_keys
 from tests.waiting import wait_until
 

@@ -20,23 +20,23 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from referral_bridge.commands import SubParsers, settings_from, with_config
+from referral_bridge.cli.common import SubParsers, settings_from, with_config
+from referral_bridge.cli.exit_codes import RET_FAILURE, RET_OK, RET_USAGE
 from referral_bridge.display import safe_text
-from referral_bridge.exit_codes import RET_FAILURE, RET_OK, RET_USAGE
 
 if TYPE_CHECKING:
     from starlette.routing import BaseRoute
 
     from referral_bridge.intake.outbox import OutcomeOutbox
-    from referral_bridge.provider_inbox import InboxStore
+    from referral_bridge.provider.inbox import InboxStore
     from referral_bridge.sealing import KeySet
     from referral_bridge.transport import Publisher
 
 
 def cmd_inbox(args: argparse.Namespace) -> int:
-    from referral_bridge.http_server import ServerLimits
-    from referral_bridge.inbox_app import InboxServer
-    from referral_bridge.provider_inbox import InboxStore, ReferralInbox
+    from referral_bridge.provider.inbox import InboxStore, ReferralInbox
+    from referral_bridge.provider.inbox_app import InboxServer
+    from referral_bridge.runtime.http_server import ServerLimits
     from referral_bridge.sealing import load_key_set
 
     host, _, port = args.listen.rpartition(":")
@@ -120,7 +120,7 @@ def _web_inbox(
     from referral_bridge.intake.outbox import OutcomeOutbox
     from referral_bridge.intake.store import IntakeStore
     from referral_bridge.intake.web import IntakeWeb, intake_routes
-    from referral_bridge.provider_outcomes import OutcomeSender
+    from referral_bridge.provider.outcomes import OutcomeSender
     from referral_bridge.transport import Publisher, Topology, broker_spec
 
     spec = broker_spec(args.broker_url, Path.cwd())
@@ -251,8 +251,8 @@ def cmd_resend(args: argparse.Namespace) -> int:
 
 def cmd_outcome(args: argparse.Namespace) -> int:
     """Send one `victim.referral.outcome`, as a provider's operator marks a referral."""
-    from referral_bridge.provider_inbox import InboxStore
-    from referral_bridge.provider_outcomes import OutcomeError, OutcomeSender
+    from referral_bridge.provider.inbox import InboxStore
+    from referral_bridge.provider.outcomes import OutcomeError, OutcomeSender
     from referral_bridge.transport import Publisher, Topology, broker_spec
 
     at = None

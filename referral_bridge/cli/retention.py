@@ -13,14 +13,14 @@ import sys
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 
-from referral_bridge.commands import SubParsers, operator_settings_from, with_config
-from referral_bridge.exit_codes import RET_OK
+from referral_bridge.cli.common import SubParsers, operator_settings_from, with_config
+from referral_bridge.cli.exit_codes import RET_OK
 
 
 def cmd_retention(args: argparse.Namespace) -> int:
-    from referral_bridge.audit import operator_name
     from referral_bridge.ledger import Ledger
     from referral_bridge.ledger.retention import sweep
+    from referral_bridge.operator.audit import operator_name
 
     settings = operator_settings_from(args)
     days = settings.retention.erase_after_days

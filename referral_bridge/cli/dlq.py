@@ -15,14 +15,14 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, TextIO, TypeVar
 
-from referral_bridge.commands import SubParsers, operator_settings_from, with_config
-from referral_bridge.exit_codes import RET_FAILURE, RET_OK, RET_USAGE
+from referral_bridge.cli.common import SubParsers, operator_settings_from, with_config
+from referral_bridge.cli.exit_codes import RET_FAILURE, RET_OK, RET_USAGE
 from referral_bridge.settings import Settings
 
 if TYPE_CHECKING:
     # Loaded lazily in the commands, so that `referral-bridge --help` does not import kombu.
-    from referral_bridge.audit import AuditTrail
-    from referral_bridge.dlq import DeadLetterMessage, DeadLetterQueue, PurgeReport
+    from referral_bridge.operator.audit import AuditTrail
+    from referral_bridge.operator.deadletters import DeadLetterMessage, DeadLetterQueue, PurgeReport
     from referral_bridge.transport.embedded import BrokerSpec
 
 T = TypeVar("T")
@@ -35,7 +35,7 @@ EMPTY = "-"
 
 def parse_when(text: str) -> datetime:
     """A moment: RFC 3339 / ISO 8601 (UTC if no offset), a date (midnight UTC) or `7d` ago."""
-    from referral_bridge.dlq import parse_duration
+    from referral_bridge.operator.deadletters import parse_duration
 
     value = text.strip()
     try:
@@ -54,7 +54,7 @@ def parse_when(text: str) -> datetime:
 
 
 def _duration(text: str) -> timedelta:
-    from referral_bridge.dlq import parse_duration
+    from referral_bridge.operator.deadletters import parse_duration
 
     try:
         return parse_duration(text)
@@ -107,7 +107,7 @@ _LETTER_HEADINGS = (
 
 
 def _print_letters(letters: Sequence[DeadLetterMessage], out: TextIO) -> None:
-    from referral_bridge.dlq import counts_by_reason
+    from referral_bridge.operator.deadletters import counts_by_reason
 
     if letters:
         render_table(_LETTER_HEADINGS, [_letter_row(letter) for letter in letters], out)
@@ -175,14 +175,14 @@ def _broker(settings: Settings) -> BrokerSpec:
 
 def _queue(settings: Settings) -> DeadLetterQueue:
     from referral_bridge.bootstrap import topology_of
-    from referral_bridge.dlq import DeadLetterQueue
+    from referral_bridge.operator.deadletters import DeadLetterQueue
 
     broker = _broker(settings)
     return DeadLetterQueue(broker, topology_of(settings), provider_ids=settings.providers)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from referral_bridge.dlq import DeadLetterFilter, counts_by_reason
+    from referral_bridge.operator.deadletters import DeadLetterFilter, counts_by_reason
 
     selection = DeadLetterFilter(
         reason=args.reason,
@@ -205,7 +205,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from referral_bridge.dlq import DeadLetterFilter
+    from referral_bridge.operator.deadletters import DeadLetterFilter
 
     if args.reveal and not (args.reason or "").strip():
         print(
@@ -247,7 +247,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def _audit_reveal(settings: Settings, letters: Sequence[DeadLetterMessage], why: str) -> list[int]:
-    from referral_bridge.audit import DEAD_LETTER_REVEALED, AuditRecord, operator_name
+    from referral_bridge.operator.audit import DEAD_LETTER_REVEALED, AuditRecord, operator_name
 
     actor, now = operator_name(), datetime.now(UTC)
     records: list[AuditRecord] = []
@@ -270,8 +270,8 @@ def _audit_reveal(settings: Settings, letters: Sequence[DeadLetterMessage], why:
 
 
 def _with_audit_trail(settings: Settings, action: Callable[[AuditTrail], T]) -> T:
-    from referral_bridge.audit import AuditTrail
     from referral_bridge.ledger import Ledger
+    from referral_bridge.operator.audit import AuditTrail
 
     # An operator tool must never migrate the ledger under running workers.
     ledger = Ledger.open(settings.ledger_url, migrate=False)
@@ -282,7 +282,7 @@ def _with_audit_trail(settings: Settings, action: Callable[[AuditTrail], T]) -> 
 
 
 def _show_document(letter: DeadLetterMessage, *, reveal: bool) -> dict[str, Any]:
-    from referral_bridge.masking import mask_body
+    from referral_bridge.operator.masking import mask_body
 
     masked = mask_body(letter.body)
     body: dict[str, Any] = {"size": masked.size, "sha256": masked.sha256}
@@ -304,7 +304,7 @@ def _show_document(letter: DeadLetterMessage, *, reveal: bool) -> dict[str, Any]
 
 
 def _show_text(letter: DeadLetterMessage, *, reveal: bool, audit_ids: Sequence[int]) -> None:
-    from referral_bridge.masking import mask_body
+    from referral_bridge.operator.masking import mask_body
 
     out = sys.stdout
     masked = mask_body(letter.body)
@@ -343,7 +343,11 @@ def _show_text(letter: DeadLetterMessage, *, reveal: bool, audit_ids: Sequence[i
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from referral_bridge.bootstrap import topology_of
-    from referral_bridge.dlq import DeadLetterFilter, DeadLetterNotFoundError, DeadLetterQueue
+    from referral_bridge.operator.deadletters import (
+        DeadLetterFilter,
+        DeadLetterNotFoundError,
+        DeadLetterQueue,
+    )
     from referral_bridge.transport.publisher import Publisher
 
     forms = sum((bool(args.ids), args.reason is not None, args.all))
@@ -383,13 +387,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_purge(args: argparse.Namespace) -> int:
-    from referral_bridge.audit import (
+    from referral_bridge.operator.audit import (
         DEAD_LETTER_PURGE_FAILED,
         DEAD_LETTER_PURGED,
         AuditRecord,
         operator_name,
     )
-    from referral_bridge.dlq import DeadLetterFilter, DeadLetterNotFoundError
+    from referral_bridge.operator.deadletters import DeadLetterFilter, DeadLetterNotFoundError
 
     bulk = args.reason is not None or args.older_than is not None
     if bool(args.ids) == bulk or (bulk and (args.reason is None or args.older_than is None)):

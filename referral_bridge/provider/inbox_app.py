@@ -19,10 +19,10 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from referral_bridge.http_server import BoundedServer, ServerLimits, server_ssl_context
-from referral_bridge.provider_inbox import MAX_BODY_BYTES, Answer, ReferralInbox
+from referral_bridge.provider.inbox import MAX_BODY_BYTES, Answer, ReferralInbox
+from referral_bridge.runtime.http_server import BoundedServer, ServerLimits, server_ssl_context
 
-log = structlog.get_logger("referral_bridge.provider_inbox")
+log = structlog.get_logger("referral_bridge.provider.inbox")
 
 #: A status the fault hook returns is answered instead of storing (tests inject failures).
 FaultHook = Callable[[], int | None]

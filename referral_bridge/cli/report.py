@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
 
-from referral_bridge.commands import SubParsers, operator_settings_from, with_config
+from referral_bridge.cli.common import SubParsers, operator_settings_from, with_config
+from referral_bridge.cli.exit_codes import RET_OK, RET_USAGE
 from referral_bridge.core.report import Counted, Period
-from referral_bridge.exit_codes import RET_OK, RET_USAGE
 from referral_bridge.settings import Settings
 
 
@@ -31,8 +31,8 @@ def read_dead_letters(settings: Settings, period: Period) -> Sequence[Counted] |
     """Dead letters that failed in the period and still wait on the queue, by reason; None
     when the queue cannot be read (the report says so and carries on)."""
     from referral_bridge.bootstrap import broker_of, topology_of
-    from referral_bridge.dlq import DeadLetterError, DeadLetterQueue
     from referral_bridge.errors import BridgeError
+    from referral_bridge.operator.deadletters import DeadLetterError, DeadLetterQueue
     from referral_bridge.report import dead_letter_counts
     from referral_bridge.transport.errors import TransportError
 

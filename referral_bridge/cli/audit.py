@@ -17,9 +17,9 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from referral_bridge.commands import SubParsers, operator_settings_from, with_config
-from referral_bridge.commands.dlq import EMPTY, format_time, parse_when, render_table
-from referral_bridge.exit_codes import RET_OK, RET_TAMPERED, RET_USAGE
+from referral_bridge.cli.common import SubParsers, operator_settings_from, with_config
+from referral_bridge.cli.dlq import EMPTY, format_time, parse_when, render_table
+from referral_bridge.cli.exit_codes import RET_OK, RET_TAMPERED, RET_USAGE
 
 _HEADINGS = (
     "AT",
@@ -38,8 +38,8 @@ _HEADINGS = (
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from referral_bridge.audit import AuditQuery, AuditTrail
     from referral_bridge.ledger import Ledger
+    from referral_bridge.operator.audit import AuditQuery, AuditTrail
 
     query = AuditQuery(
         case_ref=args.case,
@@ -94,10 +94,10 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     """A subject access export: audited (and committed) before a byte is written, 0600."""
-    from referral_bridge.audit import AuditRecord, AuditTrail, operator_name
     from referral_bridge.files import write_private
     from referral_bridge.ledger import Ledger
     from referral_bridge.ledger.subject import SUBJECT_ACCESS_EXPORT, subject_access
+    from referral_bridge.operator.audit import AuditRecord, AuditTrail, operator_name
 
     if not args.victim:
         print("referral-bridge: --export needs --victim ID (the data subject)", file=sys.stderr)

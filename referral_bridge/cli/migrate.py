@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from referral_bridge.commands import SubParsers, operator_settings_from, with_config
-from referral_bridge.exit_codes import RET_OK, RET_USAGE
+from referral_bridge.cli.common import SubParsers, operator_settings_from, with_config
+from referral_bridge.cli.exit_codes import RET_OK, RET_USAGE
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:

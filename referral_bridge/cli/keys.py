@@ -6,8 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from referral_bridge.commands import SubParsers
-from referral_bridge.exit_codes import RET_OK, RET_USAGE
+from referral_bridge.cli.common import SubParsers
+from referral_bridge.cli.exit_codes import RET_OK, RET_USAGE
 
 
 def cmd_generate(args: argparse.Namespace) -> int:

@@ -1,4 +1,4 @@
-"""Sub-commands that have grown beyond a few lines live here, one module each, with `register`.
+"""What every command module shares: how it registers, and how it loads settings.
 
 Each module exposes `register(commands)`, which adds its sub-parser(s) to the top-level
 `argparse` sub-parsers and sets `func` to a function `(args) -> exit code`.

@@ -22,7 +22,8 @@ from prometheus_client.process_collector import ProcessCollector
 from referral_bridge.bootstrap import Bridge
 from referral_bridge.core.events import DeadLetterReason, EventType
 from referral_bridge.core.retry import RetryPolicy
-from referral_bridge.health import (
+from referral_bridge.runtime.gauges import CompliancePoller, LedgerGauges
+from referral_bridge.runtime.health import (
     PROBE_CACHE_SECONDS,
     CachedCheck,
     HealthServer,
@@ -33,14 +34,13 @@ from referral_bridge.health import (
     ledger_check,
     parse_listen,
 )
-from referral_bridge.ledger_gauges import CompliancePoller, LedgerGauges
-from referral_bridge.metrics import BridgeMetrics
-from referral_bridge.scheduler import RetentionSweep, Scheduler
+from referral_bridge.runtime.metrics import BridgeMetrics
+from referral_bridge.runtime.scheduler import RetentionSweep, Scheduler
+from referral_bridge.runtime.systemd import Notifier, Watchdog, watchdog_interval
 from referral_bridge.settings import Settings
-from referral_bridge.systemd import Notifier, Watchdog, watchdog_interval
 from referral_bridge.transport.consumer import DEFAULT_HEARTBEAT_SECONDS, Consumer
 
-log = structlog.get_logger("referral_bridge.worker")
+log = structlog.get_logger("referral_bridge.runtime.worker")
 
 
 @functools.cache

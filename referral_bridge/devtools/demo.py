@@ -20,19 +20,19 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from referral_bridge.bootstrap import broker_of, topology_of
-from referral_bridge.errors import BridgeError
-from referral_bridge.files import private_dir
-from referral_bridge.ledger import Ledger
-from referral_bridge.resources import DEFAULT_POLICY, SAMPLES
-from referral_bridge.sealing import generate_key_pair, load_key_set, open_event
-from referral_bridge.settings import Settings, load_settings
-from referral_bridge.simulate import (
+from referral_bridge.devtools.simulate import (
     SimulatedEvent,
     Simulator,
     publish_all,
     respond,
     sample_events,
 )
+from referral_bridge.errors import BridgeError
+from referral_bridge.files import private_dir
+from referral_bridge.ledger import Ledger
+from referral_bridge.resources import DEFAULT_POLICY, SAMPLES
+from referral_bridge.sealing import generate_key_pair, load_key_set, open_event
+from referral_bridge.settings import Settings, load_settings
 from referral_bridge.transport.publisher import Publisher
 
 PROVIDERS = ("lancashire-victim-services", "homicide-service")
@@ -142,7 +142,7 @@ def decisions_from_log(log_path: Path, limit: int) -> list[str]:
 
 def dead_letter_reasons(settings: Settings) -> Counter[str]:
     """Dead letters by reason; browsing leaves every one in place."""
-    from referral_bridge.dlq import DeadLetterQueue, counts_by_reason
+    from referral_bridge.operator.deadletters import DeadLetterQueue, counts_by_reason
 
     letters = DeadLetterQueue(broker_of(settings), topology_of(settings)).browse()
     return Counter(counts_by_reason(letters))
@@ -226,7 +226,7 @@ def run_demo(*, data_dir: Path, cases: int, seed: int, marker: str | None, out: 
 
 def write_html_report(settings: Settings, data_dir: Path) -> Path:
     """`referral-bridge report --format html` for this month to date: the run's decisions."""
-    from referral_bridge.commands.report import write_report
+    from referral_bridge.cli.report import write_report
     from referral_bridge.core.calendar import LONDON
     from referral_bridge.core.report import Period
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 
 import structlog
 
-log = structlog.get_logger("referral_bridge.systemd")
+log = structlog.get_logger("referral_bridge.runtime.systemd")
 
 NOTIFY_SOCKET_ENV = "NOTIFY_SOCKET"
 WATCHDOG_USEC_ENV = "WATCHDOG_USEC"

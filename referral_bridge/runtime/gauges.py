@@ -26,7 +26,7 @@ from referral_bridge.transport.embedded import BrokerSpec
 from referral_bridge.transport.errors import TransportError
 from referral_bridge.transport.topology import queue_depth
 
-log = structlog.get_logger("referral_bridge.ledger_gauges")
+log = structlog.get_logger("referral_bridge.runtime.gauges")
 
 #: The outbox kind of a referral (withdrawals and tasks have no Victims' Code deadline).
 REFERRAL_KIND = "referral"

@@ -35,7 +35,7 @@ from referral_bridge.core.limits import MAX_SEALED_EVENT_BYTES
 from referral_bridge.files import private_dir
 from referral_bridge.sealing import KeySet, SealingError, open_event
 
-log = structlog.get_logger("referral_bridge.provider_inbox")
+log = structlog.get_logger("referral_bridge.provider.inbox")
 
 CLOUDEVENTS_JSON = "application/cloudevents+json"
 REFERRAL_CREATED = "victim.referral.created"

@@ -59,6 +59,7 @@ from referral_bridge.core.parsing import InvalidMessage, parse_inbound
 from referral_bridge.core.policy import Policy
 from referral_bridge.core.retention import withdrawals_after_erasure
 from referral_bridge.core.review import review_at, review_due_by
+from referral_bridge.core.verdicts import Ack, DeadLetter, InboundMessage, Retry, Verdict
 from referral_bridge.delivery import (
     FALLBACK_EVENT,
     AmqpRoute,
@@ -82,9 +83,8 @@ from referral_bridge.ledger.store import (
     Cancellation,
     PendingDelivery,
 )
-from referral_bridge.metrics import BridgeMetrics
+from referral_bridge.runtime.metrics import BridgeMetrics
 from referral_bridge.transport.errors import TransportError
-from referral_bridge.verdicts import Ack, DeadLetter, InboundMessage, Retry, Verdict
 
 log = structlog.get_logger("referral_bridge.service")
 

@@ -38,7 +38,7 @@ from starlette.types import ASGIApp
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.server import ServerState
 
-log = structlog.get_logger("referral_bridge.http_server")
+log = structlog.get_logger("referral_bridge.runtime.http_server")
 
 #: Connections taken per wake-up of the accept loop, so a burst cannot starve the open ones.
 _ACCEPT_BATCH = 64

@@ -17,7 +17,7 @@ from typing import TextIO
 
 import structlog
 
-from referral_bridge.commands import (
+from referral_bridge.cli import (
     audit,
     check_config,
     dlq,
@@ -26,17 +26,9 @@ from referral_bridge.commands import (
     provider,
     report,
     retention,
-    settings_from,
-    with_config,
 )
-from referral_bridge.errors import (
-    BridgeError,
-    ConfigError,
-    LedgerPrivilegeError,
-    LedgerSchemaError,
-    LedgerUnavailableError,
-)
-from referral_bridge.exit_codes import (
+from referral_bridge.cli.common import settings_from, with_config
+from referral_bridge.cli.exit_codes import (
     RET_CONFIG,
     RET_CONNECT,
     RET_DRIFT,
@@ -44,6 +36,13 @@ from referral_bridge.exit_codes import (
     RET_OK,
     RET_USAGE,
     RET_VERIFY,
+)
+from referral_bridge.errors import (
+    BridgeError,
+    ConfigError,
+    LedgerPrivilegeError,
+    LedgerSchemaError,
+    LedgerUnavailableError,
 )
 from referral_bridge.files import private_umask
 from referral_bridge.logging import configure_logging
@@ -72,7 +71,8 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from referral_bridge import bootstrap, worker
+    from referral_bridge import bootstrap
+    from referral_bridge.runtime import worker
 
     settings = _settings(args)
     # Signals first: a SIGTERM while waiting for the ledger must still end in a clean exit 0.
@@ -102,7 +102,7 @@ def cmd_open(args: argparse.Namespace) -> int:
 
 
 def cmd_rules_explain(args: argparse.Namespace) -> int:
-    from referral_bridge.explain import explain_event
+    from referral_bridge.operator.explain import explain_event
 
     policy_path = Path(args.policy) if args.policy else None
     if policy_path is None:
@@ -144,7 +144,7 @@ def _default_policy() -> Path:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from referral_bridge.simulate import feed
+    from referral_bridge.devtools.simulate import feed
 
     return feed(
         config=Path(args.config) if args.config else None,
@@ -158,7 +158,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from referral_bridge.demo import run_demo
+    from referral_bridge.devtools.demo import run_demo
 
     return run_demo(
         data_dir=Path(args.data_dir),

@@ -34,11 +34,11 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from referral_bridge.errors import ConfigError
-from referral_bridge.http_server import BoundedServer, ServerLimits
 from referral_bridge.ledger import schema as t
+from referral_bridge.runtime.http_server import BoundedServer, ServerLimits
 from referral_bridge.transport.embedded import BrokerSpec
 
-log = structlog.get_logger("referral_bridge.health")
+log = structlog.get_logger("referral_bridge.runtime.health")
 
 #: The consumer loop comes round at least once a second when idle; a loop silent for longer
 #: than this is reconnecting to the broker or stuck in one message.

@@ -27,12 +27,17 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
-from referral_bridge.commands import SubParsers, with_config
+from referral_bridge.cli.common import SubParsers, with_config
+from referral_bridge.cli.exit_codes import RET_CONFIG, RET_CONNECT, RET_OK
 from referral_bridge.display import escape_controls, mask_url
 from referral_bridge.errors import ConfigError
-from referral_bridge.exit_codes import RET_CONFIG, RET_CONNECT, RET_OK
-from referral_bridge.health import PROBE_TIMEOUT_SECONDS, parse_listen, probe_broker, probe_ledger
 from referral_bridge.ledger.schema import SCHEMA_VERSION
+from referral_bridge.runtime.health import (
+    PROBE_TIMEOUT_SECONDS,
+    parse_listen,
+    probe_broker,
+    probe_ledger,
+)
 from referral_bridge.sealing import (
     KeySet,
     PrivateKey,

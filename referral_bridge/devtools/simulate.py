@@ -405,7 +405,7 @@ class Responder:
     def _outcome(
         self, provider: str, referral_id: str, outcome: str, at: datetime
     ) -> SimulatedEvent:
-        from referral_bridge.provider_outcomes import outcome_event
+        from referral_bridge.provider.outcomes import outcome_event
 
         body = outcome_event(
             provider=provider,

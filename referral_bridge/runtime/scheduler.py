@@ -18,7 +18,7 @@ from referral_bridge.ledger.store import DAEMON_ACTOR
 from referral_bridge.settings import RetentionSection
 from referral_bridge.transport.errors import TransportError
 
-log = structlog.get_logger("referral_bridge.scheduler")
+log = structlog.get_logger("referral_bridge.runtime.scheduler")
 
 #: Outbox rows never tried and older than this are delivered by the scheduler: the worker that
 #: wrote a row normally delivers it within milliseconds, so an older one was left by a crash or

@@ -1,0 +1,1 @@
+"""A provider's side: the reference HTTPS inbox and telling the force about outcomes."""

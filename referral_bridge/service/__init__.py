@@ -1,0 +1,1 @@
+"""One inbound message to a verdict, and the effects a verdict has."""
