@@ -31,7 +31,7 @@ test: $(STAMP)
 
 # The fast loop: the pure core and everything else that needs no broker or database.
 unit: $(STAMP)
-	$(BIN)/pytest -q tests/unit
+	$(BIN)/pytest -q -n 2 --hypothesis-profile=quick tests/unit
 
 lint: $(STAMP)
 	$(BIN)/ruff check referral_bridge tests benchmarks

@@ -32,6 +32,7 @@ from referral_bridge.core.history import (
     VictimHistory,
 )
 from referral_bridge.core.replay import carry_out
+from tests.profiles import examples
 from tests.unit.factories import (
     CRIME_REF,
     FAKE_EMAIL,
@@ -313,7 +314,7 @@ def fold(
     return current, history, now
 
 
-@settings(deadline=None, max_examples=150)
+@settings(deadline=None, max_examples=examples(150))
 @given(event_streams())
 def test_at_most_one_live_referral_per_provider_and_updates_follow_referrals(
     timeline: list[tuple[Event, datetime]],
@@ -328,7 +329,7 @@ def test_at_most_one_live_referral_per_provider_and_updates_follow_referrals(
         assert {w.referral_id for w in past.withdrawals} <= referral_ids
 
 
-@settings(deadline=None, max_examples=150)
+@settings(deadline=None, max_examples=examples(150))
 @given(event_streams())
 def test_the_latest_wish_of_the_victim_is_what_the_provider_is_left_with(
     timeline: list[tuple[Event, datetime]],

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from referral_bridge.display import escape_controls, mask_url, safe_text
+from tests.profiles import examples
 
 
 class TestMaskUrl:
@@ -48,7 +49,7 @@ class TestSafeText:
     def test_long_text_is_cut(self) -> None:
         assert safe_text("x" * 1000, limit=10) == "xxxxxxx..."
 
-    @settings(max_examples=300, deadline=None)
+    @settings(max_examples=examples(300), deadline=None)
     @given(st.text(max_size=200))
     def test_nothing_unprintable_survives(self, text: str) -> None:
         shown = safe_text(text)

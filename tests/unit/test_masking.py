@@ -35,6 +35,7 @@ from referral_bridge.operator.masking import (
     mask_body,
     mask_document,
 )
+from tests.profiles import examples
 from tests.unit.factories import make_crime, make_victim
 
 Path = tuple[str | int, ...]
@@ -132,7 +133,7 @@ def victims(draw: st.DrawFn) -> Victim:
 
 
 class TestVictims:
-    @settings(deadline=None, max_examples=60)
+    @settings(deadline=None, max_examples=examples(60))
     @given(st.lists(victims(), min_size=1, max_size=3, unique_by=lambda v: v.victim_id))
     def test_every_personal_field_path_of_a_generated_victim_is_masked(
         self, generated: list[Victim]
@@ -146,7 +147,7 @@ class TestVictims:
                 if any(path[: len(victim) + len(p)] == (*victim, *p) for p in VICTIM_PERSONAL):
                     assert at(masked, path) == (None if value is None else MASKED), path
 
-    @settings(deadline=None, max_examples=60)
+    @settings(deadline=None, max_examples=examples(60))
     @given(victims())
     def test_no_personal_value_of_a_generated_victim_survives_anywhere(
         self, victim: Victim

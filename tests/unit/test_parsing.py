@@ -25,6 +25,7 @@ from referral_bridge.core.parsing import (
     parse_inbound,
     translate_validation_error,
 )
+from tests.profiles import examples
 
 MARKER = "Zebedee Quixote-Marker"
 
@@ -430,13 +431,13 @@ class TestNothingButInvalidMessageEscapes:
     def test_arbitrary_envelopes(self, document: dict[str, Any]) -> None:
         parses_or_rejects(json.dumps(document).encode())
 
-    @settings(max_examples=300)
+    @settings(max_examples=examples(300))
     @given(st.lists(st.integers(min_value=0, max_value=50), max_size=8), json_values)
     def test_a_valid_crime_with_one_node_replaced(self, path: list[int], value: Any) -> None:
         document = set_at_random_path(crime_event(victim(), victim()), path, value)
         parses_or_rejects(json.dumps(document).encode())
 
-    @settings(max_examples=300)
+    @settings(max_examples=examples(300))
     @given(st.lists(st.integers(min_value=0, max_value=50), max_size=8))
     def test_a_marker_put_anywhere_in_a_crime_never_reaches_the_detail(
         self, path: list[int]

@@ -28,6 +28,7 @@ from referral_bridge.sealing import (
     TooLargeError,
     open_event,
 )
+from tests.profiles import examples
 from tests.unit.test_sealing import PAYLOAD, Parties, _b64url, _header
 
 _PARTIES = Parties()
@@ -111,7 +112,9 @@ _ALPHABET = st.sampled_from(
 class TestFuzz:
     """Bounded fuzzing: whatever the bytes, opening ends in a SealingError or the payload."""
 
-    @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @settings(
+        max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    )
     @given(
         position=st.integers(min_value=0, max_value=len(_TOKEN) - 1),
         length=st.integers(min_value=0, max_value=8),
@@ -124,13 +127,13 @@ class TestFuzz:
         with contextlib.suppress(SealingError):
             assert _PARTIES.open(mutated) == PAYLOAD
 
-    @settings(max_examples=200, deadline=None)
+    @settings(max_examples=examples(200), deadline=None)
     @given(body=st.binary(max_size=300) | st.text(max_size=300).map(str.encode))
     def test_any_body_fails_only_with_a_sealing_error(self, body: bytes) -> None:
         with pytest.raises(SealingError):
             _open_body(body)
 
-    @settings(max_examples=100, deadline=None)
+    @settings(max_examples=examples(100), deadline=None)
     @given(
         header=st.dictionaries(
             st.sampled_from(["alg", "enc", "kid", "cty", "epk", "zip", "crit", "x"]),
@@ -151,7 +154,7 @@ class TestFuzz:
         with pytest.raises(SealingError):
             _PARTIES.open(forged)
 
-    @settings(max_examples=150, deadline=None)
+    @settings(max_examples=examples(150), deadline=None)
     @given(
         epk=st.dictionaries(
             st.sampled_from(["kty", "crv", "x", "y", "d", "kid"]),
