@@ -38,7 +38,7 @@ def competing_run(make_bridge: BridgeFactory, postgres_bridge_url: str) -> Compe
     distinct = len({json.loads(e.body)["id"] for e in events})
     workers = [env.start_worker("worker-a"), env.start_worker("worker-b")]
     env.publish_raw((e.routing_key, e.body) for e in events)
-    env.wait_settled(distinct, timeout=120)
+    env.wait_settled(distinct, timeout=300)
     codes = [worker.terminate() for worker in workers]
     return CompetingRun(
         env=env,

@@ -182,10 +182,14 @@ def test_a_consent_wait_that_ended_before_the_case_arrived_still_asks_the_office
         ),
         distinct=1,
     )
-    tasks = bridge.take_all(bridge.collect_tasks)
+    received = bridge.take_all(bridge.collect_tasks)
+    # The task is due two working days after the report, so it is overdue when issued: the
+    # scheduler may already have escalated it (a slow machine gives it time to). Nothing else.
+    tasks = [t for t in received if t.routing_key == "task.leaflet"]
+    others = {t.routing_key for t in received} - {"task.leaflet"}
     assert len(tasks) == 1
+    assert others <= {"task.escalation"}
     task = tasks[0].json()
-    assert tasks[0].routing_key == "task.leaflet"
     assert task["data"]["reason"] == "consent_needed"
     assert task["data"]["task_id"] == ids.leaflet_task_id(crime_ref, victim_id, "consent_needed")
     assert bridge.take_all(bridge.collect_referrals) == []
