@@ -29,9 +29,8 @@ from referral_bridge.core.events import (
 )
 from referral_bridge.core.parsing import parse_inbound
 from referral_bridge.errors import LedgerUnavailableError
-from referral_bridge.ledger import Ledger
+from referral_bridge.ledger import Ledger, PendingDelivery
 from referral_bridge.ledger import schema as t
-from referral_bridge.ledger.store import PendingDelivery
 from referral_bridge.resources import SAMPLES
 from referral_bridge.sealing import open_event
 from referral_bridge.service.handler import ReferralService
