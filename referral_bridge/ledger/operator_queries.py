@@ -9,12 +9,11 @@ from sqlalchemy import Engine, func, select, update
 from referral_bridge.ledger import schema as t
 from referral_bridge.ledger.chain import append_audit
 from referral_bridge.ledger.engine import reading, writing
-from referral_bridge.ledger.outbox import OPEN, delivery_query, outbox_message, pending_from_row
+from referral_bridge.ledger.outbox import OPEN, delivery_query, pending_from_row
 from referral_bridge.ledger.records import (
     ActionKind,
     AuditFacts,
     DeliveryFilter,
-    OutboxMessage,
     PendingDelivery,
     ResendOutcome,
     ResendResult,
@@ -50,23 +49,6 @@ class OperatorQueries:
         query = query.order_by(t.outbox.c.created_at, t.outbox.c.message_id).limit(limit)
         with reading(self.engine) as connection:
             return [pending_from_row(row) for row in connection.execute(query)]
-
-    def unpublished(
-        self,
-        *,
-        event_id: str | None = None,
-        created_before: datetime | None = None,
-        limit: int = 500,
-    ) -> list[OutboxMessage]:
-        """Messages not yet handed over (rejected and cancelled ones too), oldest first."""
-        query = select(t.outbox).where(t.outbox.c.published_at.is_(None))
-        if event_id is not None:
-            query = query.where(t.outbox.c.event_id == event_id)
-        if created_before is not None:
-            query = query.where(t.outbox.c.created_at < created_before)
-        query = query.order_by(t.outbox.c.created_at, t.outbox.c.message_id).limit(limit)
-        with reading(self.engine) as connection:
-            return [outbox_message(row) for row in connection.execute(query)]
 
     def resend(self, message_id: str, *, at: datetime, actor: str) -> ResendResult:
         """Put a rejected message back in line for delivery, and audit who asked.

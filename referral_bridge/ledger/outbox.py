@@ -224,25 +224,21 @@ def delivery_query() -> Any:
     ).outerjoin(t.actions, t.actions.c.message_id == t.outbox.c.message_id)
 
 
-def outbox_message(row: Row[Any]) -> OutboxMessage:
-    return OutboxMessage(
-        message_id=row.message_id,
-        event_id=row.event_id,
-        kind=row.kind,
-        exchange=row.exchange,
-        routing_key=row.routing_key,
-        headers=row.headers,
-        body=row.body,
-        provider=row.provider,
-        deadline=row.deadline,
-        audit=AuditFacts.from_json(row.audit),
-    )
-
-
 def pending_from_row(row: Row[Any]) -> PendingDelivery:
     """A `delivery_query` row as a PendingDelivery."""
     return PendingDelivery(
-        message=outbox_message(row),
+        message=OutboxMessage(
+            message_id=row.message_id,
+            event_id=row.event_id,
+            kind=row.kind,
+            exchange=row.exchange,
+            routing_key=row.routing_key,
+            headers=row.headers,
+            body=row.body,
+            provider=row.provider,
+            deadline=row.deadline,
+            audit=AuditFacts.from_json(row.audit),
+        ),
         case_ref=row.case_ref,
         victim_id=row.victim_id,
         related_id=row.related_id,

@@ -114,7 +114,7 @@ class TestUpgradeFromVersion1:
         create_version_1(ledger_url)
         ledger = Ledger.open(ledger_url)
         try:
-            assert [m.message_id for m in ledger.unpublished()] == ["old-1"]
+            assert [d.message_id for d in ledger.deliveries()] == ["old-1"]
         finally:
             ledger.dispose()
 
@@ -176,7 +176,9 @@ def create_version_7_with_cancellations(url: str) -> None:
     with engine.begin() as connection:
         connection.execute(text("ALTER TABLE rb_outbox DROP COLUMN cancel_reason"))
         connection.execute(t.schema_info.update().values(value="7"))
-        closed = {name: (AT, error) for name, error in V7_CANCELLED.items()}
+        closed: dict[str, tuple[datetime | None, str | None]] = {
+            name: (AT, error) for name, error in V7_CANCELLED.items()
+        }
         closed["refused"] = (AT, "http_400: cancelled: is not a cancellation here")
         closed["pending"] = (None, "connect_failed: refused")
         closed["delivered"] = (None, None)
