@@ -19,6 +19,7 @@ from sqlalchemy import Connection, Row, select, update
 from sqlalchemy.dialects import postgresql
 
 from referral_bridge.core.decisions import Decision, Outcome
+from referral_bridge.core.events import CaseKind
 from referral_bridge.core.history import ConsentRecord
 from referral_bridge.ledger import schema as t
 from referral_bridge.ledger.engine import outages_translated
@@ -151,7 +152,7 @@ class LedgerTransaction(OutboxInTransaction, TasksAndOutcomes):
         wanted = set(refs)
         recorded = self._c.execute(
             select(t.records.c.record_ref).where(
-                t.records.c.record_ref.in_(wanted), t.records.c.kind == "crime"
+                t.records.c.record_ref.in_(wanted), t.records.c.kind == CaseKind.CRIME.value
             )
         ).scalars()
         named = self._c.execute(
