@@ -227,6 +227,7 @@ class PendingDelivery:
 
     @property
     def state(self) -> DeliveryState:
+        """For operators (`provider deliveries`): derived from the row's columns, see schema."""
         if self.published_at is not None:
             return DeliveryState.DELIVERED
         if self.cancelled:
