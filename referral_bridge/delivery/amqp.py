@@ -30,7 +30,7 @@ from kombu.messaging import Producer
 
 from referral_bridge.delivery.errors import DeliveryError, TransientDeliveryError
 from referral_bridge.display import mask_url
-from referral_bridge.ledger.store import OutboxMessage
+from referral_bridge.ledger import OutboxMessage
 from referral_bridge.transport.errors import (
     BrokerUnavailableError,
     PublishError,

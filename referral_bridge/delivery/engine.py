@@ -42,7 +42,7 @@ from referral_bridge.delivery.errors import (
 from referral_bridge.delivery.policy import DeliveryPolicy, park_delay
 from referral_bridge.delivery.routes import Route
 from referral_bridge.errors import LedgerUnavailableError
-from referral_bridge.ledger.store import Ledger, LedgerTransaction, PendingDelivery
+from referral_bridge.ledger import Ledger, LedgerTransaction, PendingDelivery
 from referral_bridge.runtime.metrics import BridgeMetrics
 
 log = structlog.get_logger("referral_bridge.delivery")

@@ -35,7 +35,7 @@ from referral_bridge.delivery.errors import (
     DeliveryRejectedError,
     TransientDeliveryError,
 )
-from referral_bridge.ledger.store import OutboxMessage
+from referral_bridge.ledger import OutboxMessage
 
 CLOUDEVENTS_JSON = "application/cloudevents+json"
 #: Client errors that say "try again", not "never".

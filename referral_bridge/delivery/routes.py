@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from referral_bridge.ledger.store import OutboxMessage
+from referral_bridge.ledger import OutboxMessage
 
 
 class Route(Protocol):

@@ -12,6 +12,7 @@ from sqlalchemy import Connection, Table, and_, inspect, select, text
 from referral_bridge.core.audit_chain import GENESIS, row_hash
 from referral_bridge.errors import LedgerSchemaError
 from referral_bridge.ledger import schema as t
+from referral_bridge.ledger.records import CancelReason
 
 #: Arbitrary constant naming the PostgreSQL advisory lock held while migrating.
 _MIGRATION_LOCK = 0x52425F4D49475254
@@ -295,6 +296,30 @@ def _v7_audit_chain_and_retention(connection: Connection) -> None:
     _stamp_audit(connection)
 
 
+def _v8_cancellation_state(connection: Connection) -> None:
+    """Issue 12: a cancelled outbox row says so in `cancel_reason`, not in `last_error`.
+
+    Before version 8 a cancelled row was a closed one (`rejected_at` set) whose `last_error`
+    started `cancelled:`. Each such row gets the reason its text names; a text this version does
+    not know (none was ever written) still counts as cancelled, as `unknown`. `last_error` keeps
+    the text operators saw.
+    """
+    _add_columns(connection, t.outbox, ["cancel_reason"])
+    o = t.outbox.c
+    closed = and_(o.rejected_at.is_not(None), o.cancel_reason.is_(None))
+    for reason in CancelReason:
+        connection.execute(
+            t.outbox.update()
+            .where(closed, o.last_error == reason.explanation)
+            .values(cancel_reason=reason.value)
+        )
+    connection.execute(
+        t.outbox.update()
+        .where(closed, o.last_error.like("cancelled:%"))
+        .values(cancel_reason=CancelReason.UNKNOWN.value)
+    )
+
+
 #: Steps from version N-1 to N. Version 1 is the initial schema, created from the metadata.
 STEPS: dict[int, Callable[[Connection], None]] = {
     2: _v2_delivery_and_audit,
@@ -303,6 +328,7 @@ STEPS: dict[int, Callable[[Connection], None]] = {
     5: _v5_closing_the_loop,
     6: _v6_report_facts,
     7: _v7_audit_chain_and_retention,
+    8: _v8_cancellation_state,
 }
 
 

@@ -49,7 +49,7 @@ class UtcDateTime(TypeDecorator[datetime]):
 
 
 #: Bump with a migration step in migrations.py whenever the tables below change.
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 metadata = MetaData()
 
@@ -264,7 +264,8 @@ outbox = Table(
     Column("next_attempt_at", UtcDateTime(), index=True),
     #: Why the last attempt failed: a code and PII-free text.
     Column("last_error", String(500)),
-    #: Set when the provider refused the message for good (it is kept for an operator).
+    #: When the row was closed to delivery: its receiver refused it for good (it is kept for an
+    #: operator), or the bridge cancelled it (then `cancel_reason` is set too).
     Column("rejected_at", UtcDateTime()),
     #: A referral's Victims' Code deadline: undelivered by then means a fallback leaflet task.
     Column("deadline", UtcDateTime(), index=True),
@@ -279,6 +280,10 @@ outbox = Table(
     #: An attempt ended without knowing whether the receiver took the message (a timeout, a
     #: dropped connection, a crash): it may hold it, so a withdrawal must be sent after all.
     Column("maybe_delivered", Boolean, nullable=False, default=False),
+    # Version 8: cancellation is a state of its own, not a prefix of `last_error`.
+    #: Why the bridge cancelled the row before delivery (records.CancelReason); NULL: it did not.
+    #: `last_error` keeps the operator's text ("cancelled: ...").
+    Column("cancel_reason", String(32)),
 )
 
 #: Append-only record of disclosures and operator actions: who was told what, when and why.

@@ -51,7 +51,6 @@ from referral_bridge.core.report import (
     Period,
 )
 from referral_bridge.ledger import schema as t
-from referral_bridge.ledger.store import CANCELLED
 
 #: Contacts within this many minutes of the hand-over are within 2 working days whatever the
 #: calendar; after `_CONTACT_SURELY_LATE` they are not (no run of holidays is that long). Only
@@ -169,10 +168,7 @@ class ReportQueries:
         a, o, d = t.actions, t.outbox, t.decisions
         delivered = o.c.published_at.is_not(None)
         status = case(
-            (
-                and_(o.c.rejected_at.is_not(None), o.c.last_error.like(f"{CANCELLED}:%")),
-                "cancelled",
-            ),
+            (o.c.cancel_reason.is_not(None), "cancelled"),
             (
                 and_(delivered, or_(o.c.deadline.is_(None), o.c.published_at <= o.c.deadline)),
                 "in_time",

@@ -12,9 +12,8 @@ import structlog
 
 from referral_bridge.bootstrap import Bridge, utc_now
 from referral_bridge.errors import LedgerUnavailableError
-from referral_bridge.ledger import Ledger
+from referral_bridge.ledger import DAEMON_ACTOR, Ledger
 from referral_bridge.ledger.retention import claim_sweep, sweep
-from referral_bridge.ledger.store import DAEMON_ACTOR
 from referral_bridge.settings import RetentionSection
 from referral_bridge.transport.errors import TransportError
 

@@ -69,19 +69,15 @@ from referral_bridge.delivery import (
 from referral_bridge.errors import LedgerUnavailableError
 from referral_bridge.ledger import (
     AuditFacts,
+    Cancellation,
+    CancelReason,
     CaseState,
     IssuedTaskRow,
     Ledger,
     LedgerTransaction,
     OutboxMessage,
-    RecordedAction,
-)
-from referral_bridge.ledger.store import (
-    CANCELLED_CASE_CLOSED,
-    CANCELLED_NOTHING_TO_WITHDRAW,
-    CANCELLED_UPDATE_WITHDRAWN,
-    Cancellation,
     PendingDelivery,
+    RecordedAction,
 )
 from referral_bridge.runtime.metrics import BridgeMetrics
 from referral_bridge.transport.errors import TransportError
@@ -909,7 +905,7 @@ class ReferralService:
             # cancelled, unless an attempt may have reached the provider.
             for victim_id, history in state.history.items():
                 for referral in history.live():
-                    if tx.cancel_unsent(referral.referral_id, now, CANCELLED_CASE_CLOSED):
+                    if tx.cancel_unsent(referral.referral_id, now, CancelReason.CASE_CLOSED):
                         log.info(
                             "referral.cancelled",
                             case_ref=case_ref,
@@ -1191,7 +1187,7 @@ class ReferralService:
         # Updates not yet sent are not sent at all: the provider is to delete what it holds.
         for update in history.updates:
             if update.referral_id == referral_id:
-                tx.cancel_unsent(update.update_id, now, CANCELLED_UPDATE_WITHDRAWN)
+                tx.cancel_unsent(update.update_id, now, CancelReason.REFERRAL_WITHDRAWN)
         # A referral not yet handed over must never be: consent has gone (rules.md withdraws
         # only what was sent). If no attempt at it ever started, it is cancelled (no delivery, no
         # fallback task at its deadline, no resend), and so is the withdrawal: the provider never
@@ -1199,7 +1195,7 @@ class ReferralService:
         # the withdrawal follows once that attempt is over (Ledger.waiting_on).
         cancellation = tx.cancel_referral(referral_id, now)
         if cancellation is Cancellation.NEVER_SENT:
-            tx.cancel_unsent(message_id, now, CANCELLED_NOTHING_TO_WITHDRAW)
+            tx.cancel_unsent(message_id, now, CancelReason.NOTHING_TO_WITHDRAW)
         if cancellation is not Cancellation.UNCHANGED:
             log.info(
                 "referral.cancelled",

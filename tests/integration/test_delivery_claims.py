@@ -19,8 +19,7 @@ from referral_bridge.core import ids
 from referral_bridge.core.parsing import parse_inbound
 from referral_bridge.delivery import DeliveryPolicy
 from referral_bridge.errors import LedgerUnavailableError
-from referral_bridge.ledger import Ledger
-from referral_bridge.ledger.store import Cancellation
+from referral_bridge.ledger import Cancellation, Ledger
 from referral_bridge.service.handler import ReferralService
 from referral_bridge.transport import Ack
 from tests.fakes import (

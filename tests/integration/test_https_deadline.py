@@ -14,7 +14,7 @@ import pytest
 
 from referral_bridge.delivery import HttpsRoute
 from referral_bridge.delivery.errors import TransientDeliveryError
-from referral_bridge.ledger.store import OutboxMessage
+from referral_bridge.ledger import OutboxMessage
 from tests.integration.test_delivery_helpers import (
     LANCASHIRE,
     Pki,

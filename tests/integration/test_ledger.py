@@ -329,37 +329,36 @@ class TestActions:
 
 
 class TestOutbox:
-    def test_new_outbox_messages_are_unpublished_in_creation_order(self, ledger: Ledger) -> None:
+    def test_new_outbox_messages_are_due_in_creation_order(self, ledger: Ledger) -> None:
         with ledger.transaction() as tx:
             tx.add_outbox(outbox_message("m-2"), AT + timedelta(seconds=1))
             tx.add_outbox(outbox_message("m-1"), AT)
-        pending = ledger.unpublished()
-        assert [m.message_id for m in pending] == ["m-1", "m-2"]
-        assert pending[0] == outbox_message("m-1")
+        pending = ledger.due_deliveries(AT)
+        assert [d.message_id for d in pending] == ["m-1", "m-2"]
+        assert pending[0].message == outbox_message("m-1")
 
-    def test_a_published_message_is_no_longer_unpublished(self, ledger: Ledger) -> None:
+    def test_a_published_message_is_no_longer_undelivered(self, ledger: Ledger) -> None:
         with ledger.transaction() as tx:
             tx.add_outbox(outbox_message("m-1"), AT)
             tx.add_outbox(outbox_message("m-2"), AT)
         ledger.mark_published("m-1", AT)
-        assert [m.message_id for m in ledger.unpublished()] == ["m-2"]
+        assert [d.message_id for d in ledger.deliveries()] == ["m-2"]
         assert ledger.counts()["totals"]["unsent"] == 1
 
-    def test_unpublished_can_be_limited_to_one_event(self, ledger: Ledger) -> None:
+    def test_due_deliveries_can_be_limited_to_one_event(self, ledger: Ledger) -> None:
         with ledger.transaction() as tx:
             tx.add_outbox(outbox_message("m-1", event_id="e-1"), AT)
             tx.add_outbox(outbox_message("m-2", event_id="e-2"), AT)
-        assert [m.message_id for m in ledger.unpublished(event_id="e-2")] == ["m-2"]
+        assert [d.message_id for d in ledger.due_deliveries(AT, event_id="e-2")] == ["m-2"]
 
-    def test_unpublished_can_be_limited_to_messages_created_before_a_time(
+    def test_due_deliveries_can_be_limited_to_messages_created_before_a_time(
         self, ledger: Ledger
     ) -> None:
         with ledger.transaction() as tx:
             tx.add_outbox(outbox_message("old"), AT)
             tx.add_outbox(outbox_message("new"), AT + timedelta(minutes=5))
-        assert [
-            m.message_id for m in ledger.unpublished(created_before=AT + timedelta(minutes=1))
-        ] == ["old"]
+        due = ledger.due_deliveries(AT, created_before=AT + timedelta(minutes=1))
+        assert [d.message_id for d in due] == ["old"]
 
 
 class TestDueHolds:

@@ -256,7 +256,7 @@ def outcome(workers: list[Worker]) -> Outcome:
         leaflets=leaflets,
         follow_ups=follow_ups,
         processed=processed,
-        unpublished=len(ledger.unpublished()),
+        unpublished=ledger.counts()["totals"]["unsent"],
         workers=workers,
     )
 

@@ -24,7 +24,13 @@ from sqlalchemy import (
 from sqlalchemy.exc import DBAPIError
 
 from referral_bridge.errors import LedgerSchemaError
-from referral_bridge.ledger import AuditFacts, Ledger, OutboxMessage
+from referral_bridge.ledger import (
+    AuditFacts,
+    CancelReason,
+    DeliveryState,
+    Ledger,
+    OutboxMessage,
+)
 from referral_bridge.ledger import schema as t
 from referral_bridge.operator.audit import AuditRecord, AuditTrail
 from tests.fakes import ledger_url_for
@@ -108,7 +114,7 @@ class TestUpgradeFromVersion1:
         create_version_1(ledger_url)
         ledger = Ledger.open(ledger_url)
         try:
-            assert [m.message_id for m in ledger.unpublished()] == ["old-1"]
+            assert [d.message_id for d in ledger.deliveries()] == ["old-1"]
         finally:
             ledger.dispose()
 
@@ -144,6 +150,99 @@ class TestOpeningWithoutMigrating:
             tables = inspect(connection).get_table_names()
         engine.dispose()
         assert tables == []
+
+
+#: `last_error` of the rows version 7 cancelled, as it wrote them (the texts are frozen here).
+V7_CANCELLED = {
+    "withdrawn": "cancelled: consent was withdrawn before delivery; never sent",
+    "after-attempt": (
+        "cancelled: consent was withdrawn after an attempt that may have reached the provider; "
+        "not tried again, and its withdrawal follows"
+    ),
+    "nothing-to-withdraw": (
+        "cancelled: its referral was never delivered, so there is nothing to withdraw"
+    ),
+    "update": "cancelled: its referral was withdrawn before it was sent; never sent",
+    "case-closed": "cancelled: the crime was cancelled or transferred before delivery; never sent",
+    "odd": "cancelled: a text no version of the bridge wrote",
+}
+
+
+def create_version_7_with_cancellations(url: str) -> None:
+    """A version-7 ledger: cancelled rows told apart only by `last_error`, beside a refused row
+    (whose error text mentions cancelling), a pending one and a delivered one."""
+    Ledger.open(url).dispose()
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        connection.execute(text("ALTER TABLE rb_outbox DROP COLUMN cancel_reason"))
+        connection.execute(t.schema_info.update().values(value="7"))
+        closed: dict[str, tuple[datetime | None, str | None]] = {
+            name: (AT, error) for name, error in V7_CANCELLED.items()
+        }
+        closed["refused"] = (AT, "http_400: cancelled: is not a cancellation here")
+        closed["pending"] = (None, "connect_failed: refused")
+        closed["delivered"] = (None, None)
+        for name, (rejected_at, last_error) in closed.items():
+            connection.execute(
+                text(
+                    "INSERT INTO rb_outbox (message_id, event_id, kind, exchange, routing_key, "
+                    "headers, body, created_at, published_at, attempts, rejected_at, last_error, "
+                    "maybe_delivered) VALUES (:id, 'e', 'referral', 'x', 'k', '{}', :body, :at, "
+                    ":published, 0, :rejected, :error, false)"
+                ),
+                {
+                    "id": name,
+                    "body": b"sealed",
+                    "at": AT.replace(tzinfo=None),
+                    "published": AT.replace(tzinfo=None) if name == "delivered" else None,
+                    "rejected": rejected_at.replace(tzinfo=None) if rejected_at else None,
+                    "error": last_error,
+                },
+            )
+    engine.dispose()
+
+
+class TestUpgradeToVersion8:
+    """Cancellation becomes a state of its own (`cancel_reason`), read from version 7's texts."""
+
+    def test_each_cancelled_row_gets_the_reason_its_text_names(self, ledger_url: str) -> None:
+        create_version_7_with_cancellations(ledger_url)
+
+        ledger = Ledger.open(ledger_url)
+        try:
+            reasons = {d.message_id: d.cancel_reason for d in ledger.deliveries(state="all")}
+        finally:
+            ledger.dispose()
+
+        assert reasons == {
+            "withdrawn": CancelReason.CONSENT_WITHDRAWN,
+            "after-attempt": CancelReason.WITHDRAWN_AFTER_ATTEMPT,
+            "nothing-to-withdraw": CancelReason.NOTHING_TO_WITHDRAW,
+            "update": CancelReason.REFERRAL_WITHDRAWN,
+            "case-closed": CancelReason.CASE_CLOSED,
+            "odd": CancelReason.UNKNOWN,
+            "refused": None,
+            "pending": None,
+            "delivered": None,
+        }
+
+    def test_rows_keep_the_state_and_text_operators_saw(self, ledger_url: str) -> None:
+        create_version_7_with_cancellations(ledger_url)
+
+        ledger = Ledger.open(ledger_url)
+        try:
+            rows = {d.message_id: d for d in ledger.deliveries(state="all")}
+            cancelled = {d.message_id for d in ledger.deliveries(state="cancelled")}
+        finally:
+            ledger.dispose()
+
+        assert cancelled == set(V7_CANCELLED)
+        assert {name: rows[name].last_error for name in V7_CANCELLED} == V7_CANCELLED
+        assert (rows["refused"].state, rows["pending"].state, rows["delivered"].state) == (
+            DeliveryState.REJECTED,
+            DeliveryState.PENDING,
+            DeliveryState.DELIVERED,
+        )
 
 
 def _one_audit_record(ledger: Ledger) -> None:

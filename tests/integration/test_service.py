@@ -29,9 +29,8 @@ from referral_bridge.core.events import (
 )
 from referral_bridge.core.parsing import parse_inbound
 from referral_bridge.errors import LedgerUnavailableError
-from referral_bridge.ledger import Ledger
+from referral_bridge.ledger import Ledger, PendingDelivery
 from referral_bridge.ledger import schema as t
-from referral_bridge.ledger.store import PendingDelivery
 from referral_bridge.resources import SAMPLES
 from referral_bridge.sealing import open_event
 from referral_bridge.service.handler import ReferralService
@@ -202,7 +201,7 @@ class TestSamples:
         assert message.type == CREATED
         assert (message.exchange, message.routing_key) == (REFERRALS_EXCHANGE, LANCASHIRE)
         assert message.message_id == ids.referral_id(LANCASHIRE, "LC-26-0114233", "P-00918273")
-        assert ledger.unpublished() == []
+        assert ledger.counts()["totals"]["unsent"] == 0
 
     def test_the_burglary_referral_opens_to_a_signed_payload_for_the_victim(
         self, service: ReferralService, publisher: RecordingPublisher, keys: KeyMaterial
@@ -628,7 +627,7 @@ class TestProcessingErrors:
 
         assert action_rows(ledger) == []
         assert processed_count(ledger) == 0
-        assert ledger.unpublished() == []
+        assert ledger.counts()["totals"]["unsent"] == 0
 
     def test_the_attempt_count_starts_again_after_a_dead_letter(
         self, failing_service: ReferralService
@@ -669,7 +668,7 @@ class TestLedgerUnavailable:
                 ledger=flaky, sealer=keys.sealer(), publisher=publisher, clock=clock
             )
             verdict = service.handle(crime_message(make_crime()))
-            kept = flaky.unpublished()
+            kept = flaky.deliveries()
         finally:
             flaky.dispose()
 
@@ -808,7 +807,7 @@ class TestPublishFailures:
         clock.advance(timedelta(minutes=2))
         assert service.flush() == 1
         assert [m.type for m in publisher.sent] == [CREATED]
-        assert ledger.unpublished() == []
+        assert ledger.counts()["totals"]["unsent"] == 0
 
     def test_a_later_flush_publishes_a_parked_row_once_it_is_due(
         self, ledger: Ledger, keys: KeyMaterial, clock: FakeClock
@@ -823,7 +822,7 @@ class TestPublishFailures:
         clock.advance(timedelta(minutes=2))
         assert service.flush() == 1
         assert [m.type for m in publisher.sent] == [CREATED]
-        assert ledger.unpublished() == []
+        assert ledger.counts()["totals"]["unsent"] == 0
 
 
 # --- bad input --------------------------------------------------------------------------------
@@ -954,7 +953,7 @@ class TestOrdering:
 
         assert verdict == Ack()
         assert len(publisher.of_type(CREATED)) == 2
-        assert ledger.unpublished() == []
+        assert ledger.counts()["totals"]["unsent"] == 0
 
 
 # --- crime data integrity (rules.md version 2, change 6) ---------------------------------------
