@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -362,3 +363,26 @@ def ledger_url_for(backend: str, request: pytest.FixtureRequest, tmp_path: Path)
     url = str(request.getfixturevalue("pg_database_url"))
     empty_ledger_database(url)
     return url
+
+
+def write_operator_config(folder: Path) -> Path:
+    """A configuration shaped like the documented install's, as an operator's shell sees it: its
+    keys live under ${CREDENTIALS_DIRECTORY}, which only the service has; data in `folder/data`."""
+    shutil.copy(POLICY_FILE, folder / "policy.toml")
+    path = folder / "referral-bridge.toml"
+    path.write_text(
+        '[bridge]\npolicy_file = "policy.toml"\ndata_dir = "data"\n\n'
+        '[keys]\nsigning_key = "${CREDENTIALS_DIRECTORY}/bridge.private.jwk"\n\n'
+        "[providers.lancashire-victim-services]\n"
+        'public_keys = "/etc/referral-bridge/keys/absent.public.jwk"\n'
+        "[providers.homicide-service]\n"
+        'public_keys = "/etc/referral-bridge/keys/absent.public.jwk"\n'
+        'client_cert = "${CREDENTIALS_DIRECTORY}/homicide-client.crt"\n'
+        'client_key = "${CREDENTIALS_DIRECTORY}/homicide-client.key"\n'
+        "[providers.remote-broker]\n"
+        'public_keys = "/etc/referral-bridge/keys/absent.public.jwk"\n'
+        'broker_url = "amqps://bridge@provider.example:5671/referrals"\n'
+        'broker_ca_bundle = "${CREDENTIALS_DIRECTORY}/provider-ca.pem"\n',
+        encoding="utf-8",
+    )
+    return path

@@ -2,7 +2,8 @@
 
 It answers a data protection officer's question "who was told what about this person, and why":
 the daemon appends a record when it hands over a referral or withdrawal (ledger/store.py), and the
-operator tools append one before revealing a dead letter and for each dead letter they purge.
+operator tools append one before revealing a dead letter, for each dead letter they purge and
+before a subject access export, through `OperatorSession.record` (operator/session.py).
 
 Records are only ever inserted: nothing in this module updates or deletes them, and database
 triggers (ledger/migrations.py) refuse UPDATE and DELETE on `rb_audit` from anyone. They hold ids
@@ -11,8 +12,6 @@ triggers (ledger/migrations.py) refuse UPDATE and DELETE on `rb_audit` from anyo
 
 from __future__ import annotations
 
-import os
-import pwd
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -33,7 +32,7 @@ __all__ = [
     "AuditQuery",
     "AuditRecord",
     "AuditTrail",
-    "operator_name",
+    "OperatorAction",
 ]
 
 #: An operator saw a dead letter's original body (`dlq show --reveal`).
@@ -79,6 +78,19 @@ class AuditRecord:
             value = document[key]
             document[key] = value.isoformat() if value is not None else None
         return document
+
+
+@dataclass(frozen=True, kw_only=True)
+class OperatorAction:
+    """What an operator did, for the audit trail; `OperatorSession.record` adds who and when."""
+
+    action: str
+    message_id: str | None = None
+    provider: str | None = None
+    case_ref: str | None = None
+    victim_id: str | None = None
+    #: Free text without personal data, e.g. the operator's reason (scrubbed on the way in).
+    detail: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -153,25 +165,6 @@ class AuditTrail:
                 f"cannot read the audit trail ({type(exc.orig).__name__}); check that the "
                 "ledger database is running and reachable"
             ) from None
-
-
-def operator_name() -> str:
-    """Who is running an operator tool: the real user's login name, plus who ran sudo.
-
-    The name comes from the password database for the real uid, not from LOGNAME or USER, which
-    anyone can set. Behind sudo that is root (or the target user), and `SUDO_USER`, which sudo
-    sets, is appended as "(sudo by NAME)": an environment variable, so a claim recorded beside
-    the uid's own name rather than in its place.
-    """
-    uid = os.getuid()
-    try:
-        name = pwd.getpwuid(uid).pw_name
-    except KeyError:  # no passwd entry (e.g. an arbitrary uid in a container)
-        name = f"uid {uid}"
-    sudo_user = "".join(c for c in os.environ.get("SUDO_USER", "") if c.isprintable()).strip()
-    if sudo_user:
-        return f"{name} (sudo by {sudo_user[:64]})"
-    return name
 
 
 def _row(record: AuditRecord) -> dict[str, Any]:
