@@ -1,4 +1,8 @@
-"""The composition root: the one place that turns settings into real adapters."""
+"""The composition root: the one place that turns settings into real adapters.
+
+Longer than 400 lines because it is the one place: the settings' checks (policy, keys, TLS files),
+the provider routes and the wiring of the service layer belong together.
+"""
 
 from __future__ import annotations
 
