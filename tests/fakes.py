@@ -25,15 +25,20 @@ from pydantic import BaseModel
 from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
 
-from referral_bridge.bootstrap import ProviderSealer, load_policy
+from referral_bridge.bootstrap import ProviderSealer, ServiceLayer, load_policy, service_layer
 from referral_bridge.core.calendar import WorkingDayCalendar
+from referral_bridge.delivery import AmqpRoute, DeliveryEngine, FallbackIssuer
 from referral_bridge.ledger import Ledger
 from referral_bridge.ledger import schema as ledger_schema
 from referral_bridge.ledger.roles import grant
 from referral_bridge.resources import DEFAULT_POLICY
+from referral_bridge.runtime.metrics import BridgeMetrics
 from referral_bridge.sealing import KeySet, generate_key_pair, load_key_set, load_private_key
-from referral_bridge.service.handler import ReferralService, Routes, Sealer
+from referral_bridge.service.effects import Sealer
+from referral_bridge.service.handler import ReferralService
+from referral_bridge.service.outbox import Routes
 from referral_bridge.transport import InboundMessage, PublishError
+from tests.unit.factories import REPORTED_AT
 
 REPO = Path(__file__).resolve().parents[1]
 POLICY_FILE = DEFAULT_POLICY
@@ -41,6 +46,9 @@ POLICY_FILE = DEFAULT_POLICY
 PROVIDERS = ("lancashire-victim-services", "homicide-service")
 REFERRALS_EXCHANGE = "victim-services.referrals"
 TASKS_EXCHANGE = "officer.tasks"
+#: Monday 10:41, an hour after the factories' report; the hold for explicit consent ends Tuesday
+#: 09:41. Where the service tests' clocks start.
+START = REPORTED_AT + timedelta(hours=1)
 
 
 # --- clock ------------------------------------------------------------------------------------
@@ -209,33 +217,71 @@ def make_keys(directory: Path) -> KeyMaterial:
 # --- the service ------------------------------------------------------------------------------
 
 
+#: Builds a test's delivery engine around the fallback issuer it is handed (bootstrap's order).
+EngineFactory = Callable[[FallbackIssuer, BridgeMetrics], DeliveryEngine]
+
+
+def force_broker_engine(
+    ledger: Ledger, publisher: RecordingPublisher, clock: FakeClock
+) -> EngineFactory:
+    """Everything through `publisher`, as on the force broker (no provider has its own route)."""
+
+    def build(fallbacks: FallbackIssuer, metrics: BridgeMetrics) -> DeliveryEngine:
+        return DeliveryEngine(
+            ledger=ledger,
+            default_route=AmqpRoute(publisher, name="amqp-force"),
+            clock=clock.now,
+            metrics=metrics,
+            fallbacks=fallbacks,
+        )
+
+    return build
+
+
+def make_layer(
+    *,
+    ledger: Ledger,
+    sealer: Sealer,
+    publisher: RecordingPublisher,
+    clock: FakeClock,
+    delivery: EngineFactory | None = None,
+    max_processing_attempts: int = 3,
+    max_message_bytes: int = 1024 * 1024,
+    ledger_attempts: int = 3,
+) -> ServiceLayer:
+    """The service, its delivery engine and the scheduled steps, wired as bootstrap wires them,
+    with the shipped policy and the given ports. `delivery` defaults to the force broker's
+    engine on `publisher`."""
+    metrics = BridgeMetrics()
+    engine = delivery or force_broker_engine(ledger, publisher, clock)
+    return service_layer(
+        ledger=ledger,
+        policy=load_policy(POLICY_FILE),
+        calendar=WorkingDayCalendar(),
+        sealer=sealer,
+        routes=Routes(referrals_exchange=REFERRALS_EXCHANGE, tasks_exchange=TASKS_EXCHANGE),
+        source="urn:test:referral-bridge",
+        clock=clock.now,
+        metrics=metrics,
+        delivery=lambda fallbacks: engine(fallbacks, metrics),
+        max_message_bytes=max_message_bytes,
+        max_processing_attempts=max_processing_attempts,
+        ledger_attempts=ledger_attempts,
+    )
+
+
 def make_service(
     *,
     ledger: Ledger,
     sealer: Sealer,
     publisher: RecordingPublisher,
     clock: FakeClock,
-    max_processing_attempts: int = 3,
-    max_message_bytes: int = 1024 * 1024,
     **options: Any,
 ) -> ReferralService:
-    """A ReferralService as bootstrap builds it, with the shipped policy and the given ports.
-
-    `options` go to ReferralService as they are (e.g. `ledger_attempts`).
-    """
-    return ReferralService(
-        ledger=ledger,
-        policy=load_policy(POLICY_FILE),
-        calendar=WorkingDayCalendar(),
-        sealer=sealer,
-        publisher=publisher,
-        routes=Routes(referrals_exchange=REFERRALS_EXCHANGE, tasks_exchange=TASKS_EXCHANGE),
-        source="urn:test:referral-bridge",
-        clock=clock.now,
-        max_message_bytes=max_message_bytes,
-        max_processing_attempts=max_processing_attempts,
-        **options,
-    )
+    """The service of `make_layer` (same options), for tests that only hand it messages."""
+    return make_layer(
+        ledger=ledger, sealer=sealer, publisher=publisher, clock=clock, **options
+    ).service
 
 
 # --- inbound events ---------------------------------------------------------------------------
