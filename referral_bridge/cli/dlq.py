@@ -7,13 +7,12 @@ Nothing here prints a value from a message body unless the operator asks with `s
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from referral_bridge.cli.common import SubParsers, operator_session, parse_when, with_config
 from referral_bridge.cli.exit_codes import RET_FAILURE, RET_OK, RET_USAGE
@@ -143,6 +142,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     from referral_bridge.operator.deadletters import DeadLetterFilter
+    from referral_bridge.operator.deadletters.letters import show_document
 
     if args.reveal and not (args.reason or "").strip():
         print(
@@ -169,7 +169,7 @@ def cmd_show(args: argparse.Namespace) -> int:
             audit_ids = _audit_reveal(session, letters, args.reason)
     if args.json:
         json.dump(
-            [_show_document(letter, reveal=args.reveal) for letter in letters],
+            [show_document(letter, reveal=args.reveal) for letter in letters],
             sys.stdout,
             indent=2,
             ensure_ascii=False,
@@ -187,45 +187,9 @@ def cmd_show(args: argparse.Namespace) -> int:
 def _audit_reveal(
     session: OperatorSession, letters: Sequence[DeadLetterMessage], why: str
 ) -> list[int]:
-    from referral_bridge.operator.audit import DEAD_LETTER_REVEALED, OperatorAction
+    from referral_bridge.operator.deadletters.auditing import reveal_actions
 
-    revealed: list[OperatorAction] = []
-    for letter in letters:
-        case_ref, victim_ids = letter.refs()
-        # One record per victim the body names, so that `audit --victim` finds the disclosure.
-        for victim_id in victim_ids or (None,):
-            revealed.append(
-                OperatorAction(
-                    action=DEAD_LETTER_REVEALED,
-                    message_id=letter.id,
-                    case_ref=case_ref,
-                    victim_id=victim_id,
-                    detail=why,
-                )
-            )
-    return session.record(revealed)
-
-
-def _show_document(letter: DeadLetterMessage, *, reveal: bool) -> dict[str, Any]:
-    from referral_bridge.operator.masking import mask_body
-
-    masked = mask_body(letter.body)
-    body: dict[str, Any] = {"size": masked.size, "sha256": masked.sha256}
-    if reveal:
-        body["original_base64"] = base64.b64encode(letter.body).decode("ascii")
-        try:
-            body["original_text"] = letter.body.decode("utf-8")
-        except UnicodeDecodeError:
-            body["original_text"] = None
-    else:
-        body["is_json"] = masked.is_json
-        body["masked"] = masked.document
-    return {
-        **letter.summary(),
-        "detail": letter.detail,
-        "headers": dict(letter.headers) if reveal else letter.safe_headers(),
-        "body": body,
-    }
+    return session.record(reveal_actions(letters, why))
 
 
 def _show_text(letter: DeadLetterMessage, *, reveal: bool, audit_ids: Sequence[int]) -> None:
@@ -313,12 +277,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_purge(args: argparse.Namespace) -> int:
-    from referral_bridge.operator.audit import (
-        DEAD_LETTER_PURGE_FAILED,
-        DEAD_LETTER_PURGED,
-        OperatorAction,
-    )
     from referral_bridge.operator.deadletters import DeadLetterFilter, DeadLetterNotFoundError
+    from referral_bridge.operator.deadletters.auditing import purge_action, purge_failed_action
 
     bulk = args.reason is not None or args.older_than is not None
     if bool(args.ids) == bulk or (bulk and (args.reason is None or args.older_than is None)):
@@ -343,38 +303,12 @@ def cmd_purge(args: argparse.Namespace) -> int:
                 print("add --yes to purge them for good", file=sys.stderr)
                 return RET_USAGE
 
-            def purging(letter: DeadLetterMessage) -> None:
-                case_ref, _ = letter.refs()
-                session.record(
-                    [
-                        OperatorAction(
-                            action=DEAD_LETTER_PURGED,
-                            message_id=letter.id,
-                            case_ref=case_ref,
-                            detail=f"reason code {letter.reason}",
-                        )
-                    ]
-                )
-
-            def not_purged(letter: DeadLetterMessage) -> None:
-                case_ref, _ = letter.refs()
-                session.record(
-                    [
-                        OperatorAction(
-                            action=DEAD_LETTER_PURGE_FAILED,
-                            message_id=letter.id,
-                            case_ref=case_ref,
-                            detail="removal failed; the dead letter is still queued",
-                        )
-                    ]
-                )
-
             # Nothing is removed unless the audit trail can be written: open the ledger first.
             session.open_ledger()
             report = queue.purge(
                 selection,
-                before_remove=purging,
-                on_remove_failed=not_purged,
+                before_remove=lambda letter: session.record([purge_action(letter)]),
+                on_remove_failed=lambda letter: session.record([purge_failed_action(letter)]),
                 on_progress=_progress_for(args, "purging"),
             )
         except DeadLetterNotFoundError as exc:
