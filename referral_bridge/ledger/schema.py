@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Column,
     DateTime,
@@ -49,7 +50,7 @@ class UtcDateTime(TypeDecorator[datetime]):
 
 
 #: Bump with a migration step in migrations.py whenever the tables below change.
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 metadata = MetaData()
 
@@ -284,6 +285,13 @@ outbox = Table(
     #: Why the bridge cancelled the row before delivery (records.CancelReason); NULL: it did not.
     #: `last_error` keeps the operator's text ("cancelled: ...").
     Column("cancel_reason", String(32)),
+    # Version 9: scale-out (issue 11 item 2).
+    #: The order rows were written in, assigned by the database, never by a writer's clock: a
+    #: case's messages go out in `seq` order (migrations.number_outbox_rows says how and why).
+    #: Declared nullable because SQLite fills it in a trigger just after the insert; PostgreSQL
+    #: makes it an identity column, NOT NULL.
+    Column("seq", BigInteger),
+    Index("uq_rb_outbox_seq", "seq", unique=True),
 )
 
 #: Append-only record of disclosures and operator actions: who was told what, when and why.
