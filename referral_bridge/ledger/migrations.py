@@ -372,12 +372,14 @@ _SQLITE_NUMBERING = (
 )
 
 
-def _v9_outbox_sequence(connection: Connection) -> None:
-    """Issue 11 item 2: `rb_outbox.seq`, the database's order of writes (see number_outbox_rows).
+def _v9_scale_out(connection: Connection) -> None:
+    """Issue 11 item 2: `rb_outbox.seq`, the database's order of writes (see
+    number_outbox_rows), and `rb_redeliveries`, the unsettled deliveries of a classic queue.
 
     Rows already written are numbered in the order the ledger used until now: `created_at`,
     then `message_id`.
     """
+    t.redeliveries.create(connection, checkfirst=True)
     _add_columns(connection, t.outbox, ["seq"])
     numbered = select(
         t.outbox.c.message_id,
@@ -403,7 +405,7 @@ STEPS: dict[int, Callable[[Connection], None]] = {
     6: _v6_report_facts,
     7: _v7_audit_chain_and_retention,
     8: _v8_cancellation_state,
-    9: _v9_outbox_sequence,
+    9: _v9_scale_out,
 }
 
 

@@ -336,3 +336,17 @@ jobs = Table(
     Column("last_run_at", UtcDateTime(), nullable=False),
 )
 # --- end of version 7 ----------------------------------------------------------------------
+
+# --- Version 9: scale-out (issue 11 item 2) ----------------------------------------------------
+#: How often a message came back from a classic queue unsettled (its worker died or lost its
+#: connection while handling it), which such a queue does not count itself (a quorum queue's
+#: `x-delivery-count` does). Keyed by a SHA-256 of the message's identity, not the message: no
+#: personal data. Written only for redelivered messages (ledger/redeliveries.py).
+redeliveries = Table(
+    "rb_redeliveries",
+    metadata,
+    Column("message_key", String(64), primary_key=True),
+    Column("count", Integer, nullable=False),
+    Column("last_at", UtcDateTime(), nullable=False, index=True),
+)
+# --- end of version 9 ----------------------------------------------------------------------
