@@ -10,13 +10,17 @@ without the quorum queue's count, so the normal path costs nothing.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, delete
 from sqlalchemy.dialects import postgresql, sqlite
 
 from referral_bridge.ledger import schema as t
 from referral_bridge.ledger.engine import writing
+
+#: How long a count is kept after its last redelivery. A copy is redelivered within seconds of
+#: its worker's death; a count forgotten later only gives a message its attempts afresh.
+REDELIVERY_MEMORY = timedelta(days=7)
 
 
 class RedeliveryCounts:
@@ -43,3 +47,10 @@ class RedeliveryCounts:
         )
         with writing(self.engine) as connection:
             return int(connection.execute(counted).scalar_one())
+
+    def forget_redeliveries(self, now: datetime) -> int:
+        """Delete the counts last touched more than REDELIVERY_MEMORY ago; returns how many.
+        (The retention sweep calls it, so the table holds only recent redeliveries.)"""
+        with writing(self.engine) as connection:
+            stale = t.redeliveries.c.last_at < now - REDELIVERY_MEMORY
+            return int(connection.execute(delete(t.redeliveries).where(stale)).rowcount)

@@ -12,12 +12,13 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from referral_bridge.ledger import Ledger
+from referral_bridge.ledger.retention import sweep
 from referral_bridge.transport import declare
 from tests.integration.conftest import BrokerHarness
 
@@ -81,3 +82,18 @@ class TestRedeliveryCounts:
 
         assert counts == [1, 2, 3]
         assert ledger.count_redelivery("b" * 64, at) == 1
+
+    def test_the_retention_sweep_forgets_counts_untouched_for_a_week(self, ledger: Ledger) -> None:
+        at = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
+        ledger.count_redelivery("old" + "0" * 61, at)
+        ledger.count_redelivery("new" + "0" * 61, at + timedelta(days=6))
+
+        sweep(
+            ledger,
+            now=at + timedelta(days=7, seconds=1),
+            erase_after=timedelta(days=365),
+            actor="t",
+        )
+
+        assert ledger.count_redelivery("old" + "0" * 61, at) == 1
+        assert ledger.count_redelivery("new" + "0" * 61, at) == 2
