@@ -24,16 +24,19 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from referral_bridge.bootstrap import ProviderSealer, load_policy  # noqa: E402
+from referral_bridge.bootstrap import ProviderSealer, load_policy, service_layer, utc_now  # noqa: E402
 from referral_bridge.core.calendar import WorkingDayCalendar  # noqa: E402
 from referral_bridge.core.parsing import parse_inbound  # noqa: E402
 from referral_bridge.core.verdicts import InboundMessage  # noqa: E402
+from referral_bridge.delivery import AmqpRoute, DeliveryEngine  # noqa: E402
 from referral_bridge.devtools.simulate import Simulator  # noqa: E402
 from referral_bridge.ledger import Ledger  # noqa: E402
 from referral_bridge.logging import configure_logging  # noqa: E402
 from referral_bridge.resources import DEFAULT_POLICY  # noqa: E402
+from referral_bridge.runtime.metrics import BridgeMetrics  # noqa: E402
 from referral_bridge.sealing import generate_key_pair, load_key_set, load_private_key  # noqa: E402
-from referral_bridge.service.handler import ReferralService, Routes  # noqa: E402
+from referral_bridge.service.handler import ReferralService  # noqa: E402
+from referral_bridge.service.outbox import Routes  # noqa: E402
 
 PROVIDERS = ("lancashire-victim-services", "homicide-service")
 #: Events per `handle_batch` call in the batched figure (the worker's default batch_size).
@@ -81,7 +84,8 @@ def build_service(workdir: Path) -> tuple[ReferralService, Ledger]:
     for kid in ("bridge", *PROVIDERS):
         generate_key_pair(kid, keys)
     ledger = Ledger.open(f"sqlite:///{workdir / 'ledger.sqlite3'}")
-    service = ReferralService(
+    metrics = BridgeMetrics()
+    layer = service_layer(
         ledger=ledger,
         policy=load_policy(DEFAULT_POLICY),
         calendar=WorkingDayCalendar(),
@@ -89,16 +93,23 @@ def build_service(workdir: Path) -> tuple[ReferralService, Ledger]:
             load_private_key(keys / "bridge.private.jwk"),
             {p: load_key_set(keys / f"{p}.public.jwk") for p in PROVIDERS},
         ),
-        publisher=CountingPublisher(),
         routes=Routes(
             referrals_exchange="victim-services.referrals", tasks_exchange="officer.tasks"
         ),
         source="urn:referral-bridge:bench",
-        clock=lambda: datetime.now(UTC),
+        clock=utc_now,
+        metrics=metrics,
+        delivery=lambda fallbacks: DeliveryEngine(
+            ledger=ledger,
+            default_route=AmqpRoute(CountingPublisher(), name="amqp-force"),
+            clock=utc_now,
+            metrics=metrics,
+            fallbacks=fallbacks,
+        ),
         max_message_bytes=1024 * 1024,
         max_processing_attempts=3,
     )
-    return service, ledger
+    return layer.service, ledger
 
 
 def in_process(count: int, seed: int) -> dict[str, float]:

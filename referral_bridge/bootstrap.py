@@ -1,4 +1,8 @@
-"""The composition root: the one place that turns settings into real adapters."""
+"""The composition root: the one place that turns settings into real adapters.
+
+Longer than 400 lines because it is the one place: the settings' checks (policy, keys, TLS files),
+the provider routes and the wiring of the service layer belong together.
+"""
 
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ from referral_bridge.delivery import (
     AmqpRoute,
     DeliveryEngine,
     DeliveryPolicy,
+    FallbackIssuer,
     HttpsRoute,
     ReferralsBrokerPublisher,
     Route,
@@ -43,7 +48,12 @@ from referral_bridge.sealing import (
     seal,
 )
 from referral_bridge.sealing.rotation import load_signing_key
-from referral_bridge.service.handler import ReferralService, Routes
+from referral_bridge.service.deciding import CaseDecider
+from referral_bridge.service.effects import Effects, Sealer
+from referral_bridge.service.handler import ReferralService
+from referral_bridge.service.holds import HoldExpiry
+from referral_bridge.service.outbox import OutboxWriter, Routes
+from referral_bridge.service.scheduled import ScheduledWork
 from referral_bridge.settings import ProviderSection, Settings
 from referral_bridge.transport.embedded import BrokerSpec, broker_spec
 from referral_bridge.transport.publisher import Publisher
@@ -147,8 +157,10 @@ class Bridge:
     broker: BrokerSpec
     topology: Topology
     publisher: Publisher
-    service: ReferralService
     metrics: BridgeMetrics
+    service: ReferralService
+    holds: HoldExpiry
+    scheduled: ScheduledWork
     delivery: DeliveryEngine
 
     def count_dead_letter(self, reason: DeadLetterReason) -> None:
@@ -297,29 +309,28 @@ def build(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -> Bri
             route.close()
         raise
     metrics = BridgeMetrics()
-    delivery = DeliveryEngine(
-        ledger=ledger,
-        default_route=force,
-        routes=routes,
-        policy=DeliveryPolicy.from_settings(settings.delivery),
-        clock=clock,
-        metrics=metrics,
-    )
-    service = ReferralService(
+    layer = service_layer(
         ledger=ledger,
         policy=policy,
         calendar=WorkingDayCalendar(),
         sealer=ProviderSealer(keys.signing_key, keys.provider_keys),
-        publisher=publisher,
         routes=Routes(
             referrals_exchange=topology.referrals_exchange, tasks_exchange=topology.tasks_exchange
         ),
         source=settings.bridge.source,
         clock=clock,
+        metrics=metrics,
+        delivery=lambda fallbacks: DeliveryEngine(
+            ledger=ledger,
+            default_route=force,
+            routes=routes,
+            policy=DeliveryPolicy.from_settings(settings.delivery),
+            clock=clock,
+            metrics=metrics,
+            fallbacks=fallbacks,
+        ),
         max_message_bytes=settings.bridge.max_message_bytes,
         max_processing_attempts=settings.bridge.max_processing_attempts,
-        metrics=metrics,
-        delivery=delivery,
     )
     return Bridge(
         settings=settings,
@@ -329,7 +340,78 @@ def build(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -> Bri
         broker=broker,
         topology=topology,
         publisher=publisher,
-        service=service,
         metrics=metrics,
-        delivery=delivery,
+        service=layer.service,
+        holds=layer.holds,
+        scheduled=layer.scheduled,
+        delivery=layer.delivery,
     )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServiceLayer:
+    """The application's objects, wired: one message to a verdict, and the scheduled steps."""
+
+    service: ReferralService
+    holds: HoldExpiry
+    scheduled: ScheduledWork
+    delivery: DeliveryEngine
+
+
+def service_layer(
+    *,
+    ledger: Ledger,
+    policy: Policy,
+    calendar: WorkingDayCalendar,
+    sealer: Sealer,
+    routes: Routes,
+    source: str,
+    clock: Callable[[], datetime],
+    metrics: BridgeMetrics,
+    delivery: Callable[[FallbackIssuer], DeliveryEngine],
+    max_message_bytes: int,
+    max_processing_attempts: int,
+    ledger_attempts: int = 3,
+) -> ServiceLayer:
+    """Wire the service, its effects, the delivery engine and the scheduled steps.
+
+    `delivery` builds the engine around the fallback issuer it is given (the effects): the
+    engine issues fallback tasks through it, and the service and the scheduled steps deliver
+    through the engine, so each is built once, in this order, and nothing is set afterwards.
+    Tests and benchmarks wire the same way with their own ports.
+    """
+    outbox = OutboxWriter(source=source, routes=routes)
+    effects = Effects(
+        sealer=sealer,
+        outbox=outbox,
+        policy=policy,
+        calendar=calendar,
+        metrics=metrics,
+    )
+    engine = delivery(effects)
+    decider = CaseDecider(policy=policy, calendar=calendar, effects=effects)
+    service = ReferralService(
+        ledger=ledger,
+        policy=policy,
+        calendar=calendar,
+        decider=decider,
+        effects=effects,
+        delivery=engine,
+        metrics=metrics,
+        clock=clock,
+        max_message_bytes=max_message_bytes,
+        max_processing_attempts=max_processing_attempts,
+        ledger_attempts=ledger_attempts,
+    )
+    holds = HoldExpiry(
+        ledger=ledger, decider=decider, delivery=engine, metrics=metrics, clock=clock
+    )
+    scheduled = ScheduledWork(
+        ledger=ledger,
+        policy=policy,
+        calendar=calendar,
+        outbox=outbox,
+        delivery=engine,
+        clock=clock,
+    )
+    return ServiceLayer(service=service, holds=holds, scheduled=scheduled, delivery=engine)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -24,15 +25,20 @@ from pydantic import BaseModel
 from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
 
-from referral_bridge.bootstrap import ProviderSealer, load_policy
+from referral_bridge.bootstrap import ProviderSealer, ServiceLayer, load_policy, service_layer
 from referral_bridge.core.calendar import WorkingDayCalendar
+from referral_bridge.delivery import AmqpRoute, DeliveryEngine, FallbackIssuer
 from referral_bridge.ledger import Ledger
 from referral_bridge.ledger import schema as ledger_schema
 from referral_bridge.ledger.roles import grant
 from referral_bridge.resources import DEFAULT_POLICY
+from referral_bridge.runtime.metrics import BridgeMetrics
 from referral_bridge.sealing import KeySet, generate_key_pair, load_key_set, load_private_key
-from referral_bridge.service.handler import ReferralService, Routes, Sealer
+from referral_bridge.service.effects import Sealer
+from referral_bridge.service.handler import ReferralService
+from referral_bridge.service.outbox import Routes
 from referral_bridge.transport import InboundMessage, PublishError
+from tests.unit.factories import REPORTED_AT
 
 REPO = Path(__file__).resolve().parents[1]
 POLICY_FILE = DEFAULT_POLICY
@@ -40,6 +46,9 @@ POLICY_FILE = DEFAULT_POLICY
 PROVIDERS = ("lancashire-victim-services", "homicide-service")
 REFERRALS_EXCHANGE = "victim-services.referrals"
 TASKS_EXCHANGE = "officer.tasks"
+#: Monday 10:41, an hour after the factories' report; the hold for explicit consent ends Tuesday
+#: 09:41. Where the service tests' clocks start.
+START = REPORTED_AT + timedelta(hours=1)
 
 
 # --- clock ------------------------------------------------------------------------------------
@@ -208,33 +217,71 @@ def make_keys(directory: Path) -> KeyMaterial:
 # --- the service ------------------------------------------------------------------------------
 
 
+#: Builds a test's delivery engine around the fallback issuer it is handed (bootstrap's order).
+EngineFactory = Callable[[FallbackIssuer, BridgeMetrics], DeliveryEngine]
+
+
+def force_broker_engine(
+    ledger: Ledger, publisher: RecordingPublisher, clock: FakeClock
+) -> EngineFactory:
+    """Everything through `publisher`, as on the force broker (no provider has its own route)."""
+
+    def build(fallbacks: FallbackIssuer, metrics: BridgeMetrics) -> DeliveryEngine:
+        return DeliveryEngine(
+            ledger=ledger,
+            default_route=AmqpRoute(publisher, name="amqp-force"),
+            clock=clock.now,
+            metrics=metrics,
+            fallbacks=fallbacks,
+        )
+
+    return build
+
+
+def make_layer(
+    *,
+    ledger: Ledger,
+    sealer: Sealer,
+    publisher: RecordingPublisher,
+    clock: FakeClock,
+    delivery: EngineFactory | None = None,
+    max_processing_attempts: int = 3,
+    max_message_bytes: int = 1024 * 1024,
+    ledger_attempts: int = 3,
+) -> ServiceLayer:
+    """The service, its delivery engine and the scheduled steps, wired as bootstrap wires them,
+    with the shipped policy and the given ports. `delivery` defaults to the force broker's
+    engine on `publisher`."""
+    metrics = BridgeMetrics()
+    engine = delivery or force_broker_engine(ledger, publisher, clock)
+    return service_layer(
+        ledger=ledger,
+        policy=load_policy(POLICY_FILE),
+        calendar=WorkingDayCalendar(),
+        sealer=sealer,
+        routes=Routes(referrals_exchange=REFERRALS_EXCHANGE, tasks_exchange=TASKS_EXCHANGE),
+        source="urn:test:referral-bridge",
+        clock=clock.now,
+        metrics=metrics,
+        delivery=lambda fallbacks: engine(fallbacks, metrics),
+        max_message_bytes=max_message_bytes,
+        max_processing_attempts=max_processing_attempts,
+        ledger_attempts=ledger_attempts,
+    )
+
+
 def make_service(
     *,
     ledger: Ledger,
     sealer: Sealer,
     publisher: RecordingPublisher,
     clock: FakeClock,
-    max_processing_attempts: int = 3,
-    max_message_bytes: int = 1024 * 1024,
     **options: Any,
 ) -> ReferralService:
-    """A ReferralService as bootstrap builds it, with the shipped policy and the given ports.
-
-    `options` go to ReferralService as they are (e.g. `ledger_attempts`).
-    """
-    return ReferralService(
-        ledger=ledger,
-        policy=load_policy(POLICY_FILE),
-        calendar=WorkingDayCalendar(),
-        sealer=sealer,
-        publisher=publisher,
-        routes=Routes(referrals_exchange=REFERRALS_EXCHANGE, tasks_exchange=TASKS_EXCHANGE),
-        source="urn:test:referral-bridge",
-        clock=clock.now,
-        max_message_bytes=max_message_bytes,
-        max_processing_attempts=max_processing_attempts,
-        **options,
-    )
+    """The service of `make_layer` (same options), for tests that only hand it messages."""
+    return make_layer(
+        ledger=ledger, sealer=sealer, publisher=publisher, clock=clock, **options
+    ).service
 
 
 # --- inbound events ---------------------------------------------------------------------------
@@ -362,3 +409,26 @@ def ledger_url_for(backend: str, request: pytest.FixtureRequest, tmp_path: Path)
     url = str(request.getfixturevalue("pg_database_url"))
     empty_ledger_database(url)
     return url
+
+
+def write_operator_config(folder: Path) -> Path:
+    """A configuration shaped like the documented install's, as an operator's shell sees it: its
+    keys live under ${CREDENTIALS_DIRECTORY}, which only the service has; data in `folder/data`."""
+    shutil.copy(POLICY_FILE, folder / "policy.toml")
+    path = folder / "referral-bridge.toml"
+    path.write_text(
+        '[bridge]\npolicy_file = "policy.toml"\ndata_dir = "data"\n\n'
+        '[keys]\nsigning_key = "${CREDENTIALS_DIRECTORY}/bridge.private.jwk"\n\n'
+        "[providers.lancashire-victim-services]\n"
+        'public_keys = "/etc/referral-bridge/keys/absent.public.jwk"\n'
+        "[providers.homicide-service]\n"
+        'public_keys = "/etc/referral-bridge/keys/absent.public.jwk"\n'
+        'client_cert = "${CREDENTIALS_DIRECTORY}/homicide-client.crt"\n'
+        'client_key = "${CREDENTIALS_DIRECTORY}/homicide-client.key"\n'
+        "[providers.remote-broker]\n"
+        'public_keys = "/etc/referral-bridge/keys/absent.public.jwk"\n'
+        'broker_url = "amqps://bridge@provider.example:5671/referrals"\n'
+        'broker_ca_bundle = "${CREDENTIALS_DIRECTORY}/provider-ca.pem"\n',
+        encoding="utf-8",
+    )
+    return path

@@ -17,9 +17,9 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from referral_bridge.cli.common import SubParsers, operator_settings_from, with_config
-from referral_bridge.cli.dlq import EMPTY, format_time, parse_when, render_table
+from referral_bridge.cli.common import SubParsers, operator_session, parse_when, with_config
 from referral_bridge.cli.exit_codes import RET_OK, RET_TAMPERED, RET_USAGE
+from referral_bridge.cli.render import EMPTY, format_time, render_table
 
 _HEADINGS = (
     "AT",
@@ -38,8 +38,7 @@ _HEADINGS = (
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from referral_bridge.ledger import Ledger
-    from referral_bridge.operator.audit import AuditQuery, AuditTrail
+    from referral_bridge.operator.audit import AuditQuery
 
     query = AuditQuery(
         case_ref=args.case,
@@ -56,12 +55,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
     if args.reason is not None:
         print("referral-bridge: --reason is given with --export only", file=sys.stderr)
         return RET_USAGE
-    # A query must never migrate the ledger under running workers.
-    ledger = Ledger.open(operator_settings_from(args).ledger_url, migrate=False)
-    try:
-        records = AuditTrail(ledger.engine).query(query)
-    finally:
-        ledger.dispose()
+    with operator_session(args) as session:
+        records = session.audit_trail.query(query)
     if args.json:
         json.dump({"records": [r.as_json() for r in records]}, sys.stdout, indent=2)
         print()
@@ -95,9 +90,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     """A subject access export: audited (and committed) before a byte is written, 0600."""
     from referral_bridge.files import write_private
-    from referral_bridge.ledger import Ledger
     from referral_bridge.ledger.subject import SUBJECT_ACCESS_EXPORT, subject_access
-    from referral_bridge.operator.audit import AuditRecord, AuditTrail, operator_name
+    from referral_bridge.operator.audit import OperatorAction
 
     if not args.victim:
         print("referral-bridge: --export needs --victim ID (the data subject)", file=sys.stderr)
@@ -113,21 +107,19 @@ def _export(args: argparse.Namespace) -> int:
     if target.exists():
         print(f"referral-bridge: {target} exists; choose a new file", file=sys.stderr)
         return RET_USAGE
-    ledger = Ledger.open(operator_settings_from(args).ledger_url, migrate=False)
-    try:
+    with operator_session(args) as session:
         now = datetime.now(UTC)
-        document = subject_access(ledger, args.victim, now=now)
-        AuditTrail(ledger.engine).append(
-            AuditRecord(
-                at=now,
-                action=SUBJECT_ACCESS_EXPORT,
-                actor=operator_name(),
-                victim_id=args.victim,
-                detail=f"subject access export: {args.reason.strip()}",
-            )
+        document = subject_access(session.ledger, args.victim, now=now)
+        session.record(
+            [
+                OperatorAction(
+                    action=SUBJECT_ACCESS_EXPORT,
+                    victim_id=args.victim,
+                    detail=f"subject access export: {args.reason.strip()}",
+                )
+            ],
+            at=now,
         )
-    finally:
-        ledger.dispose()
     write_private(target, (json.dumps(document, indent=2, ensure_ascii=False) + "\n").encode())
     print(
         f"wrote {target} (mode 0600): personal data of victim {args.victim} for a subject access "
@@ -140,19 +132,14 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     from datetime import timedelta
 
     from referral_bridge.core.audit_chain import verify_chain
-    from referral_bridge.ledger import Ledger
     from referral_bridge.ledger.chain import chain_rows
 
-    ledger = Ledger.open(operator_settings_from(args).ledger_url, migrate=False)
-    try:
-        with ledger.engine.connect() as connection:
-            report = verify_chain(
-                chain_rows(connection),
-                max_skew=timedelta(seconds=args.max_skew),
-                anchor=args.anchor,
-            )
-    finally:
-        ledger.dispose()
+    with operator_session(args) as session, session.ledger.engine.connect() as connection:
+        report = verify_chain(
+            chain_rows(connection),
+            max_skew=timedelta(seconds=args.max_skew),
+            anchor=args.anchor,
+        )
     if args.json:
         json.dump(
             {

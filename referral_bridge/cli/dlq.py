@@ -10,47 +10,24 @@ import argparse
 import base64
 import json
 import sys
-from collections.abc import Callable, Sequence
-from datetime import UTC, date, datetime, timedelta
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, TextIO, TypeVar
+from typing import TYPE_CHECKING, Any, TextIO
 
-from referral_bridge.cli.common import SubParsers, operator_settings_from, with_config
+from referral_bridge.cli.common import SubParsers, operator_session, parse_when, with_config
 from referral_bridge.cli.exit_codes import RET_FAILURE, RET_OK, RET_USAGE
+from referral_bridge.cli.render import EMPTY, ProgressBar, format_time, render_table
 from referral_bridge.settings import Settings
 
 if TYPE_CHECKING:
     # Loaded lazily in the commands, so that `referral-bridge --help` does not import kombu.
-    from referral_bridge.operator.audit import AuditTrail
-    from referral_bridge.operator.deadletters import DeadLetterMessage, DeadLetterQueue, PurgeReport
+    from referral_bridge.operator.deadletters import DeadLetterMessage, DeadLetterQueue
+    from referral_bridge.operator.session import OperatorSession
     from referral_bridge.transport.embedded import BrokerSpec
-
-T = TypeVar("T")
-
-EMPTY = "-"
 
 
 # --- argument types ----------------------------------------------------------------------------
-
-
-def parse_when(text: str) -> datetime:
-    """A moment: RFC 3339 / ISO 8601 (UTC if no offset), a date (midnight UTC) or `7d` ago."""
-    from referral_bridge.operator.deadletters import parse_duration
-
-    value = text.strip()
-    try:
-        return datetime.now(UTC) - parse_duration(value)
-    except ValueError:
-        pass
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a time; use e.g. 2026-11-23, 2026-11-23T09:00:00Z or 24h (ago)"
-        ) from None
-    if len(value) == 10:  # a bare date
-        return datetime.combine(date.fromisoformat(value), datetime.min.time(), tzinfo=UTC)
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def _duration(text: str) -> timedelta:
@@ -63,22 +40,6 @@ def _duration(text: str) -> timedelta:
 
 
 # --- rendering ---------------------------------------------------------------------------------
-
-
-def render_table(headings: Sequence[str], rows: Sequence[Sequence[str]], out: TextIO) -> None:
-    """Columns padded to their widest cell; the last column is not padded. Control characters
-    in a cell are shown escaped: a cell must not be able to rewrite the operator's terminal."""
-    from referral_bridge.display import escape_controls
-
-    rows = [[escape_controls(cell) for cell in row] for row in rows]
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headings)]
-    for cells in (headings, *rows):
-        padded = [c.ljust(w) for c, w in zip(cells[:-1], widths[:-1], strict=True)]
-        print("  ".join([*padded, cells[-1]]).rstrip(), file=out)
-
-
-def format_time(moment: datetime | None) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if moment else EMPTY
 
 
 def _letter_row(letter: DeadLetterMessage) -> list[str]:
@@ -115,31 +76,6 @@ def _print_letters(letters: Sequence[DeadLetterMessage], out: TextIO) -> None:
     breakdown = ", ".join(f"{reason} {count}" for reason, count in counts.items())
     noun = "dead letter" if len(letters) == 1 else "dead letters"
     print(f"{len(letters)} {noun}" + (f": {breakdown}" if breakdown else ""), file=out)
-
-
-class ProgressBar:
-    """`[#####-----] 12/40` on stderr, redrawn in place on a terminal, every 10% otherwise."""
-
-    def __init__(self, label: str, *, stream: IO[str] | None = None, width: int = 30) -> None:
-        self._label = label
-        self._stream = stream if stream is not None else sys.stderr
-        self._width = width
-        self._tty = bool(getattr(self._stream, "isatty", lambda: False)())
-        self._last_tenth = -1
-
-    def __call__(self, done: int, total: int) -> None:
-        filled = self._width * done // max(total, 1)
-        line = f"{self._label} [{'#' * filled}{'-' * (self._width - filled)}] {done}/{total}"
-        if self._tty:
-            end = "\n" if done >= total else ""
-            self._stream.write(f"\r{line}{end}")
-        else:
-            tenth = 10 * done // max(total, 1)
-            if tenth == self._last_tenth and done < total:
-                return
-            self._last_tenth = tenth
-            self._stream.write(f"{line}\n")
-        self._stream.flush()
 
 
 # --- commands ----------------------------------------------------------------------------------
@@ -190,7 +126,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         failed_since=args.since,
         failed_before=args.until,
     )
-    letters = _queue(operator_settings_from(args)).browse(selection)
+    with operator_session(args) as session:
+        letters = _queue(session.settings).browse(selection)
     if args.json:
         document = {
             "dead_letters": [letter.summary() for letter in letters],
@@ -217,18 +154,19 @@ def cmd_show(args: argparse.Namespace) -> int:
     if args.reason and not args.reveal:
         print("referral-bridge: --reason is given with --reveal only", file=sys.stderr)
         return RET_USAGE
-    settings = operator_settings_from(args)
-    letters = _queue(settings).browse(DeadLetterFilter(ids=frozenset({args.id})))
-    if not letters:
-        print(
-            f"referral-bridge: no dead letter with id {args.id}; run `referral-bridge dlq list`",
-            file=sys.stderr,
-        )
-        return RET_USAGE
-    audit_ids: list[int] = []
-    if args.reveal:
-        # The disclosure is recorded, and committed, before a byte of it is shown.
-        audit_ids = _audit_reveal(settings, letters, args.reason)
+    with operator_session(args) as session:
+        letters = _queue(session.settings).browse(DeadLetterFilter(ids=frozenset({args.id})))
+        if not letters:
+            print(
+                f"referral-bridge: no dead letter with id {args.id}; "
+                "run `referral-bridge dlq list`",
+                file=sys.stderr,
+            )
+            return RET_USAGE
+        audit_ids: list[int] = []
+        if args.reveal:
+            # The disclosure is recorded, and committed, before a byte of it is shown.
+            audit_ids = _audit_reveal(session, letters, args.reason)
     if args.json:
         json.dump(
             [_show_document(letter, reveal=args.reveal) for letter in letters],
@@ -246,39 +184,26 @@ def cmd_show(args: argparse.Namespace) -> int:
     return RET_OK
 
 
-def _audit_reveal(settings: Settings, letters: Sequence[DeadLetterMessage], why: str) -> list[int]:
-    from referral_bridge.operator.audit import DEAD_LETTER_REVEALED, AuditRecord, operator_name
+def _audit_reveal(
+    session: OperatorSession, letters: Sequence[DeadLetterMessage], why: str
+) -> list[int]:
+    from referral_bridge.operator.audit import DEAD_LETTER_REVEALED, OperatorAction
 
-    actor, now = operator_name(), datetime.now(UTC)
-    records: list[AuditRecord] = []
+    revealed: list[OperatorAction] = []
     for letter in letters:
         case_ref, victim_ids = letter.refs()
         # One record per victim the body names, so that `audit --victim` finds the disclosure.
         for victim_id in victim_ids or (None,):
-            records.append(
-                AuditRecord(
-                    at=now,
+            revealed.append(
+                OperatorAction(
                     action=DEAD_LETTER_REVEALED,
-                    actor=actor,
                     message_id=letter.id,
                     case_ref=case_ref,
                     victim_id=victim_id,
                     detail=why,
                 )
             )
-    return _with_audit_trail(settings, lambda trail: trail.append_all(records))
-
-
-def _with_audit_trail(settings: Settings, action: Callable[[AuditTrail], T]) -> T:
-    from referral_bridge.ledger import Ledger
-    from referral_bridge.operator.audit import AuditTrail
-
-    # An operator tool must never migrate the ledger under running workers.
-    ledger = Ledger.open(settings.ledger_url, migrate=False)
-    try:
-        return action(AuditTrail(ledger.engine))
-    finally:
-        ledger.dispose()
+    return session.record(revealed)
 
 
 def _show_document(letter: DeadLetterMessage, *, reveal: bool) -> dict[str, Any]:
@@ -359,20 +284,21 @@ def cmd_replay(args: argparse.Namespace) -> int:
         )
         return RET_USAGE
     selection = DeadLetterFilter(ids=frozenset(args.ids), reason=args.reason)
-    settings = operator_settings_from(args)
-    broker, topology = _broker(settings), topology_of(settings)
-    queue = DeadLetterQueue(broker, topology, provider_ids=settings.providers)
-    with Publisher(broker, topology) as publisher:
-        try:
-            report = queue.replay(
-                selection,
-                publisher=publisher,
-                dry_run=args.dry_run,
-                on_progress=None if args.dry_run else _progress_for(args, "replaying"),
-            )
-        except DeadLetterNotFoundError as exc:
-            print(f"referral-bridge: {exc}", file=sys.stderr)
-            return RET_USAGE
+    with operator_session(args) as session:
+        settings = session.settings
+        broker, topology = _broker(settings), topology_of(settings)
+        queue = DeadLetterQueue(broker, topology, provider_ids=settings.providers)
+        with Publisher(broker, topology) as publisher:
+            try:
+                report = queue.replay(
+                    selection,
+                    publisher=publisher,
+                    dry_run=args.dry_run,
+                    on_progress=None if args.dry_run else _progress_for(args, "replaying"),
+                )
+            except DeadLetterNotFoundError as exc:
+                print(f"referral-bridge: {exc}", file=sys.stderr)
+                return RET_USAGE
     if args.dry_run:
         print(
             f"dry run: would replay {len(report.selected)} to {topology.inbound_exchange} "
@@ -390,8 +316,7 @@ def cmd_purge(args: argparse.Namespace) -> int:
     from referral_bridge.operator.audit import (
         DEAD_LETTER_PURGE_FAILED,
         DEAD_LETTER_PURGED,
-        AuditRecord,
-        operator_name,
+        OperatorAction,
     )
     from referral_bridge.operator.deadletters import DeadLetterFilter, DeadLetterNotFoundError
 
@@ -408,55 +333,53 @@ def cmd_purge(args: argparse.Namespace) -> int:
         reason=args.reason,
         failed_before=datetime.now(UTC) - args.older_than if args.older_than else None,
     )
-    settings = operator_settings_from(args)
-    queue = _queue(settings)
-    try:
-        if not args.yes:
-            preview = queue.purge(selection, before_remove=lambda _: None, dry_run=True)
-            print(f"would purge {len(preview.selected)} (nothing was removed):")
-            _print_letters(preview.selected, sys.stdout)
-            print("add --yes to purge them for good", file=sys.stderr)
-            return RET_USAGE
-        actor = operator_name()
+    with operator_session(args) as session:
+        queue = _queue(session.settings)
+        try:
+            if not args.yes:
+                preview = queue.purge(selection, before_remove=lambda _: None, dry_run=True)
+                print(f"would purge {len(preview.selected)} (nothing was removed):")
+                _print_letters(preview.selected, sys.stdout)
+                print("add --yes to purge them for good", file=sys.stderr)
+                return RET_USAGE
 
-        def audit(trail: AuditTrail) -> PurgeReport:
-            def record(letter: DeadLetterMessage) -> None:
+            def purging(letter: DeadLetterMessage) -> None:
                 case_ref, _ = letter.refs()
-                trail.append(
-                    AuditRecord(
-                        at=datetime.now(UTC),
-                        action=DEAD_LETTER_PURGED,
-                        actor=actor,
-                        message_id=letter.id,
-                        case_ref=case_ref,
-                        detail=f"reason code {letter.reason}",
-                    )
+                session.record(
+                    [
+                        OperatorAction(
+                            action=DEAD_LETTER_PURGED,
+                            message_id=letter.id,
+                            case_ref=case_ref,
+                            detail=f"reason code {letter.reason}",
+                        )
+                    ]
                 )
 
-            def failed(letter: DeadLetterMessage) -> None:
+            def not_purged(letter: DeadLetterMessage) -> None:
                 case_ref, _ = letter.refs()
-                trail.append(
-                    AuditRecord(
-                        at=datetime.now(UTC),
-                        action=DEAD_LETTER_PURGE_FAILED,
-                        actor=actor,
-                        message_id=letter.id,
-                        case_ref=case_ref,
-                        detail="removal failed; the dead letter is still queued",
-                    )
+                session.record(
+                    [
+                        OperatorAction(
+                            action=DEAD_LETTER_PURGE_FAILED,
+                            message_id=letter.id,
+                            case_ref=case_ref,
+                            detail="removal failed; the dead letter is still queued",
+                        )
+                    ]
                 )
 
-            return queue.purge(
+            # Nothing is removed unless the audit trail can be written: open the ledger first.
+            session.open_ledger()
+            report = queue.purge(
                 selection,
-                before_remove=record,
-                on_remove_failed=failed,
+                before_remove=purging,
+                on_remove_failed=not_purged,
                 on_progress=_progress_for(args, "purging"),
             )
-
-        report = _with_audit_trail(settings, audit)
-    except DeadLetterNotFoundError as exc:
-        print(f"referral-bridge: {exc}", file=sys.stderr)
-        return RET_USAGE
+        except DeadLetterNotFoundError as exc:
+            print(f"referral-bridge: {exc}", file=sys.stderr)
+            return RET_USAGE
     print(f"purged {len(report.purged)} dead letters (audited)")
     if report.already_gone:
         print(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from referral_bridge.cli.common import SubParsers, operator_settings_from, with_config
+from referral_bridge.cli.common import SubParsers, operator_session, with_config
 from referral_bridge.cli.exit_codes import RET_OK, RET_USAGE
 
 
@@ -22,8 +22,10 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     from referral_bridge.ledger.migrations import current_version
     from referral_bridge.ledger.roles import grant
 
-    settings = operator_settings_from(args)
-    url = settings.ledger_url
+    # The settings as every operator command reads them (no keys); but this command alone
+    # migrates, so it opens the ledger itself rather than through the session.
+    with operator_session(args) as session:
+        url = session.settings.ledger_url
     if args.grant and url.startswith("sqlite"):
         print("referral-bridge: --grant is for PostgreSQL; SQLite has no roles", file=sys.stderr)
         return RET_USAGE

@@ -20,7 +20,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from referral_bridge.cli.common import SubParsers, settings_from, with_config
+from referral_bridge.cli.common import SubParsers, operator_session, settings_from, with_config
 from referral_bridge.cli.exit_codes import RET_FAILURE, RET_OK, RET_USAGE
 from referral_bridge.display import safe_text
 
@@ -184,13 +184,8 @@ def cmd_users(args: argparse.Namespace) -> int:
 
 
 def cmd_deliveries(args: argparse.Namespace) -> int:
-    from referral_bridge.ledger import Ledger
-
-    ledger = Ledger.open(settings_from(args).ledger_url, migrate=False)  # never under workers
-    try:
-        rows = ledger.deliveries(state=args.state, provider=args.provider, limit=args.limit)
-    finally:
-        ledger.dispose()
+    with operator_session(args) as session:
+        rows = session.ledger.deliveries(state=args.state, provider=args.provider, limit=args.limit)
     records = [
         {
             "message_id": r.message_id,
@@ -228,15 +223,11 @@ def cmd_deliveries(args: argparse.Namespace) -> int:
 
 
 def cmd_resend(args: argparse.Namespace) -> int:
-    from referral_bridge.ledger import Ledger
-
-    ledger = Ledger.open(settings_from(args).ledger_url, migrate=False)  # never under workers
-    try:
-        result = ledger.resend(
-            args.message_id, at=datetime.now(UTC), actor=args.actor or getpass.getuser()
+    with operator_session(args) as session:
+        # `--actor` is what the operator types, so a claim beside the OS user, never instead.
+        result = session.ledger.resend(
+            args.message_id, at=datetime.now(UTC), actor=session.on_behalf_of(args.actor)
         )
-    finally:
-        ledger.dispose()
     messages = {
         "resent": "queued for delivery: the running bridge sends it within a scheduler interval",
         "not_found": "no outbox message has this id; check it with `provider deliveries`",
@@ -456,5 +447,8 @@ def register(commands: SubParsers) -> None:
         provider.add_parser("resend", help="deliver a rejected message again (audited)")
     )
     resend.add_argument("message_id", help="the referral or withdrawal id")
-    resend.add_argument("--actor", help="who asks, for the audit trail (default: your login)")
+    resend.add_argument(
+        "--actor",
+        help="on whose behalf you ask: recorded beside your login in the audit trail",
+    )
     resend.set_defaults(func=cmd_resend)

@@ -13,11 +13,15 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from referral_bridge.cli.common import SubParsers, operator_settings_from, with_config
+from referral_bridge.cli.common import SubParsers, operator_session, with_config
 from referral_bridge.cli.exit_codes import RET_OK, RET_USAGE
 from referral_bridge.core.report import Counted, Period
 from referral_bridge.settings import Settings
+
+if TYPE_CHECKING:
+    from referral_bridge.operator.session import OperatorSession
 
 
 def _day(text: str) -> date:
@@ -50,7 +54,7 @@ def read_dead_letters(settings: Settings, period: Period) -> Sequence[Counted] |
 
 
 def write_report(
-    settings: Settings,
+    session: OperatorSession,
     period: Period,
     *,
     form: str,
@@ -58,16 +62,10 @@ def write_report(
     dead_letters: bool = True,
 ) -> str:
     """The rendered report (used by `report` and by `demo`)."""
-    from referral_bridge.ledger import Ledger
     from referral_bridge.report import Format, produce, render
 
-    letters = read_dead_letters(settings, period) if dead_letters else None
-    # A report must never migrate the ledger under running workers.
-    ledger = Ledger.open(settings.ledger_url, migrate=False)
-    try:
-        report = produce(ledger.engine, period, now=now, dead_letters=letters)
-    finally:
-        ledger.dispose()
+    letters = read_dead_letters(session.settings, period) if dead_letters else None
+    report = produce(session.ledger.engine, period, now=now, dead_letters=letters)
     return render(report, Format(form))
 
 
@@ -81,13 +79,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"referral-bridge: {exc}", file=sys.stderr)
         return RET_USAGE
-    text = write_report(
-        operator_settings_from(args),
-        period,
-        form=args.format,
-        now=now,
-        dead_letters=args.dead_letters,
-    )
+    with operator_session(args) as session:
+        text = write_report(
+            session,
+            period,
+            form=args.format,
+            now=now,
+            dead_letters=args.dead_letters,
+        )
     if args.out:
         path = Path(args.out)
         path.write_text(text, encoding="utf-8")

@@ -13,28 +13,22 @@ import sys
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 
-from referral_bridge.cli.common import SubParsers, operator_settings_from, with_config
+from referral_bridge.cli.common import SubParsers, operator_session, with_config
 from referral_bridge.cli.exit_codes import RET_OK
 
 
 def cmd_retention(args: argparse.Namespace) -> int:
-    from referral_bridge.ledger import Ledger
     from referral_bridge.ledger.retention import sweep
-    from referral_bridge.operator.audit import operator_name
 
-    settings = operator_settings_from(args)
-    days = settings.retention.erase_after_days
-    ledger = Ledger.open(settings.ledger_url, migrate=False)
-    try:
+    with operator_session(args) as session:
+        days = session.settings.retention.erase_after_days
         report = sweep(
-            ledger,
+            session.ledger,
             now=datetime.now(UTC),
             erase_after=timedelta(days=days),
-            actor=operator_name(),
+            actor=session.actor,
             dry_run=args.dry_run,
         )
-    finally:
-        ledger.dispose()
     if args.json:
         json.dump({"dry_run": args.dry_run, "erase_after_days": days, **asdict(report)}, sys.stdout)
         print()

@@ -20,6 +20,14 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from referral_bridge.wire import (
+    ATTEMPTS_HEADER,
+    DETAIL_HEADER,
+    FAILED_AT_HEADER,
+    ORIGINAL_ROUTING_KEY_HEADER,
+    REASON_HEADER,
+)
+
 NonEmpty = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 Ref = Annotated[
     str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_./:-]*$")
@@ -505,8 +513,8 @@ class DeadLetterHeaders(BaseModel):
 
     model_config = ConfigDict(frozen=True, populate_by_name=True)
 
-    reason: DeadLetterReason = Field(alias="x-rb-reason")
-    detail: str = Field(alias="x-rb-detail", max_length=2000)
-    failed_at: AwareDatetime = Field(alias="x-rb-failed-at")
-    attempts: int = Field(alias="x-rb-attempts", ge=1)
-    original_routing_key: str = Field(alias="x-rb-original-routing-key")
+    reason: DeadLetterReason = Field(alias=REASON_HEADER)
+    detail: str = Field(alias=DETAIL_HEADER, max_length=2000)
+    failed_at: AwareDatetime = Field(alias=FAILED_AT_HEADER)
+    attempts: int = Field(alias=ATTEMPTS_HEADER, ge=1)
+    original_routing_key: str = Field(alias=ORIGINAL_ROUTING_KEY_HEADER)

@@ -37,6 +37,7 @@ from referral_bridge.core.events import (
     InboundEvent,
 )
 from referral_bridge.core.limits import MAX_EVENT_BYTES, MAX_JSON_DEPTH
+from referral_bridge.wire import JSON_CONTENT
 
 # pydantic's error dicts, typed loosely so the core imports nothing beyond pydantic itself.
 _ErrorDetails = Mapping[str, Any]
@@ -57,7 +58,6 @@ MAX_LISTED_PROBLEMS = 10
 
 _INT64_DIGITS = 19
 _CORE_ATTRIBUTES = frozenset({"specversion", "id", "source", "type"})
-_JSON_MEDIA_TYPE = "application/json"
 _UTF8_BOM = b"\xef\xbb\xbf"
 
 # A location segment is shown only if it is a field name of the contract's models. Segments that
@@ -377,8 +377,8 @@ def _check_content_type(content_type: str | None) -> None:
     if content_type is None:
         return
     media_type = content_type.split(";", 1)[0].strip().lower()
-    if media_type != _JSON_MEDIA_TYPE:
+    if media_type != JSON_CONTENT:
         raise InvalidMessage(
             DeadLetterReason.SCHEMA_VIOLATION,
-            f"datacontenttype must be {_JSON_MEDIA_TYPE} for inbound events",
+            f"datacontenttype must be {JSON_CONTENT} for inbound events",
         )

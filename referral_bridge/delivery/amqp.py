@@ -37,10 +37,10 @@ from referral_bridge.transport.errors import (
     TransportError,
 )
 from referral_bridge.transport.publisher import Outgoing
+from referral_bridge.wire import CLOUDEVENTS_JSON
 
 log = structlog.get_logger("referral_bridge.delivery.amqp")
 
-CLOUDEVENTS_JSON = "application/cloudevents+json"
 PERSISTENT = 2
 
 

@@ -62,7 +62,8 @@ class FallbackIssuer(Protocol):
     """Records a fallback leaflet task for an undeliverable referral inside `tx`.
 
     Returns the task id (also when it was issued before), or None when no task can be built
-    (e.g. the case's snapshot is gone). Implemented by the service, which owns the policy.
+    (e.g. the case's snapshot is gone). Implemented by `service.effects.Effects`, which owns
+    the policy; bootstrap hands it to the engine.
     """
 
     def issue_fallback(
@@ -108,7 +109,8 @@ class DeliveryEngine:
         routes: Mapping[str, Route] | None = None,
         policy: DeliveryPolicy | None = None,
         clock: Callable[[], datetime],
-        metrics: BridgeMetrics | None = None,
+        metrics: BridgeMetrics,
+        fallbacks: FallbackIssuer,
         sleep: Callable[[float], None] = time.sleep,
         rand: Callable[[], float] = random.random,
         monotonic: Callable[[], float] = time.monotonic,
@@ -118,7 +120,8 @@ class DeliveryEngine:
         self._routes = dict(routes or {})
         self._policy = policy or DeliveryPolicy()
         self._clock = clock
-        self._metrics = metrics or BridgeMetrics()
+        self._metrics = metrics
+        self._fallbacks = fallbacks
         self._sleep = sleep
         self._rand = rand
         self._monotonic = monotonic
@@ -126,8 +129,6 @@ class DeliveryEngine:
         #: Handed over, but the ledger failed before it recorded so: message id -> (when, route).
         #: Recorded first thing next time; meanwhile no fallback is issued for these rows.
         self._unmarked: dict[str, tuple[datetime, str]] = {}
-        #: Set by the service that owns the policy; without it no fallback tasks are issued.
-        self.fallbacks: FallbackIssuer | None = None
 
     # --- public -------------------------------------------------------------------------------
 
@@ -371,8 +372,6 @@ class DeliveryEngine:
 
         The referral keeps being retried: the provider may yet take it. Returns tasks issued.
         """
-        if self.fallbacks is None:
-            return 0
         self._record_unmarked()
         issued = 0
         now = self._clock()
@@ -401,7 +400,6 @@ class DeliveryEngine:
     def _issue_overdue(
         self, delivery: PendingDelivery, now: datetime
     ) -> tuple[PendingDelivery, str] | None:
-        assert self.fallbacks is not None
         with self._ledger.transaction() as tx:
             current = tx.pending_delivery(delivery.message_id)
             if current is None or current.published_at or current.rejected_at:
@@ -410,7 +408,7 @@ class DeliveryEngine:
                 return None  # an attempt is under way and may yet succeed
             if current.fallback_task_id is not None:
                 return None
-            task_id = self.fallbacks.issue_fallback(tx, current, REASON_UNREACHABLE, now)
+            task_id = self._fallbacks.issue_fallback(tx, current, REASON_UNREACHABLE, now)
             if task_id is None:
                 return None
             tx.set_fallback_task(current.message_id, task_id)
@@ -624,13 +622,8 @@ class DeliveryEngine:
         task_id: str | None = None
         with self._ledger.transaction() as tx:
             tx.reject_delivery(message.message_id, now, error.summary)
-            wants_fallback = (
-                message.kind == "referral"
-                and self.fallbacks is not None
-                and delivery.fallback_task_id is None
-            )
-            if wants_fallback and self.fallbacks is not None:
-                task_id = self.fallbacks.issue_fallback(tx, delivery, REASON_REJECTED, now)
+            if message.kind == "referral" and delivery.fallback_task_id is None:
+                task_id = self._fallbacks.issue_fallback(tx, delivery, REASON_REJECTED, now)
                 if task_id is not None:
                     tx.set_fallback_task(message.message_id, task_id)
         log.error(

@@ -36,8 +36,8 @@ from referral_bridge.delivery.errors import (
     TransientDeliveryError,
 )
 from referral_bridge.ledger import OutboxMessage
+from referral_bridge.wire import CLOUDEVENTS_JSON, IDEMPOTENCY_KEY_HEADER
 
-CLOUDEVENTS_JSON = "application/cloudevents+json"
 #: Client errors that say "try again", not "never".
 _TRANSIENT_4XX = frozenset({408, 425, 429})
 
@@ -169,7 +169,7 @@ class HttpsRoute:
                 content=message.body,
                 headers={
                     "Content-Type": CLOUDEVENTS_JSON,
-                    "Idempotency-Key": message.message_id,
+                    IDEMPOTENCY_KEY_HEADER: message.message_id,
                 },
             ) as response:
                 status, retry_after = response.status_code, response.headers.get("Retry-After")

@@ -229,10 +229,12 @@ def write_html_report(settings: Settings, data_dir: Path) -> Path:
     from referral_bridge.cli.report import write_report
     from referral_bridge.core.calendar import LONDON
     from referral_bridge.core.report import Period
+    from referral_bridge.operator.session import OperatorSession
 
     now = datetime.now(UTC)
     today = now.astimezone(LONDON).date()
-    text = write_report(settings, Period(today.replace(day=1), today), form="html", now=now)
+    with OperatorSession(settings) as session:
+        text = write_report(session, Period(today.replace(day=1), today), form="html", now=now)
     path = (data_dir / "report.html").resolve()
     path.write_text(text, encoding="utf-8")
     return path

@@ -15,6 +15,8 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from referral_bridge.wire import JSON_CONTENT
+
 if TYPE_CHECKING:
     from referral_bridge.ledger import Ledger
     from referral_bridge.transport.publisher import Publisher
@@ -111,7 +113,7 @@ class Simulator:
             "type": event_type,
             "time": at.isoformat(),
             "schemaversion": 1,
-            "datacontenttype": "application/json",
+            "datacontenttype": JSON_CONTENT,
             "data": data,
         }
         return SimulatedEvent(event_type, json.dumps(body).encode())
@@ -457,7 +459,7 @@ class Responder:
             "type": "task.completed",
             "time": at.isoformat(),
             "schemaversion": 1,
-            "datacontenttype": "application/json",
+            "datacontenttype": JSON_CONTENT,
             "data": data,
         }
         return SimulatedEvent("task.completed", json.dumps(body).encode())

@@ -13,6 +13,7 @@ from referral_bridge.ledger.outbox import OPEN, delivery_query, pending_from_row
 from referral_bridge.ledger.records import (
     ActionKind,
     AuditFacts,
+    AuditRecord,
     DeliveryFilter,
     PendingDelivery,
     ResendOutcome,
@@ -84,16 +85,16 @@ class OperatorQueries:
             append_audit(
                 connection,
                 [
-                    {
-                        "at": at,
-                        "action": f"{row.kind}_resend",
-                        "actor": actor,
-                        "message_id": message_id,
-                        "provider": row.provider,
-                        "case_ref": facts.case_ref if facts else None,
-                        "victim_id": facts.victim_id if facts else None,
-                        "detail": f"resend after rejection ({(row.last_error or '')[:200]})",
-                    }
+                    AuditRecord(
+                        at=at,
+                        action=f"{row.kind}_resend",
+                        actor=actor,
+                        message_id=message_id,
+                        provider=row.provider,
+                        case_ref=facts.case_ref if facts else None,
+                        victim_id=facts.victim_id if facts else None,
+                        detail=f"resend after rejection ({(row.last_error or '')[:200]})",
+                    )
                 ],
             )
             return ResendResult(ResendOutcome.RESENT, row.provider)

@@ -24,6 +24,7 @@ from referral_bridge.ledger.engine import writing
 from referral_bridge.ledger.records import (
     DAEMON_ACTOR,
     AuditFacts,
+    AuditRecord,
     Cancellation,
     CancelReason,
     OutboxMessage,
@@ -313,19 +314,19 @@ def _mark_published(connection: Connection, message_id: str, at: datetime, route
 
 def _audit_row(
     kind: str, message_id: str, facts: AuditFacts, at: datetime, route: str
-) -> dict[str, Any]:
-    return {
-        "at": at,
-        "action": f"{kind}_sent",
-        "actor": DAEMON_ACTOR,
-        "message_id": message_id,
-        "provider": facts.provider,
-        "case_ref": facts.case_ref,
-        "victim_id": facts.victim_id,
-        "lawful_basis": facts.lawful_basis,
-        "consent_state": facts.consent_state,
-        "consent_recorded_at": facts.consent_recorded_at,
-        "consent_recorded_by": facts.consent_recorded_by,
-        "consent_regime": facts.consent_regime,
-        "detail": f"delivered by {route}",
-    }
+) -> AuditRecord:
+    return AuditRecord(
+        at=at,
+        action=f"{kind}_sent",
+        actor=DAEMON_ACTOR,
+        message_id=message_id,
+        provider=facts.provider,
+        case_ref=facts.case_ref,
+        victim_id=facts.victim_id,
+        lawful_basis=facts.lawful_basis,
+        consent_state=facts.consent_state,
+        consent_recorded_at=facts.consent_recorded_at,
+        consent_recorded_by=facts.consent_recorded_by,
+        consent_regime=facts.consent_regime,
+        detail=f"delivered by {route}",
+    )

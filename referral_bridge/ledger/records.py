@@ -7,7 +7,7 @@ by an operator tool, and nothing outside this module spells those strings again.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -282,3 +282,35 @@ class CaseState:
     history: Mapping[str, VictimHistory]
     #: The snapshot was erased under the retention policy (`snapshot` is then None).
     erased: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuditRecord:
+    """One audit row; `id` is assigned by the ledger and None until appended."""
+
+    at: datetime
+    action: str
+    actor: str
+    message_id: str | None = None
+    provider: str | None = None
+    case_ref: str | None = None
+    victim_id: str | None = None
+    lawful_basis: str | None = None
+    consent_state: str | None = None
+    consent_recorded_at: datetime | None = None
+    consent_recorded_by: str | None = None
+    consent_regime: str | None = None
+    #: Free text without personal data (scrubbed again on the way in).
+    detail: str | None = None
+    id: int | None = None
+    #: PostgreSQL: when the database wrote the record, by its own clock (None on SQLite). Set
+    #: by a trigger whatever the writer says: compare it with `at` to see a backdated record.
+    server_at: datetime | None = field(default=None, compare=False)
+
+    def as_json(self) -> dict[str, Any]:
+        """The record with timestamps as ISO 8601 strings, for `audit --json`."""
+        document = asdict(self)
+        for key in ("at", "consent_recorded_at", "server_at"):
+            value = document[key]
+            document[key] = value.isoformat() if value is not None else None
+        return document

@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from referral_bridge.core.retention import DueMatter, RefActivity, due_for_erasure
 from referral_bridge.ledger import schema as t
 from referral_bridge.ledger.chain import append_audit
+from referral_bridge.ledger.records import AuditRecord
 from referral_bridge.ledger.store import Ledger
 
 #: What `recorded_by` of an erased consent record says.
@@ -183,18 +184,18 @@ def erase(
         append_audit(
             connection,
             [
-                {
-                    "at": now,
-                    "action": PERSONAL_DATA_ERASED,
-                    "actor": actor,
-                    "case_ref": refs[0],
-                    "detail": (
+                AuditRecord(
+                    at=now,
+                    action=PERSONAL_DATA_ERASED,
+                    actor=actor,
+                    case_ref=refs[0],
+                    detail=(
                         f"retention: erased {current.records} snapshots, {current.bodies} "
                         f"message bodies, {current.consents} consent recorders; no activity "
                         f"since {current.last_activity.isoformat()} (policy: {days:g} days); "
                         f"refs {' '.join(refs)}"
-                    )[:1000],
-                }
+                    ),
+                )
             ],
         )
         return current

@@ -1,8 +1,9 @@
 """The audit trail of disclosures and operator actions: append to it, and query it.
 
 It answers a data protection officer's question "who was told what about this person, and why":
-the daemon appends a record when it hands over a referral or withdrawal (ledger/store.py), and the
-operator tools append one before revealing a dead letter and for each dead letter they purge.
+the daemon appends a record when it hands over a referral or withdrawal (ledger/outbox.py), and the
+operator tools append one before revealing a dead letter, for each dead letter they purge and
+before a subject access export, through `OperatorSession.record` (operator/session.py).
 
 Records are only ever inserted: nothing in this module updates or deletes them, and database
 triggers (ledger/migrations.py) refuse UPDATE and DELETE on `rb_audit` from anyone. They hold ids
@@ -11,10 +12,8 @@ triggers (ledger/migrations.py) refuse UPDATE and DELETE on `rb_audit` from anyo
 
 from __future__ import annotations
 
-import os
-import pwd
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -23,8 +22,8 @@ from sqlalchemy.exc import OperationalError
 
 from referral_bridge.errors import LedgerUnavailableError
 from referral_bridge.ledger.chain import append_audit
+from referral_bridge.ledger.records import AuditRecord
 from referral_bridge.ledger.schema import audit as audit_table
-from referral_bridge.logging import scrub
 
 __all__ = [
     "DEAD_LETTER_PURGED",
@@ -33,7 +32,7 @@ __all__ = [
     "AuditQuery",
     "AuditRecord",
     "AuditTrail",
-    "operator_name",
+    "OperatorAction",
 ]
 
 #: An operator saw a dead letter's original body (`dlq show --reveal`).
@@ -43,42 +42,18 @@ DEAD_LETTER_PURGED = "dead_letter_purged"
 #: The removal after a DEAD_LETTER_PURGED record failed: the dead letter is still queued.
 DEAD_LETTER_PURGE_FAILED = "dead_letter_purge_failed"
 
-_MAX_ACTOR = 200
-_MAX_DETAIL = 1000
-_MAX_MESSAGE_ID = 200
-_MAX_REF = 64
-
 
 @dataclass(frozen=True, kw_only=True)
-class AuditRecord:
-    """One audit row; `id` is assigned by the ledger and None until appended."""
+class OperatorAction:
+    """What an operator did, for the audit trail; `OperatorSession.record` adds who and when."""
 
-    at: datetime
     action: str
-    actor: str
     message_id: str | None = None
     provider: str | None = None
     case_ref: str | None = None
     victim_id: str | None = None
-    lawful_basis: str | None = None
-    consent_state: str | None = None
-    consent_recorded_at: datetime | None = None
-    consent_recorded_by: str | None = None
-    consent_regime: str | None = None
-    #: Free text without personal data (scrubbed again on the way in).
+    #: Free text without personal data, e.g. the operator's reason (scrubbed on the way in).
     detail: str | None = None
-    id: int | None = None
-    #: PostgreSQL: when the database wrote the record, by its own clock (None on SQLite). Set
-    #: by a trigger whatever the writer says: compare it with `at` to see a backdated record.
-    server_at: datetime | None = field(default=None, compare=False)
-
-    def as_json(self) -> dict[str, Any]:
-        """The record with timestamps as ISO 8601 strings, for `audit --json`."""
-        document = asdict(self)
-        for key in ("at", "consent_recorded_at", "server_at"):
-            value = document[key]
-            document[key] = value.isoformat() if value is not None else None
-        return document
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -113,12 +88,12 @@ class AuditTrail:
 
     def append_all(self, records: Iterable[AuditRecord]) -> list[int]:
         """Insert records in one transaction; returns their ids once committed."""
-        rows = [_row(record) for record in records]
-        if not rows:
+        records = list(records)
+        if not records:
             return []
         try:
             with self._engine.begin() as connection:
-                ids = append_audit(connection, rows)
+                ids = append_audit(connection, records)
         except OperationalError as exc:
             raise LedgerUnavailableError(
                 f"cannot write the audit trail ({type(exc.orig).__name__}); nothing was done. "
@@ -153,48 +128,6 @@ class AuditTrail:
                 f"cannot read the audit trail ({type(exc.orig).__name__}); check that the "
                 "ledger database is running and reachable"
             ) from None
-
-
-def operator_name() -> str:
-    """Who is running an operator tool: the real user's login name, plus who ran sudo.
-
-    The name comes from the password database for the real uid, not from LOGNAME or USER, which
-    anyone can set. Behind sudo that is root (or the target user), and `SUDO_USER`, which sudo
-    sets, is appended as "(sudo by NAME)": an environment variable, so a claim recorded beside
-    the uid's own name rather than in its place.
-    """
-    uid = os.getuid()
-    try:
-        name = pwd.getpwuid(uid).pw_name
-    except KeyError:  # no passwd entry (e.g. an arbitrary uid in a container)
-        name = f"uid {uid}"
-    sudo_user = "".join(c for c in os.environ.get("SUDO_USER", "") if c.isprintable()).strip()
-    if sudo_user:
-        return f"{name} (sudo by {sudo_user[:64]})"
-    return name
-
-
-def _row(record: AuditRecord) -> dict[str, Any]:
-    return {
-        "at": record.at,
-        "action": record.action,
-        "actor": record.actor[:_MAX_ACTOR],
-        "message_id": _clip(record.message_id, _MAX_MESSAGE_ID),
-        "provider": record.provider,
-        "case_ref": _clip(record.case_ref, _MAX_REF),
-        "victim_id": _clip(record.victim_id, _MAX_REF),
-        "lawful_basis": record.lawful_basis,
-        "consent_state": record.consent_state,
-        "consent_recorded_at": record.consent_recorded_at,
-        "consent_recorded_by": record.consent_recorded_by,
-        "consent_regime": record.consent_regime,
-        # Operators type this: it must not become a back door for personal data.
-        "detail": _clip(scrub(record.detail), _MAX_DETAIL) if record.detail is not None else None,
-    }
-
-
-def _clip(value: str | None, length: int) -> str | None:
-    return value[:length] if value is not None else None
 
 
 def _record(row: Any) -> AuditRecord:

@@ -47,33 +47,28 @@ from kombu.utils.json import loads as kombu_loads
 from referral_bridge.core.events import DeadLetterReason, EventType
 from referral_bridge.display import safe_text
 from referral_bridge.errors import BridgeError
-from referral_bridge.transport.consumer import (
-    ATTEMPTS_HEADER,
-    DETAIL_HEADER,
-    FAILED_AT_HEADER,
-    FIRST_FAILED_AT_HEADER,
-    REASON_HEADER,
-    REPLAY_COUNT_HEADER,
-    rfc3339_utc,
-)
+from referral_bridge.transport.consumer import rfc3339_utc
 from referral_bridge.transport.embedded import BrokerSpec
 from referral_bridge.transport.errors import (
     BrokerUnavailableError,
     PublishError,
     QueueNotFoundError,
 )
-from referral_bridge.transport.publisher import (
-    CLOUDEVENTS_JSON,
-    ORIGINAL_ROUTING_KEY_HEADER,
-    HeaderValue,
-    Publisher,
-)
+from referral_bridge.transport.publisher import HeaderValue, Publisher
 from referral_bridge.transport.topology import Topology
+from referral_bridge.wire import (
+    ATTEMPTS_HEADER,
+    CLOUDEVENTS_JSON,
+    DETAIL_HEADER,
+    FAILED_AT_HEADER,
+    FIRST_FAILED_AT_HEADER,
+    ORIGINAL_ROUTING_KEY_HEADER,
+    REASON_HEADER,
+    REPLAY_COUNT_HEADER,
+)
 
 __all__ = [
-    "FIRST_FAILED_AT_HEADER",
     "KNOWN_HEADERS",
-    "REPLAY_COUNT_HEADER",
     "DeadLetterError",
     "DeadLetterFilter",
     "DeadLetterMessage",

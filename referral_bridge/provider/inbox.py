@@ -34,10 +34,10 @@ from referral_bridge.core import ids
 from referral_bridge.core.limits import MAX_SEALED_EVENT_BYTES
 from referral_bridge.files import private_dir
 from referral_bridge.sealing import KeySet, SealingError, open_event
+from referral_bridge.wire import CLOUDEVENTS_JSON
 
 log = structlog.get_logger("referral_bridge.provider.inbox")
 
-CLOUDEVENTS_JSON = "application/cloudevents+json"
 REFERRAL_CREATED = "victim.referral.created"
 REFERRAL_UPDATED = "victim.referral.updated"
 REFERRAL_WITHDRAWN = "victim.referral.withdrawn"

@@ -21,6 +21,7 @@ from starlette.routing import BaseRoute, Route
 
 from referral_bridge.provider.inbox import MAX_BODY_BYTES, Answer, ReferralInbox
 from referral_bridge.runtime.http_server import BoundedServer, ServerLimits, server_ssl_context
+from referral_bridge.wire import IDEMPOTENCY_KEY_HEADER, JSON_CONTENT
 
 log = structlog.get_logger("referral_bridge.provider.inbox")
 
@@ -33,7 +34,7 @@ def answer_response(answer: Answer, *, close: bool = False) -> Response:
     if close:
         headers["Connection"] = "close"
     return Response(
-        answer.body(), status_code=answer.status, media_type="application/json", headers=headers
+        answer.body(), status_code=answer.status, media_type=JSON_CONTENT, headers=headers
     )
 
 
@@ -76,7 +77,7 @@ def referral_endpoint(
                 inbox,
                 body,
                 content_type=request.headers.get("content-type"),
-                idempotency_key=request.headers.get("idempotency-key"),
+                idempotency_key=request.headers.get(IDEMPOTENCY_KEY_HEADER),
             )
         )
 

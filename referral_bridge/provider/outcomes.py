@@ -20,12 +20,12 @@ from pydantic import ValidationError
 
 from referral_bridge.core.events import OutboundEvent, ProviderOutcome, ReferralOutcome
 from referral_bridge.core.parsing import translate_validation_error
+from referral_bridge.wire import JSON_CONTENT
 
 if TYPE_CHECKING:
     from referral_bridge.transport.publisher import Publisher
 
 OUTCOME_TYPE = "victim.referral.outcome"
-JSON_CONTENT = "application/json"
 
 
 class OutcomeError(ValueError):

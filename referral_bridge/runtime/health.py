@@ -37,6 +37,7 @@ from referral_bridge.errors import ConfigError
 from referral_bridge.ledger import schema as t
 from referral_bridge.runtime.http_server import BoundedServer, ServerLimits
 from referral_bridge.transport.embedded import BrokerSpec
+from referral_bridge.wire import JSON_CONTENT
 
 log = structlog.get_logger("referral_bridge.runtime.health")
 
@@ -345,7 +346,7 @@ def create_health_app(registry: CollectorRegistry, readiness: Readiness) -> Star
         }
         status = HTTPStatus.SERVICE_UNAVAILABLE if failed else HTTPStatus.OK
         body = json.dumps(document).encode() + b"\n"
-        return Response(body, status, _NO_STORE, "application/json")
+        return Response(body, status, _NO_STORE, JSON_CONTENT)
 
     async def not_found(_request: Request, _exc: Exception) -> Response:
         return Response(b"not found: try /metrics, /healthz or /readyz\n", 404, _NO_STORE, _TEXT)

@@ -48,13 +48,13 @@ class Scheduler:
         if self._monotonic() < self._next:
             return
         self._next = self._monotonic() + self._interval
-        service = self._bridge.service
+        scheduled = self._bridge.scheduled
         steps: tuple[tuple[str, Callable[[], object]], ...] = (
-            ("expire_holds", service.expire_holds),
-            ("review_crime_recording", service.review_crime_recording),
-            ("escalate_overdue_tasks", service.escalate_overdue_tasks),
-            ("issue_overdue_fallbacks", service.issue_overdue_fallbacks),
-            ("flush", lambda: service.flush(older_than=OUTBOX_GRACE)),
+            ("expire_holds", self._bridge.holds.expire),
+            ("review_crime_recording", scheduled.review_crime_recording),
+            ("escalate_overdue_tasks", scheduled.escalate_overdue_tasks),
+            ("issue_overdue_fallbacks", scheduled.issue_overdue_fallbacks),
+            ("flush", lambda: scheduled.flush(older_than=OUTBOX_GRACE)),
         )
         if self._retention is not None:
             steps += (("retention", self._retention),)

@@ -248,7 +248,7 @@ def run(bridge: Bridge, stop: threading.Event, *, notifier: Notifier | None = No
             )
         # Crash recovery: whatever an earlier run committed but did not publish goes out first.
         notifier.status("publishing what an earlier run left in the outbox")
-        recovered = bridge.service.flush()
+        recovered = bridge.scheduled.flush()
         log.info(
             "worker.started",
             transport="embedded" if bridge.broker.embedded else "amqp",
@@ -294,7 +294,7 @@ def run(bridge: Bridge, stop: threading.Event, *, notifier: Notifier | None = No
         finally:
             # Also when the consumer gave up on the broker: systemd sees the stop begin.
             notifier.stopping("stopping: flushing the outbox")
-        flushed = bridge.service.flush()
+        flushed = bridge.scheduled.flush()
         log.info("worker.stopped", count=flushed)
     finally:
         stop_compliance.set()

@@ -42,6 +42,7 @@ from referral_bridge.sealing.errors import (
     UnsuitableKeyError,
 )
 from referral_bridge.sealing.keys import AnyKey, KeySet, PrivateKey
+from referral_bridge.wire import JOSE
 
 __all__ = [
     "CONTENT_TYPE",
@@ -59,7 +60,7 @@ JWE_ENC = "A256GCM"
 JWE_CTY = "JWT"
 JWS_ALG = "ES256"
 JWS_TYP = "JWT"
-CONTENT_TYPE = "application/jose"
+CONTENT_TYPE = JOSE
 
 # Registries that know only the contract's algorithms, so the library itself refuses any other
 # even if a header check here were ever loosened.

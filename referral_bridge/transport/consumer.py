@@ -32,18 +32,28 @@ from referral_bridge.core.verdicts import (
 )
 from referral_bridge.transport.embedded import BrokerSpec
 from referral_bridge.transport.errors import BrokerUnavailableError, TransportError
-from referral_bridge.transport.publisher import ORIGINAL_ROUTING_KEY_HEADER, Publisher
+from referral_bridge.transport.publisher import Publisher
 from referral_bridge.transport.retry import (
-    NOT_BEFORE_HEADER,
     DueRetries,
     raw_body,
     without_broker_death_headers,
 )
 from referral_bridge.transport.topology import (
-    DELIVERY_COUNT_HEADER,
     Topology,
     declare,
     work_queue_entity,
+)
+from referral_bridge.wire import (
+    ATTEMPTS_HEADER,
+    BRIDGE_HEADER_PREFIX,
+    DELIVERY_COUNT_HEADER,
+    DETAIL_HEADER,
+    FAILED_AT_HEADER,
+    FIRST_FAILED_AT_HEADER,
+    NOT_BEFORE_HEADER,
+    ORIGINAL_ROUTING_KEY_HEADER,
+    REASON_HEADER,
+    REPLAY_COUNT_HEADER,
 )
 
 log = structlog.get_logger(__name__)
@@ -57,14 +67,7 @@ BatchHandler = Callable[[Sequence[InboundMessage]], list[Verdict]]
 RedeliveryCounter = Callable[[str, datetime], int]
 
 
-REASON_HEADER = "x-rb-reason"
-DETAIL_HEADER = "x-rb-detail"
-FAILED_AT_HEADER = "x-rb-failed-at"
-ATTEMPTS_HEADER = "x-rb-attempts"
-#: Set by `dlq replay`: how often a dead letter was replayed, and when it first failed. A replayed
-#: message that fails again keeps both, so the history of a dead letter survives its replays.
-REPLAY_COUNT_HEADER = "x-rb-replay-count"
-FIRST_FAILED_AT_HEADER = "x-rb-first-failed-at"
+#: The headers a message keeps from one failure to the next (set by `dlq replay`).
 CARRIED_HEADERS = (REPLAY_COUNT_HEADER, FIRST_FAILED_AT_HEADER)
 _MAX_REPLAYS = 10_000
 _MAX_TIMESTAMP_CHARS = 40
@@ -524,7 +527,11 @@ def inbound_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
     operator's screen (a name, a phone number, terminal escapes). The two that `dlq replay` sets
     are kept, and only when well-formed.
     """
-    kept = {name: value for name, value in headers.items() if not name.lower().startswith("x-rb-")}
+    kept = {
+        name: value
+        for name, value in headers.items()
+        if not name.lower().startswith(BRIDGE_HEADER_PREFIX)
+    }
     count = headers.get(REPLAY_COUNT_HEADER)
     if type(count) is int and 0 < count <= _MAX_REPLAYS:
         kept[REPLAY_COUNT_HEADER] = count

@@ -23,12 +23,11 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait
 from referral_bridge.transport.embedded import BrokerSpec
 from referral_bridge.transport.errors import BrokerUnavailableError, PublishError, TransportError
 from referral_bridge.transport.topology import Topology, declare
+from referral_bridge.wire import CLOUDEVENTS_JSON, OCTET_STREAM, ORIGINAL_ROUTING_KEY_HEADER
 
 log = structlog.get_logger(__name__)
 
 PERSISTENT = 2
-CLOUDEVENTS_JSON = "application/cloudevents+json"
-ORIGINAL_ROUTING_KEY_HEADER = "x-rb-original-routing-key"
 
 HeaderValue = str | int
 
@@ -283,7 +282,7 @@ class Publisher:
             body=body,
             headers={**headers, ORIGINAL_ROUTING_KEY_HEADER: original_routing_key},
             message_id=message_id,
-            content_type=content_type or "application/octet-stream",
+            content_type=content_type or OCTET_STREAM,
             content_encoding=content_encoding or "binary",
             mandatory=True,
         )
@@ -310,7 +309,7 @@ class Publisher:
             body=body,
             headers=headers,
             message_id=message_id,
-            content_type=content_type or "application/octet-stream",
+            content_type=content_type or OCTET_STREAM,
             content_encoding=content_encoding or "binary",
             mandatory=True,
             expiration=delay_seconds,

@@ -22,13 +22,12 @@ from referral_bridge.core.retry import is_due, parse_not_before
 from referral_bridge.transport.errors import TransportError
 from referral_bridge.transport.publisher import Publisher
 from referral_bridge.transport.topology import Topology
+from referral_bridge.wire import DELIVERY_COUNT_HEADER, NOT_BEFORE_HEADER, OCTET_STREAM
 
 log = structlog.get_logger(__name__)
 
-#: When a retry copy may be tried again (RFC 3339, UTC); read by `DueRetries`, shown to operators.
-NOT_BEFORE_HEADER = "x-rb-not-before"
 #: Headers RabbitMQ adds each time a copy expires back; our attempts header is the count we keep.
-_BROKER_DEATH_PREFIXES = ("x-death", "x-first-death-", "x-last-death-", "x-delivery-count")
+_BROKER_DEATH_PREFIXES = ("x-death", "x-first-death-", "x-last-death-", DELIVERY_COUNT_HEADER)
 
 
 def without_broker_death_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
@@ -93,7 +92,7 @@ class DueRetries:
                     body=raw_body(message),
                     headers=headers,
                     message_id=message.properties.get("message_id"),
-                    content_type=message.content_type or "application/octet-stream",
+                    content_type=message.content_type or OCTET_STREAM,
                     content_encoding=message.content_encoding or "binary",
                 )
                 message.ack()

@@ -54,9 +54,6 @@ class Topology:
 
 
 QUORUM = "quorum"
-#: Set by RabbitMQ on each delivery of a message from a quorum queue after the first: how often it
-#: was handed to a consumer and came back unsettled (a worker died, a connection or node went).
-DELIVERY_COUNT_HEADER = "x-delivery-count"
 
 
 def _topic(name: str) -> Exchange:

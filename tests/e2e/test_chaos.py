@@ -25,9 +25,11 @@ from sqlalchemy import select
 
 from referral_bridge import bootstrap
 from referral_bridge.core.calendar import WorkingDayCalendar
+from referral_bridge.delivery import AmqpRoute, DeliveryEngine
 from referral_bridge.devtools.simulate import MARKER_DATE_OF_BIRTH, SimulatedEvent, Simulator
 from referral_bridge.ledger.schema import outbox
-from referral_bridge.service.handler import ReferralService, Routes
+from referral_bridge.runtime.metrics import BridgeMetrics
+from referral_bridge.service.outbox import Routes
 from referral_bridge.settings import load_settings
 from referral_bridge.transport import Ack, DeadLetter, InboundMessage, Verdict
 from tests.e2e.helpers import BridgeEnv, Received, Worker
@@ -112,21 +114,29 @@ def reference_run(
     settings = load_settings(config, env={"REFERRAL_BRIDGE_DATA_DIR": str(data_dir)})
     bridge = bootstrap.build(settings)
     recorder = RecordingPublisher()
-    service = ReferralService(
+    metrics = BridgeMetrics()
+    service = bootstrap.service_layer(
         ledger=bridge.ledger,
         policy=bridge.policy,
         calendar=WorkingDayCalendar(),
         sealer=bootstrap.ProviderSealer(bridge.keys.signing_key, bridge.keys.provider_keys),
-        publisher=recorder,
         routes=Routes(
             referrals_exchange=bridge.topology.referrals_exchange,
             tasks_exchange=bridge.topology.tasks_exchange,
         ),
         source=settings.bridge.source,
         clock=bootstrap.utc_now,
+        metrics=metrics,
+        delivery=lambda fallbacks: DeliveryEngine(
+            ledger=bridge.ledger,
+            default_route=AmqpRoute(recorder, name="amqp-force"),
+            clock=bootstrap.utc_now,
+            metrics=metrics,
+            fallbacks=fallbacks,
+        ),
         max_message_bytes=settings.bridge.max_message_bytes,
         max_processing_attempts=settings.bridge.max_processing_attempts,
-    )
+    ).service
     try:
         # capture_logs keeps the in-process service's log events off the test's output.
         with structlog.testing.capture_logs():

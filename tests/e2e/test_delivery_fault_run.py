@@ -21,12 +21,13 @@ from sqlalchemy import func, select
 
 from referral_bridge.bootstrap import utc_now
 from referral_bridge.core import ids
-from referral_bridge.delivery import DeliveryEngine, DeliveryPolicy
+from referral_bridge.delivery import DeliveryEngine, DeliveryPolicy, FallbackIssuer
 from referral_bridge.delivery.amqp import AmqpRoute
 from referral_bridge.ledger import Ledger
 from referral_bridge.ledger import schema as t
+from referral_bridge.runtime.metrics import BridgeMetrics
 from referral_bridge.transport import Ack
-from tests.fakes import FakeClock, RecordingPublisher, cloudevent, inbound, make_keys, make_service
+from tests.fakes import FakeClock, RecordingPublisher, cloudevent, inbound, make_keys, make_layer
 from tests.integration.test_delivery_helpers import LANCASHIRE, https_route, make_pki, running_inbox
 from tests.unit.factories import make_crime, make_victim
 
@@ -70,28 +71,34 @@ def fault_run(tmp_path_factory: pytest.TempPathFactory) -> FaultRun:
     with running_inbox(pki, keys, LANCASHIRE, folder / "inbox.sqlite3") as inbox:
         inbox.faults.chooser = random_503
         publisher = RecordingPublisher()
-        engine = DeliveryEngine(
-            ledger=ledger,
-            default_route=AmqpRoute(publisher),
-            routes={LANCASHIRE: https_route(pki, LANCASHIRE, inbox.url, read_timeout=5.0)},
-            policy=DeliveryPolicy(
-                attempts_in_place=2,
-                in_place_initial_seconds=0.005,
-                in_place_max_seconds=0.02,
-                park_initial=timedelta(milliseconds=50),
-                park_max=timedelta(milliseconds=500),
-                circuit_failures=5,
-                circuit_open=timedelta(milliseconds=200),
-            ),
-            clock=utc_now,
-        )
-        service = make_service(
+
+        def engine(fallbacks: FallbackIssuer, metrics: BridgeMetrics) -> DeliveryEngine:
+            return DeliveryEngine(
+                ledger=ledger,
+                default_route=AmqpRoute(publisher),
+                routes={LANCASHIRE: https_route(pki, LANCASHIRE, inbox.url, read_timeout=5.0)},
+                policy=DeliveryPolicy(
+                    attempts_in_place=2,
+                    in_place_initial_seconds=0.005,
+                    in_place_max_seconds=0.02,
+                    park_initial=timedelta(milliseconds=50),
+                    park_max=timedelta(milliseconds=500),
+                    circuit_failures=5,
+                    circuit_open=timedelta(milliseconds=200),
+                ),
+                clock=utc_now,
+                metrics=metrics,
+                fallbacks=fallbacks,
+            )
+
+        bridge = make_layer(
             ledger=ledger,
             sealer=keys.sealer(),
             publisher=publisher,
             clock=_RealClock(),
             delivery=engine,
         )
+        service = bridge.service
         stop = threading.Event()
 
         def saboteur() -> None:
@@ -133,7 +140,7 @@ def fault_run(tmp_path_factory: pytest.TempPathFactory) -> FaultRun:
                 ledger.deliveries(state="undelivered", limit=1)
                 and time.monotonic() < drain_deadline
             ):
-                service.flush()
+                bridge.scheduled.flush()
                 passes += 1
                 time.sleep(0.05)
         elapsed = time.monotonic() - started
@@ -174,7 +181,7 @@ def fault_run(tmp_path_factory: pytest.TempPathFactory) -> FaultRun:
                 "seconds in total": round(elapsed, 1),
             },
         )
-        engine.close()
+        bridge.delivery.close()
     ledger.dispose()
     print("\nfault run figures:")
     for name, value in run.figures.items():

@@ -25,13 +25,14 @@ from sqlalchemy import select
 
 from referral_bridge.bootstrap import utc_now
 from referral_bridge.core import ids
-from referral_bridge.delivery import DeliveryEngine, DeliveryPolicy
+from referral_bridge.delivery import DeliveryEngine, DeliveryPolicy, FallbackIssuer
 from referral_bridge.delivery.amqp import AmqpRoute
 from referral_bridge.ledger import Ledger
 from referral_bridge.ledger import schema as t
+from referral_bridge.runtime.metrics import BridgeMetrics
 from referral_bridge.runtime.scheduler import OUTBOX_GRACE
 from tests.e2e.test_delivery_fault_run import _RealClock
-from tests.fakes import RecordingPublisher, cloudevent, inbound, make_keys, make_service
+from tests.fakes import RecordingPublisher, cloudevent, inbound, make_keys, make_layer
 from tests.faults.harness import LONG
 from tests.integration.test_delivery_helpers import LANCASHIRE, https_route, make_pki, running_inbox
 from tests.unit.factories import make_crime, make_victim
@@ -75,20 +76,26 @@ def flap_run(tmp_path_factory: pytest.TempPathFactory) -> FlapRun:
     with running_inbox(pki, keys, LANCASHIRE, folder / "inbox.sqlite3") as inbox:
         inbox.faults.chooser = flapping
         publisher = RecordingPublisher()
-        engine = DeliveryEngine(
-            ledger=ledger,
-            default_route=AmqpRoute(publisher),
-            routes={LANCASHIRE: https_route(pki, LANCASHIRE, inbox.url)},
-            policy=DeliveryPolicy(),  # the shipped defaults are what is under test
-            clock=utc_now,
-        )
-        service = make_service(
+
+        def engine(fallbacks: FallbackIssuer, metrics: BridgeMetrics) -> DeliveryEngine:
+            return DeliveryEngine(
+                ledger=ledger,
+                default_route=AmqpRoute(publisher),
+                routes={LANCASHIRE: https_route(pki, LANCASHIRE, inbox.url)},
+                policy=DeliveryPolicy(),  # the shipped defaults are what is under test
+                clock=utc_now,
+                metrics=metrics,
+                fallbacks=fallbacks,
+            )
+
+        bridge = make_layer(
             ledger=ledger,
             sealer=keys.sealer(),
             publisher=publisher,
             clock=_RealClock(),
             delivery=engine,
         )
+        service = bridge.service
         expected: set[str] = set()
         fallbacks = 0
         next_tick = started
@@ -113,8 +120,8 @@ def flap_run(tmp_path_factory: pytest.TempPathFactory) -> FlapRun:
                 # The worker's loop tick: the scheduler runs on time however busy the queue is.
                 if now >= next_tick:
                     next_tick = now + SCHEDULER_INTERVAL_S
-                    fallbacks += service.issue_overdue_fallbacks()
-                    service.flush(older_than=OUTBOX_GRACE)
+                    fallbacks += bridge.scheduled.issue_overdue_fallbacks()
+                    bridge.scheduled.flush(older_than=OUTBOX_GRACE)
                 if now - started >= RUN_S and not ledger.deliveries(state="undelivered", limit=1):
                     break
                 if n >= (time.monotonic() - started) * RATE_PER_S:
@@ -149,7 +156,7 @@ def flap_run(tmp_path_factory: pytest.TempPathFactory) -> FlapRun:
                 "latency max s": round(max(latencies, default=-1), 3),
             },
         )
-        engine.close()
+        bridge.delivery.close()
     ledger.dispose()
     print("\nflapping provider figures:")
     for name, value in run.figures.items():

@@ -20,8 +20,12 @@ import pytest
 from kombu.entity import Queue
 from kombu.message import Message
 
+from referral_bridge.bootstrap import ServiceLayer
 from referral_bridge.core.retry import RetryPolicy
 from referral_bridge.ledger import Ledger
+from referral_bridge.service.handler import ReferralService
+from referral_bridge.service.holds import HoldExpiry
+from referral_bridge.service.scheduled import ScheduledWork
 from referral_bridge.transport import (
     Ack,
     BrokerSpec,
@@ -33,7 +37,17 @@ from referral_bridge.transport import (
     broker_spec,
     queue_depth,
 )
-from tests.fakes import ledger_url_for, require_postgres, throwaway_postgres_database
+from tests.fakes import (
+    START,
+    FakeClock,
+    KeyMaterial,
+    RecordingPublisher,
+    ledger_url_for,
+    make_keys,
+    make_layer,
+    require_postgres,
+    throwaway_postgres_database,
+)
 from tests.waiting import wait_until
 
 RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672//"
@@ -280,3 +294,45 @@ def pg_database_url() -> Iterator[str]:
 def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """An empty ledger database, once on SQLite and once on PostgreSQL."""
     return ledger_url_for(str(request.param), request, tmp_path)
+
+
+# --- the service, wired as bootstrap wires it, on a ledger of each backend ---------------------
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> KeyMaterial:
+    """A bridge signing key and a key pair per provider, generated once per test module."""
+    return make_keys(tmp_path_factory.mktemp("keys"))
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(START)
+
+
+@pytest.fixture
+def publisher() -> RecordingPublisher:
+    return RecordingPublisher()
+
+
+@pytest.fixture
+def layer(
+    ledger: Ledger, keys: KeyMaterial, publisher: RecordingPublisher, clock: FakeClock
+) -> ServiceLayer:
+    """The service, delivery engine and scheduled steps on `ledger`, publishing to `publisher`."""
+    return make_layer(ledger=ledger, sealer=keys.sealer(), publisher=publisher, clock=clock)
+
+
+@pytest.fixture
+def service(layer: ServiceLayer) -> ReferralService:
+    return layer.service
+
+
+@pytest.fixture
+def holds(layer: ServiceLayer) -> HoldExpiry:
+    return layer.holds
+
+
+@pytest.fixture
+def scheduled(layer: ServiceLayer) -> ScheduledWork:
+    return layer.scheduled

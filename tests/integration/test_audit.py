@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import os
-import pwd
 import re
 from datetime import UTC, datetime, timedelta
 
@@ -18,7 +16,6 @@ from referral_bridge.operator.audit import (
     AuditQuery,
     AuditRecord,
     AuditTrail,
-    operator_name,
 )
 
 pytestmark = pytest.mark.integration
@@ -177,29 +174,3 @@ def test_the_audit_module_never_updates_or_deletes() -> None:
     source = inspect.getsource(audit_module).lower()
 
     assert not re.search(r"\.(update|delete)\(|\b(update|delete)\s+(from\s+)?rb_audit", source)
-
-
-class TestOperatorName:
-    def test_it_is_the_real_users_login_name_not_the_environments(
-        self, monkeypatch: pytest.MonkeyPatch
-    ) -> None:
-        monkeypatch.delenv("SUDO_USER", raising=False)
-        monkeypatch.setenv("LOGNAME", "asmith")
-        monkeypatch.setenv("USER", "asmith")
-
-        assert operator_name() == pwd.getpwuid(os.getuid()).pw_name
-
-    def test_behind_sudo_the_person_who_ran_sudo_is_appended_to_the_real_user(
-        self, monkeypatch: pytest.MonkeyPatch
-    ) -> None:
-        monkeypatch.setenv("SUDO_USER", "jbloggs")
-
-        assert operator_name() == f"{pwd.getpwuid(os.getuid()).pw_name} (sudo by jbloggs)"
-
-    def test_a_uid_without_a_passwd_entry_is_recorded_by_number(
-        self, monkeypatch: pytest.MonkeyPatch
-    ) -> None:
-        monkeypatch.delenv("SUDO_USER", raising=False)
-        monkeypatch.setattr(os, "getuid", lambda: 987654)
-
-        assert operator_name() == "uid 987654"

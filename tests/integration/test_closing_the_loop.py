@@ -1,4 +1,3 @@
-# ruff: noqa: F811  (test_service's fixtures are imported by name, and used as parameters)
 """Provider outcomes, task completions and escalations through ReferralService over the real
 ledger (SQLite and PostgreSQL), with real sealing and a recording publisher (issue 8)."""
 
@@ -12,37 +11,34 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from referral_bridge.bootstrap import ServiceLayer
 from referral_bridge.core import ids
 from referral_bridge.core.calendar import WorkingDayCalendar
 from referral_bridge.core.events import ConsentState, DeadLetterReason
 from referral_bridge.ledger import Ledger
 from referral_bridge.ledger import schema as t
 from referral_bridge.service.handler import ReferralService
+from referral_bridge.service.scheduled import ScheduledWork
 from referral_bridge.transport import Ack, DeadLetter
 from tests.fakes import (
+    START,
     FakeClock,
     KeyMaterial,
     RecordingPublisher,
     cloudevent,
     inbound,
     ledger_url_for,
-    make_service,
+    make_layer,
 )
-from tests.integration.test_service import (  # noqa: F401  (fixtures, used by name)
+from tests.integration.test_service import (
     CRIME_REVIEW,
     LANCASHIRE,
     LEAFLET,
     PERSONAL_MARKERS,
-    START,
     VICTIM,
-    clock,
     crime_message,
     disclosed_incident,
     incident_message,
-    keys,
-    ledger,
-    publisher,
-    service,
 )
 from tests.unit.factories import CRIME_REF, INCIDENT_REF, make_crime, make_victim
 
@@ -288,6 +284,7 @@ class TestEscalation:
     def test_a_leaflet_task_open_at_its_due_time_is_escalated_once(
         self,
         service: ReferralService,
+        scheduled: ScheduledWork,
         ledger: Ledger,
         publisher: RecordingPublisher,
         clock: FakeClock,
@@ -295,11 +292,11 @@ class TestEscalation:
         declined(service)
         due_by = task_rows(ledger)[DECLINED_TASK].due_by
         clock.set(due_by - timedelta(minutes=1))
-        assert service.escalate_overdue_tasks() == 0
+        assert scheduled.escalate_overdue_tasks() == 0
         clock.set(due_by)
 
-        assert service.escalate_overdue_tasks() == 1
-        assert service.escalate_overdue_tasks() == 0
+        assert scheduled.escalate_overdue_tasks() == 1
+        assert scheduled.escalate_overdue_tasks() == 0
 
         [message] = publisher.of_type(ESCALATION)
         assert (message.routing_key, message.message_id) == (
@@ -330,6 +327,7 @@ class TestEscalation:
     def test_a_task_completed_in_time_is_not_escalated(
         self,
         service: ReferralService,
+        scheduled: ScheduledWork,
         ledger: Ledger,
         publisher: RecordingPublisher,
         clock: FakeClock,
@@ -338,12 +336,13 @@ class TestEscalation:
         service.handle(completion_message(DECLINED_TASK, at=START + timedelta(hours=1)))
         clock.advance(timedelta(days=14))
 
-        assert service.escalate_overdue_tasks() == 0
+        assert scheduled.escalate_overdue_tasks() == 0
         assert publisher.of_type(ESCALATION) == []
 
     def test_an_overdue_crime_review_is_escalated_and_a_resolved_one_is_not(
         self,
         service: ReferralService,
+        scheduled: ScheduledWork,
         ledger: Ledger,
         publisher: RecordingPublisher,
         clock: FakeClock,
@@ -352,13 +351,13 @@ class TestEscalation:
         service.handle(incident_message(disclosed_incident()))
         service.handle(incident_message(disclosed_incident(incident_ref=other)))
         clock.advance(timedelta(hours=25))
-        assert service.review_crime_recording() == 2
+        assert scheduled.review_crime_recording() == 2
         # A crime is recorded from the second incident: its review task is done.
         resolved = disclosed_incident(incident_ref=other, version=2, linked_crime_ref=CRIME_REF)
         service.handle(incident_message(resolved))
         clock.advance(timedelta(days=7))
 
-        assert service.escalate_overdue_tasks() == 1
+        assert scheduled.escalate_overdue_tasks() == 1
 
         [message] = publisher.of_type(ESCALATION)
         data = message.event["data"]
@@ -387,7 +386,7 @@ def test_two_workers_escalating_at_once_on_postgresql_send_each_escalation_once(
     clock = FakeClock(START)
     publishers = [RecordingPublisher() for _ in ledgers]
     services = [
-        make_service(ledger=lg, sealer=keys.sealer(), publisher=pub, clock=clock)
+        make_layer(ledger=lg, sealer=keys.sealer(), publisher=pub, clock=clock)
         for lg, pub in zip(ledgers, publishers, strict=True)
     ]
     try:
@@ -396,14 +395,14 @@ def test_two_workers_escalating_at_once_on_postgresql_send_each_escalation_once(
                 consent=ConsentState.DECLINED, consent_at=START - timedelta(minutes=30)
             )
             crime = make_crime(victim, crime_ref=f"LC-26-{number:07d}")
-            services[0].handle(crime_message(crime))
+            services[0].service.handle(crime_message(crime))
         clock.advance(timedelta(days=14))
         start = threading.Barrier(len(services))
         counts: list[int] = []
 
-        def escalate(service: ReferralService) -> None:
+        def escalate(layer: ServiceLayer) -> None:
             start.wait()
-            counts.append(service.escalate_overdue_tasks())
+            counts.append(layer.scheduled.escalate_overdue_tasks())
 
         threads = [threading.Thread(target=escalate, args=(s,)) for s in services]
         for thread in threads:

@@ -10,11 +10,11 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from datetime import datetime, timedelta
-from pathlib import Path
 
 import pytest
 from sqlalchemy import text
 
+from referral_bridge.bootstrap import ServiceLayer
 from referral_bridge.core import ids
 from referral_bridge.core.parsing import parse_inbound
 from referral_bridge.delivery import DeliveryPolicy
@@ -28,13 +28,9 @@ from tests.fakes import (
     RecordingPublisher,
     cloudevent,
     inbound,
-    ledger_url_for,
-    make_keys,
-    make_service,
-    require_postgres,
-    throwaway_postgres_database,
+    make_layer,
 )
-from tests.unit.factories import CRIME_REF, REPORTED_AT, make_crime
+from tests.unit.factories import CRIME_REF, make_crime
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
@@ -43,20 +39,7 @@ LANCASHIRE = "lancashire-victim-services"
 VICTIM = "P-0001"
 REFERRAL = ids.referral_id(LANCASHIRE, CRIME_REF, VICTIM)
 WITHDRAWAL = ids.withdrawal_id(REFERRAL)
-START = REPORTED_AT + timedelta(hours=1)
 LEASE = DeliveryPolicy().claim_lease
-
-
-@pytest.fixture(scope="module")
-def pg_database_url() -> Iterator[str]:
-    require_postgres()
-    with throwaway_postgres_database() as url:
-        yield url
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    return ledger_url_for(str(request.param), request, tmp_path)
 
 
 @pytest.fixture
@@ -70,20 +53,11 @@ def ledgers(ledger_url: str) -> Iterator[tuple[Ledger, Ledger]]:
         second.dispose()
 
 
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory: pytest.TempPathFactory) -> KeyMaterial:
-    return make_keys(tmp_path_factory.mktemp("keys"))
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock(START)
-
-
-def service_on(
+def wired_on(
     ledger: Ledger, keys: KeyMaterial, clock: FakeClock, publisher: RecordingPublisher
-) -> ReferralService:
-    return make_service(ledger=ledger, sealer=keys.sealer(), publisher=publisher, clock=clock)
+) -> ServiceLayer:
+    """One worker's service and scheduled steps on its own ledger connections."""
+    return make_layer(ledger=ledger, sealer=keys.sealer(), publisher=publisher, clock=clock)
 
 
 def crime_body() -> bytes:
@@ -123,7 +97,7 @@ class TestCancellationAgainstAClaim:
         self, ledgers: tuple[Ledger, Ledger], keys: KeyMaterial, clock: FakeClock
     ) -> None:
         worker_a, worker_b = ledgers
-        referral_recorded_not_sent(service_on(worker_a, keys, clock, RecordingPublisher()))
+        referral_recorded_not_sent(wired_on(worker_a, keys, clock, RecordingPublisher()).service)
         claimed: list[bool] = []
         claim = threading.Thread(
             target=lambda: claimed.append(
@@ -145,7 +119,7 @@ class TestCancellationAgainstAClaim:
         self, ledgers: tuple[Ledger, Ledger], keys: KeyMaterial, clock: FakeClock
     ) -> None:
         worker_a, worker_b = ledgers
-        referral_recorded_not_sent(service_on(worker_a, keys, clock, RecordingPublisher()))
+        referral_recorded_not_sent(wired_on(worker_a, keys, clock, RecordingPublisher()).service)
         assert worker_a.claim_delivery(REFERRAL, clock.now(), clock.now() + LEASE)
 
         with worker_b.transaction() as tx:
@@ -159,7 +133,7 @@ class TestCancellationAgainstAClaim:
         self, ledgers: tuple[Ledger, Ledger], keys: KeyMaterial, clock: FakeClock
     ) -> None:
         worker_a, worker_b = ledgers
-        referral_recorded_not_sent(service_on(worker_a, keys, clock, RecordingPublisher()))
+        referral_recorded_not_sent(wired_on(worker_a, keys, clock, RecordingPublisher()).service)
         assert worker_a.claim_delivery(REFERRAL, clock.now(), clock.now() + LEASE)
         clock.advance(LEASE + timedelta(seconds=1))  # worker A died mid-attempt
 
@@ -183,21 +157,23 @@ class TestWithdrawalWhileTheReferralIsBeingSent:
 
         publisher_a = RecordingPublisher(on_publish=slow_hand_over)
         publisher_b = RecordingPublisher()
-        service_a = service_on(worker_a, keys, clock, publisher_a)
-        service_b = service_on(worker_b, keys, clock, publisher_b)
+        bridge_a = wired_on(worker_a, keys, clock, publisher_a)
+        bridge_b = wired_on(worker_b, keys, clock, publisher_b)
         verdicts: list[object] = []
         handling = threading.Thread(
-            target=lambda: verdicts.append(service_a.handle(inbound(crime_body())))
+            target=lambda: verdicts.append(bridge_a.service.handle(inbound(crime_body())))
         )
         handling.start()
         assert sending.wait(timeout=60)
 
-        withdrawn = service_b.handle(inbound(withdrawal_body(clock), routing_key="consent.updated"))
+        withdrawn = bridge_b.service.handle(
+            inbound(withdrawal_body(clock), routing_key="consent.updated")
+        )
         nothing_yet = [m.message_id for m in publisher_b.sent]
         go_on.set()
         handling.join(timeout=60)
         clock.advance(timedelta(minutes=5))
-        service_b.flush()
+        bridge_b.scheduled.flush()
         wire = [m.message_id for m in publisher_a.sent + publisher_b.sent]
 
         assert (withdrawn, verdicts) == (Ack(), [Ack()])
@@ -209,13 +185,13 @@ class TestWithdrawalWhileTheReferralIsBeingSent:
     ) -> None:
         worker_a, worker_b = ledgers
         publisher_a, publisher_b = RecordingPublisher(), RecordingPublisher()
-        service_a = service_on(worker_a, keys, clock, publisher_a)
-        referral_recorded_not_sent(service_a)
+        bridge_a = wired_on(worker_a, keys, clock, publisher_a)
+        referral_recorded_not_sent(bridge_a.service)
 
-        service_on(worker_b, keys, clock, publisher_b).handle(
+        wired_on(worker_b, keys, clock, publisher_b).service.handle(
             inbound(withdrawal_body(clock), routing_key="consent.updated")
         )
-        service_a.flush()
+        bridge_a.scheduled.flush()
 
         assert publisher_a.sent + publisher_b.sent == []
 
@@ -226,11 +202,14 @@ class TestDuplicates:
     ) -> None:
         worker_a, worker_b = ledgers
         publisher_a, publisher_b = RecordingPublisher(), RecordingPublisher()
-        service_a = service_on(worker_a, keys, clock, publisher_a)
-        referral_recorded_not_sent(service_a)
+        bridge_a = wired_on(worker_a, keys, clock, publisher_a)
+        referral_recorded_not_sent(bridge_a.service)
 
-        assert service_on(worker_b, keys, clock, publisher_b).handle(inbound(crime_body())) == Ack()
-        service_a.flush()
+        assert (
+            wired_on(worker_b, keys, clock, publisher_b).service.handle(inbound(crime_body()))
+            == Ack()
+        )
+        bridge_a.scheduled.flush()
 
         assert publisher_b.sent == []
         assert [m.message_id for m in publisher_a.sent] == [REFERRAL]
@@ -261,15 +240,15 @@ class TestLostDeliveredMark:
         assert isinstance(ledger, MarkFails)
         try:
             publisher = RecordingPublisher()
-            service = service_on(ledger, keys, clock, publisher)
-            assert service.handle(inbound(crime_body())) == Ack()
+            bridge = wired_on(ledger, keys, clock, publisher)
+            assert bridge.service.handle(inbound(crime_body())) == Ack()
             [row] = ledger.deliveries(state="undelivered")
             deadline = row.message.deadline
             assert deadline is not None
             clock.set(deadline + timedelta(minutes=1))
 
-            fallbacks = service.issue_overdue_fallbacks()
-            service.flush()
+            fallbacks = bridge.scheduled.issue_overdue_fallbacks()
+            bridge.scheduled.flush()
 
             assert fallbacks == 0
             assert [m.message_id for m in publisher.sent] == [REFERRAL]
@@ -286,16 +265,16 @@ class TestLostDeliveredMark:
         ledger.outages = 6  # two rounds of quick tries
         try:
             publisher = RecordingPublisher()
-            service = service_on(ledger, keys, clock, publisher)
-            service.handle(inbound(crime_body()))
+            bridge = wired_on(ledger, keys, clock, publisher)
+            bridge.service.handle(inbound(crime_body()))
             [row] = ledger.deliveries(state="undelivered")
             assert row.message.deadline is not None
             clock.set(row.message.deadline + LEASE * 2)  # even after the claim has lapsed
 
             with pytest.raises(LedgerUnavailableError):
-                service.issue_overdue_fallbacks()
+                bridge.scheduled.issue_overdue_fallbacks()
             ledger.outages = 0
-            assert service.issue_overdue_fallbacks() == 0
+            assert bridge.scheduled.issue_overdue_fallbacks() == 0
             assert [m.message_id for m in publisher.sent] == [REFERRAL]
         finally:
             ledger.dispose()

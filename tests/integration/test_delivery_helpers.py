@@ -22,12 +22,19 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from referral_bridge.delivery import DeliveryEngine, DeliveryPolicy, HttpsRoute, Route
+from referral_bridge.delivery import (
+    DeliveryEngine,
+    DeliveryPolicy,
+    FallbackIssuer,
+    HttpsRoute,
+    Route,
+)
 from referral_bridge.delivery.amqp import AmqpRoute
 from referral_bridge.ledger import Ledger
 from referral_bridge.provider.inbox import InboxStore, ReferralInbox
 from referral_bridge.provider.inbox_app import InboxServer
 from referral_bridge.runtime.http_server import ServerLimits
+from referral_bridge.runtime.metrics import BridgeMetrics
 from tests.fakes import FakeClock, KeyMaterial, RecordingPublisher
 
 pytestmark = pytest.mark.integration
@@ -268,6 +275,8 @@ def make_engine(
     policy: DeliveryPolicy = QUICK,
     *,
     monotonic: Callable[[], float] | None = None,
+    fallbacks: FallbackIssuer,
+    metrics: BridgeMetrics,
 ) -> DeliveryEngine:
     return DeliveryEngine(
         ledger=ledger,
@@ -275,6 +284,8 @@ def make_engine(
         routes=routes,
         policy=policy,
         clock=clock.now,
+        metrics=metrics,
+        fallbacks=fallbacks,
         sleep=lambda _seconds: None,
         monotonic=monotonic or time.monotonic,
     )

@@ -18,6 +18,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
+from referral_bridge.bootstrap import ServiceLayer
 from referral_bridge.core import ids
 from referral_bridge.core.events import ConsentState, Relationship
 from referral_bridge.delivery import DeliveryPolicy, Route
@@ -32,8 +33,7 @@ from tests.fakes import (
     RecordingPublisher,
     cloudevent,
     inbound,
-    make_keys,
-    make_service,
+    make_layer,
 )
 from tests.integration.test_delivery_helpers import (
     HOMICIDE,
@@ -53,17 +53,11 @@ pytestmark = pytest.mark.integration
 
 CREATED = "victim.referral.created"
 LEAFLET = "officer.task.leaflet"
-START = REPORTED_AT + timedelta(hours=1)
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return make_pki(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory: pytest.TempPathFactory) -> KeyMaterial:
-    return make_keys(tmp_path_factory.mktemp("keys"))
 
 
 @pytest.fixture
@@ -73,16 +67,6 @@ def ledger(tmp_path: Path) -> Iterator[Ledger]:
         yield opened
     finally:
         opened.dispose()
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock(START)
-
-
-@pytest.fixture
-def publisher() -> RecordingPublisher:
-    return RecordingPublisher()
 
 
 @pytest.fixture
@@ -97,16 +81,16 @@ def homicide(pki: Pki, keys: KeyMaterial, tmp_path: Path) -> Iterator[Inbox]:
         yield inbox
 
 
-Builder = Callable[..., ReferralService]
+Builder = Callable[..., ServiceLayer]
 
 
 @pytest.fixture
-def engines() -> Iterator[list[ReferralService]]:
+def engines() -> Iterator[list[ServiceLayer]]:
     """Services built by `build`; their routes (HTTP clients) are closed after the test."""
-    built: list[ReferralService] = []
+    built: list[ServiceLayer] = []
     yield built
-    for service in built:
-        service.delivery.close()
+    for bridge in built:
+        bridge.delivery.close()
 
 
 @pytest.fixture
@@ -115,15 +99,20 @@ def build(
     keys: KeyMaterial,
     clock: FakeClock,
     publisher: RecordingPublisher,
-    engines: list[ReferralService],
+    engines: list[ServiceLayer],
 ) -> Builder:
-    def builder(routes: dict[str, Route], policy: DeliveryPolicy = QUICK) -> ReferralService:
-        engine = make_engine(ledger, clock, publisher, routes, policy)
-        service = make_service(
-            ledger=ledger, sealer=keys.sealer(), publisher=publisher, clock=clock, delivery=engine
+    def builder(routes: dict[str, Route], policy: DeliveryPolicy = QUICK) -> ServiceLayer:
+        bridge = make_layer(
+            ledger=ledger,
+            sealer=keys.sealer(),
+            publisher=publisher,
+            clock=clock,
+            delivery=lambda fallbacks, metrics: make_engine(
+                ledger, clock, publisher, routes, policy, fallbacks=fallbacks, metrics=metrics
+            ),
         )
-        engines.append(service)
-        return service
+        engines.append(bridge)
+        return bridge
 
     return builder
 
@@ -175,11 +164,11 @@ class TestSuccess:
         pki: Pki,
         lancashire: Inbox,
     ) -> None:
-        service = build(
+        bridge = build(
             {LANCASHIRE: https_route(pki, LANCASHIRE, lancashire.url)},
         )
 
-        assert service.handle(burglary(CRIME_REF)) == Ack()
+        assert bridge.service.handle(burglary(CRIME_REF)) == Ack()
 
         record = lancashire.store.get(REFERRAL)
         assert record is not None
@@ -208,8 +197,8 @@ class TestSuccess:
             pki, keys, LANCASHIRE, tmp_path / "mtls.sqlite3", client_ca=pki.ca_cert
         ) as inbox:
             route = https_route(pki, LANCASHIRE, inbox.url, client_cert=True)
-            service = build({LANCASHIRE: route})
-            service.handle(burglary(CRIME_REF))
+            bridge = build({LANCASHIRE: route})
+            bridge.service.handle(burglary(CRIME_REF))
 
             assert inbox.store.message_ids() == [REFERRAL]
 
@@ -226,10 +215,10 @@ class TestSuccess:
         with running_inbox(
             pki, keys, LANCASHIRE, tmp_path / "mtls.sqlite3", client_ca=pki.ca_cert
         ) as inbox:
-            service = build(
+            bridge = build(
                 {LANCASHIRE: https_route(pki, LANCASHIRE, inbox.url)},
             )
-            service.handle(burglary(CRIME_REF))
+            bridge.service.handle(burglary(CRIME_REF))
 
             assert inbox.store.message_ids() == []
         row = outbox_row(ledger, REFERRAL)
@@ -248,10 +237,10 @@ class TestRepeats:
         pki: Pki,
         lancashire: Inbox,
     ) -> None:
-        service = build(
+        bridge = build(
             {LANCASHIRE: https_route(pki, LANCASHIRE, lancashire.url)},
         )
-        service.handle(burglary(CRIME_REF))
+        bridge.service.handle(burglary(CRIME_REF))
         body = bytes(outbox_row(ledger, REFERRAL).body)
 
         with httpx.Client(verify=ssl.create_default_context(cafile=pki.ca_cert)) as client:
@@ -278,11 +267,11 @@ class TestRepeats:
         lancashire: Inbox,
     ) -> None:
         lancashire.faults.status = 409
-        service = build(
+        bridge = build(
             {LANCASHIRE: https_route(pki, LANCASHIRE, lancashire.url)},
         )
 
-        service.handle(burglary(CRIME_REF))
+        bridge.service.handle(burglary(CRIME_REF))
 
         assert outbox_row(ledger, REFERRAL).published_at is not None
 
@@ -305,25 +294,25 @@ class TestProviderDown:
             LANCASHIRE: https_route(pki, LANCASHIRE, lancashire_url, read_timeout=0.3),
             HOMICIDE: https_route(pki, HOMICIDE, homicide.url),
         }
-        service = build(routes)
+        bridge = build(routes)
 
-        assert service.handle(burglary("LC-26-0000101")) == Ack()
-        assert service.handle(homicide_case("LC-26-0000201")) == Ack()
+        assert bridge.service.handle(burglary("LC-26-0000101")) == Ack()
+        assert bridge.service.handle(homicide_case("LC-26-0000201")) == Ack()
         first_error = outbox_row(ledger, ids.referral_id(LANCASHIRE, "LC-26-0000101", "P-0001"))
         assert first_error.last_error.startswith("connect_failed")
 
         lancashire.server.start()
         lancashire.faults.status = 503
         clock.advance(timedelta(minutes=1))
-        service.flush()
-        assert service.handle(burglary("LC-26-0000102")) == Ack()
-        assert service.handle(homicide_case("LC-26-0000202")) == Ack()
+        bridge.scheduled.flush()
+        assert bridge.service.handle(burglary("LC-26-0000102")) == Ack()
+        assert bridge.service.handle(homicide_case("LC-26-0000202")) == Ack()
 
         lancashire.faults.status = None
         lancashire.faults.stall_seconds = 1.0  # longer than the 0.3 s read timeout
         clock.advance(timedelta(minutes=2))
-        service.flush()
-        assert service.handle(homicide_case("LC-26-0000203")) == Ack()
+        bridge.scheduled.flush()
+        assert bridge.service.handle(homicide_case("LC-26-0000203")) == Ack()
 
         # Meanwhile every homicide referral went straight through, none to Lancashire (the
         # stalled inbox may have stored one the bridge timed out on: it answers 409 later).
@@ -340,7 +329,7 @@ class TestProviderDown:
 
         lancashire.faults.stall_seconds = 0.0
         clock.advance(timedelta(minutes=10))
-        assert service.flush() == 2
+        assert bridge.scheduled.flush() == 2
         assert sorted(lancashire.store.message_ids()) == sorted(
             ids.referral_id(LANCASHIRE, ref, "P-0001") for ref in ("LC-26-0000101", "LC-26-0000102")
         )
@@ -357,15 +346,15 @@ class TestProviderDown:
         lancashire: Inbox,
     ) -> None:
         lancashire.faults.status = 503
-        service = build(
+        bridge = build(
             {LANCASHIRE: https_route(pki, LANCASHIRE, lancashire.url)},
         )
-        service.handle(burglary(CRIME_REF))
+        bridge.service.handle(burglary(CRIME_REF))
         seen = lancashire.faults.requests
 
-        service.flush()
+        bridge.scheduled.flush()
         clock.advance(timedelta(seconds=29))
-        service.flush()
+        bridge.scheduled.flush()
 
         assert seen >= 1
         assert lancashire.faults.requests == seen
@@ -388,19 +377,19 @@ class TestProviderDown:
             circuit_failures=2,
             circuit_open=timedelta(minutes=5),
         )
-        service = build(
+        bridge = build(
             {LANCASHIRE: https_route(pki, LANCASHIRE, lancashire.url)},
             policy,
         )
 
-        service.handle(burglary("LC-26-0000301"))  # one attempt each while handling
-        service.handle(burglary("LC-26-0000302"))  # the second failure opens the circuit
-        service.handle(burglary("LC-26-0000303"))  # not tried: the circuit is open
+        bridge.service.handle(burglary("LC-26-0000301"))  # one attempt each while handling
+        bridge.service.handle(burglary("LC-26-0000302"))  # the second failure opens the circuit
+        bridge.service.handle(burglary("LC-26-0000303"))  # not tried: the circuit is open
         assert lancashire.faults.requests == 2
 
         lancashire.faults.status = None
         clock.advance(timedelta(minutes=6))
-        assert service.flush() == 3
+        assert bridge.scheduled.flush() == 3
         # One probe, which closed the circuit, then one request for each of the others.
         assert lancashire.faults.requests == 2 + 3
         assert len(lancashire.store.message_ids()) == 3
@@ -418,11 +407,11 @@ class TestRejection:
         lancashire: Inbox,
     ) -> None:
         lancashire.faults.status = 400
-        service = build(
+        bridge = build(
             {LANCASHIRE: https_route(pki, LANCASHIRE, lancashire.url)},
         )
 
-        assert service.handle(burglary(CRIME_REF)) == Ack()
+        assert bridge.service.handle(burglary(CRIME_REF)) == Ack()
 
         row = outbox_row(ledger, REFERRAL)
         task_id = ids.leaflet_task_id(CRIME_REF, "P-0001", "provider_rejected")
@@ -446,14 +435,14 @@ class TestRejection:
         lancashire: Inbox,
     ) -> None:
         lancashire.faults.status = 400
-        service = build(
+        bridge = build(
             {LANCASHIRE: https_route(pki, LANCASHIRE, lancashire.url)},
         )
-        service.handle(burglary(CRIME_REF))
+        bridge.service.handle(burglary(CRIME_REF))
         lancashire.faults.status = None
 
         result = ledger.resend(REFERRAL, at=clock.now(), actor="operator-1")
-        delivered = service.flush()
+        delivered = bridge.scheduled.flush()
 
         assert result.outcome == "resent"
         assert delivered == 1
@@ -474,21 +463,21 @@ class TestDeadline:
     ) -> None:
         url = lancashire.url
         lancashire.server.stop()
-        service = build({LANCASHIRE: https_route(pki, LANCASHIRE, url)})
-        service.handle(burglary(CRIME_REF))
+        bridge = build({LANCASHIRE: https_route(pki, LANCASHIRE, url)})
+        bridge.service.handle(burglary(CRIME_REF))
         deadline = outbox_row(ledger, REFERRAL).deadline
-        assert service.issue_overdue_fallbacks() == 0
+        assert bridge.scheduled.issue_overdue_fallbacks() == 0
 
         clock.set(deadline + timedelta(minutes=1))
-        first = service.issue_overdue_fallbacks()
+        first = bridge.scheduled.issue_overdue_fallbacks()
         clock.advance(timedelta(hours=1))
-        second = service.issue_overdue_fallbacks()
+        second = bridge.scheduled.issue_overdue_fallbacks()
 
         assert (first, second) == (1, 0)
         [task] = publisher.of_type(LEAFLET)
         assert task.event["data"]["reason"] == "provider_unreachable"
         lancashire.server.start()
-        service.flush()
+        bridge.scheduled.flush()
         assert lancashire.store.message_ids() == [REFERRAL]  # still retried, and delivered
 
 
@@ -504,10 +493,10 @@ class TestTls:
         tmp_path: Path,
     ) -> None:
         with running_inbox(pki, keys, LANCASHIRE, tmp_path / "rogue.sqlite3", rogue=True) as inbox:
-            service = build(
+            bridge = build(
                 {LANCASHIRE: https_route(pki, LANCASHIRE, inbox.url)},
             )
-            service.handle(burglary(CRIME_REF))
+            bridge.service.handle(burglary(CRIME_REF))
 
             assert inbox.store.message_ids() == []
         row = outbox_row(ledger, REFERRAL)
@@ -548,25 +537,25 @@ class TestWithdrawalBeforeDelivery:
     @pytest.fixture
     def parked_then_withdrawn(
         self, build: Builder, clock: FakeClock, pki: Pki, lancashire: Inbox
-    ) -> ReferralService:
+    ) -> ServiceLayer:
         lancashire.faults.status = 503
-        service = build({LANCASHIRE: https_route(pki, LANCASHIRE, lancashire.url)})
-        service.handle(burglary(CRIME_REF))
+        bridge = build({LANCASHIRE: https_route(pki, LANCASHIRE, lancashire.url)})
+        bridge.service.handle(burglary(CRIME_REF))
         lancashire.faults.status = None
-        withdraw_consent(service, clock)
-        return service
+        withdraw_consent(bridge.service, clock)
+        return bridge
 
     def test_a_referral_still_undelivered_when_consent_is_withdrawn_is_never_delivered(
         self,
-        parked_then_withdrawn: ReferralService,
+        parked_then_withdrawn: ServiceLayer,
         ledger: Ledger,
         clock: FakeClock,
         lancashire: Inbox,
     ) -> None:
         clock.advance(timedelta(minutes=1))
-        parked_then_withdrawn.flush()
+        parked_then_withdrawn.scheduled.flush()
         clock.advance(timedelta(days=1))
-        parked_then_withdrawn.flush()
+        parked_then_withdrawn.scheduled.flush()
 
         # Neither the referral nor a withdrawal of something the provider never had.
         assert lancashire.store.message_ids() == []
@@ -575,9 +564,9 @@ class TestWithdrawalBeforeDelivery:
         assert audit_actions(ledger) == []  # no disclosure is claimed
 
     def test_the_withdrawal_is_recorded_so_it_is_not_decided_again(
-        self, parked_then_withdrawn: ReferralService, ledger: Ledger, clock: FakeClock
+        self, parked_then_withdrawn: ServiceLayer, ledger: Ledger, clock: FakeClock
     ) -> None:
-        withdraw_consent(parked_then_withdrawn, clock)
+        withdraw_consent(parked_then_withdrawn.service, clock)
 
         with ledger.engine.connect() as connection:
             actions = connection.execute(
@@ -586,7 +575,7 @@ class TestWithdrawalBeforeDelivery:
         assert [row.message_id for row in actions] == [WITHDRAWAL]
 
     def test_operators_see_the_referral_and_its_withdrawal_as_cancelled(
-        self, parked_then_withdrawn: ReferralService, ledger: Ledger
+        self, parked_then_withdrawn: ServiceLayer, ledger: Ledger
     ) -> None:
         cancelled = ledger.deliveries(state="cancelled")
 
@@ -597,18 +586,18 @@ class TestWithdrawalBeforeDelivery:
 
     def test_no_fallback_task_is_issued_at_the_cancelled_referrals_deadline(
         self,
-        parked_then_withdrawn: ReferralService,
+        parked_then_withdrawn: ServiceLayer,
         ledger: Ledger,
         clock: FakeClock,
         publisher: RecordingPublisher,
     ) -> None:
         clock.set(outbox_row(ledger, REFERRAL).deadline + timedelta(minutes=1))
 
-        assert parked_then_withdrawn.issue_overdue_fallbacks() == 0
+        assert parked_then_withdrawn.scheduled.issue_overdue_fallbacks() == 0
         assert publisher.of_type(LEAFLET) == []
 
     def test_resend_refuses_the_cancelled_referral_and_its_withdrawal(
-        self, parked_then_withdrawn: ReferralService, ledger: Ledger, clock: FakeClock
+        self, parked_then_withdrawn: ServiceLayer, ledger: Ledger, clock: FakeClock
     ) -> None:
         referral = ledger.resend(REFERRAL, at=clock.now(), actor="operator-1")
         withdrawal = ledger.resend(WITHDRAWAL, at=clock.now(), actor="operator-1")
@@ -626,33 +615,33 @@ class TestWithdrawalAfterAnUncertainAttempt:
     @pytest.fixture
     def timed_out_then_withdrawn(
         self, build: Builder, clock: FakeClock, pki: Pki, lancashire: Inbox
-    ) -> ReferralService:
+    ) -> ServiceLayer:
         lancashire.faults.stall_seconds = 1.5  # longer than the route's read timeout
         route = https_route(pki, LANCASHIRE, lancashire.url, read_timeout=0.5)
-        service = build({LANCASHIRE: route})
-        service.handle(burglary(CRIME_REF))
+        bridge = build({LANCASHIRE: route})
+        bridge.service.handle(burglary(CRIME_REF))
         # The inbox took it after the bridge had given up waiting for the answer.
         assert wait_until(lambda: lancashire.store.message_ids() == [REFERRAL], timeout=30)
         lancashire.faults.stall_seconds = 0.0
-        withdraw_consent(service, clock)
-        return service
+        withdraw_consent(bridge.service, clock)
+        return bridge
 
     def test_the_withdrawal_follows_at_once(
-        self, timed_out_then_withdrawn: ReferralService, lancashire: Inbox
+        self, timed_out_then_withdrawn: ServiceLayer, lancashire: Inbox
     ) -> None:
         assert lancashire.store.message_ids() == [REFERRAL, WITHDRAWAL]
 
     def test_the_referral_is_never_tried_again(
         self,
-        timed_out_then_withdrawn: ReferralService,
+        timed_out_then_withdrawn: ServiceLayer,
         ledger: Ledger,
         clock: FakeClock,
         lancashire: Inbox,
     ) -> None:
         requests = lancashire.faults.requests
         clock.advance(timedelta(days=3))
-        timed_out_then_withdrawn.flush()
-        timed_out_then_withdrawn.issue_overdue_fallbacks()
+        timed_out_then_withdrawn.scheduled.flush()
+        timed_out_then_withdrawn.scheduled.issue_overdue_fallbacks()
 
         assert lancashire.faults.requests == requests
         row = outbox_row(ledger, REFERRAL)
@@ -670,9 +659,9 @@ class TestWithdrawalOrder:
         pki: Pki,
         lancashire: Inbox,
     ) -> None:
-        service = build({LANCASHIRE: https_route(pki, LANCASHIRE, lancashire.url)})
-        service.handle(burglary(CRIME_REF))
-        withdraw_consent(service, clock)
+        bridge = build({LANCASHIRE: https_route(pki, LANCASHIRE, lancashire.url)})
+        bridge.service.handle(burglary(CRIME_REF))
+        withdraw_consent(bridge.service, clock)
 
         assert lancashire.store.message_ids() == [REFERRAL, WITHDRAWAL]
         record = lancashire.store.get(WITHDRAWAL)
@@ -698,10 +687,10 @@ class TestUpdatesOverHttps:
         pki: Pki,
         lancashire: Inbox,
     ) -> None:
-        service = build({LANCASHIRE: https_route(pki, LANCASHIRE, lancashire.url)})
-        service.handle(burglary(CRIME_REF))
+        bridge = build({LANCASHIRE: https_route(pki, LANCASHIRE, lancashire.url)})
+        bridge.service.handle(burglary(CRIME_REF))
 
-        assert service.handle(phone_changed()) == Ack()
+        assert bridge.service.handle(phone_changed()) == Ack()
 
         update_id = ids.update_id(REFERRAL, 2)
         assert lancashire.store.message_ids() == [REFERRAL, update_id]
@@ -724,13 +713,13 @@ class TestUpdatesOverHttps:
         lancashire: Inbox,
     ) -> None:
         lancashire.faults.status = 503
-        service = build({LANCASHIRE: https_route(pki, LANCASHIRE, lancashire.url)})
-        service.handle(burglary(CRIME_REF))
-        service.handle(phone_changed())
+        bridge = build({LANCASHIRE: https_route(pki, LANCASHIRE, lancashire.url)})
+        bridge.service.handle(burglary(CRIME_REF))
+        bridge.service.handle(phone_changed())
         assert lancashire.store.message_ids() == []
         lancashire.faults.status = None
 
         clock.advance(timedelta(hours=1))
-        service.flush()
+        bridge.scheduled.flush()
 
         assert lancashire.store.message_ids() == [REFERRAL, ids.update_id(REFERRAL, 2)]

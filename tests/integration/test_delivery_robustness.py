@@ -15,21 +15,24 @@ from typing import Any, cast
 import httpx
 import pytest
 
-from referral_bridge.bootstrap import Bridge
+from referral_bridge.bootstrap import Bridge, ServiceLayer
 from referral_bridge.core import ids
 from referral_bridge.delivery import DeliveryPolicy, HttpsRoute, Route
 from referral_bridge.ledger import Ledger, OutboxMessage
 from referral_bridge.runtime.scheduler import Scheduler
-from referral_bridge.service.handler import ReferralService
 from referral_bridge.transport import Ack
-from tests.fakes import FakeClock, KeyMaterial, RecordingPublisher, cloudevent, inbound, make_keys
-from tests.fakes import make_service as make_fake_service
+from tests.fakes import (
+    FakeClock,
+    KeyMaterial,
+    RecordingPublisher,
+    cloudevent,
+    inbound,
+    make_layer,
+)
 from tests.integration.test_delivery_helpers import LANCASHIRE, make_engine
-from tests.unit.factories import REPORTED_AT, make_crime, make_victim
+from tests.unit.factories import make_crime, make_victim
 
 pytestmark = pytest.mark.integration
-
-START = REPORTED_AT + timedelta(hours=1)
 
 
 def burglary(crime_ref: str, victim_id: str = "P-0001") -> Any:
@@ -44,11 +47,6 @@ def referral(crime_ref: str) -> str:
     return ids.referral_id(LANCASHIRE, crime_ref, "P-0001")
 
 
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory: pytest.TempPathFactory) -> KeyMaterial:
-    return make_keys(tmp_path_factory.mktemp("keys"))
-
-
 @pytest.fixture
 def ledger(tmp_path: Path) -> Iterator[Ledger]:
     opened = Ledger.open(f"sqlite:///{tmp_path / 'ledger.sqlite3'}")
@@ -56,11 +54,6 @@ def ledger(tmp_path: Path) -> Iterator[Ledger]:
         yield opened
     finally:
         opened.dispose()
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock(START)
 
 
 @dataclass
@@ -119,36 +112,42 @@ class ExplodingRoute:
         """Nothing to close."""
 
 
-Build = Callable[..., ReferralService]
+Build = Callable[..., ServiceLayer]
 
 
 @pytest.fixture
 def build(ledger: Ledger, keys: KeyMaterial, clock: FakeClock) -> Iterator[Build]:
-    built: list[ReferralService] = []
+    built: list[ServiceLayer] = []
 
     def builder(
         route: Route,
         policy: DeliveryPolicy | None = None,
         monotonic: Callable[[], float] | None = None,
-    ) -> ReferralService:
+    ) -> ServiceLayer:
         publisher = RecordingPublisher()
-        engine = make_engine(
-            ledger,
-            clock,
-            publisher,
-            {LANCASHIRE: route},
-            policy or DeliveryPolicy(attempts_in_place=3, park_jitter=0.0, circuit_failures=100),
-            monotonic=monotonic,
+        bridge = make_layer(
+            ledger=ledger,
+            sealer=keys.sealer(),
+            publisher=publisher,
+            clock=clock,
+            delivery=lambda fallbacks, metrics: make_engine(
+                ledger,
+                clock,
+                publisher,
+                {LANCASHIRE: route},
+                policy
+                or DeliveryPolicy(attempts_in_place=3, park_jitter=0.0, circuit_failures=100),
+                monotonic=monotonic,
+                fallbacks=fallbacks,
+                metrics=metrics,
+            ),
         )
-        service = make_fake_service(
-            ledger=ledger, sealer=keys.sealer(), publisher=publisher, clock=clock, delivery=engine
-        )
-        built.append(service)
-        return service
+        built.append(bridge)
+        return bridge
 
     yield builder
-    for service in built:
-        service.delivery.close()
+    for bridge in built:
+        bridge.delivery.close()
 
 
 class TestUnexpectedErrors:
@@ -160,18 +159,18 @@ class TestUnexpectedErrors:
                 201, headers={"Content-Encoding": "gzip"}, stream=httpx.ByteStream(b"not gzip")
             )
         )
-        service = build(provider.route())
+        bridge = build(provider.route())
 
-        assert service.handle(burglary("LC-26-0000001")) == Ack()
+        assert bridge.service.handle(burglary("LC-26-0000001")) == Ack()
         assert provider.posts == [referral("LC-26-0000001")]
         assert ledger.deliveries(state="undelivered") == []
 
     def test_an_unclassified_route_error_in_handle_parks_the_row_and_still_acks(
         self, build: Build, ledger: Ledger
     ) -> None:
-        service = build(ExplodingRoute(httpx.DecodingError("bad body")))
+        bridge = build(ExplodingRoute(httpx.DecodingError("bad body")))
 
-        assert service.handle(burglary("LC-26-0000001")) == Ack()
+        assert bridge.service.handle(burglary("LC-26-0000001")) == Ack()
         [parked] = ledger.deliveries(state="undelivered")
         assert parked.last_error is not None
         assert parked.last_error.startswith("unexpected_error")
@@ -181,13 +180,13 @@ class TestUnexpectedErrors:
         self, build: Build, ledger: Ledger, clock: FakeClock
     ) -> None:
         route = ExplodingRoute(OSError("odd"), failures=2)  # both rows fail when handled
-        service = build(route, DeliveryPolicy(attempts_in_place=1, circuit_failures=100))
-        service.handle(burglary("LC-26-0000001"))
-        service.handle(burglary("LC-26-0000002"))
+        bridge = build(route, DeliveryPolicy(attempts_in_place=1, circuit_failures=100))
+        bridge.service.handle(burglary("LC-26-0000001"))
+        bridge.service.handle(burglary("LC-26-0000002"))
         route.failures = 1  # the pass's first row fails once more; the second goes
 
         clock.advance(timedelta(hours=2))
-        delivered = service.flush()
+        delivered = bridge.scheduled.flush()
 
         assert delivered == 1
         [parked] = ledger.deliveries(state="undelivered")
@@ -199,10 +198,10 @@ class TestUnexpectedErrors:
         self, build: Build, ledger: Ledger, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         route = ExplodingRoute(OSError("unused"), failures=0)
-        service = build(route)
+        bridge = build(route)
         route.failures = 2
-        service.handle(burglary("LC-26-0000001"))
-        service.handle(burglary("LC-26-0000002"))
+        bridge.service.handle(burglary("LC-26-0000001"))
+        bridge.service.handle(burglary("LC-26-0000002"))
         broken = referral("LC-26-0000001")
         real_mark = ledger.mark_published
 
@@ -214,7 +213,7 @@ class TestUnexpectedErrors:
         monkeypatch.setattr(ledger, "mark_published", mark_published)
         clock.advance(timedelta(hours=2))
 
-        assert service.flush() == 1
+        assert bridge.scheduled.flush() == 1
         assert [d.message_id for d in ledger.deliveries(state="undelivered")] == [broken]
 
 
@@ -222,11 +221,12 @@ class TestScheduler:
     def test_a_failing_step_neither_escapes_nor_skips_the_other_steps(self) -> None:
         calls: list[str] = []
 
-        class Service:
-            def expire_holds(self) -> int:
+        class Holds:
+            def expire(self) -> int:
                 calls.append("expire_holds")
                 raise ValueError("a bug")
 
+        class Scheduled:
             def review_crime_recording(self) -> int:
                 calls.append("review_crime_recording")
                 return 0
@@ -243,7 +243,8 @@ class TestScheduler:
                 calls.append("flush")
                 return 0
 
-        bridge = cast(Bridge, type("FakeBridge", (), {"service": Service()})())
+        parts = {"holds": Holds(), "scheduled": Scheduled()}
+        bridge = cast(Bridge, type("FakeBridge", (), parts)())
         Scheduler(bridge, interval=5.0, monotonic=lambda: 100.0)()
 
         assert calls == [
@@ -258,20 +259,20 @@ class TestScheduler:
 class TestConsumerIsNeverHeldLong:
     def test_handle_makes_one_attempt_per_row_and_parks_it(self, build: Build) -> None:
         provider = Provider(lambda _request: httpx.Response(503))
-        service = build(provider.route())
+        bridge = build(provider.route())
 
-        assert service.handle(burglary("LC-26-0000001")) == Ack()
+        assert bridge.service.handle(burglary("LC-26-0000001")) == Ack()
         assert len(provider.posts) == 1
 
     def test_a_scheduler_pass_still_retries_a_fast_failure_in_place(
         self, build: Build, clock: FakeClock
     ) -> None:
         provider = Provider(lambda _request: httpx.Response(503))
-        service = build(provider.route(max_attempt_seconds=1.0))
-        service.handle(burglary("LC-26-0000001"))
+        bridge = build(provider.route(max_attempt_seconds=1.0))
+        bridge.service.handle(burglary("LC-26-0000001"))
 
         clock.advance(timedelta(hours=1))
-        service.flush()
+        bridge.scheduled.flush()
 
         assert len(provider.posts) == 1 + 3
 
@@ -280,15 +281,15 @@ class TestConsumerIsNeverHeldLong:
     ) -> None:
         ticker = Ticker()
         down = Provider(lambda _request: httpx.Response(503))
-        service = build(down.route(), DeliveryPolicy(pass_budget_seconds=10.0), ticker)
+        bridge = build(down.route(), DeliveryPolicy(pass_budget_seconds=10.0), ticker)
         for number in range(1, 4):
-            service.handle(burglary(f"LC-26-000000{number}"))
+            bridge.service.handle(burglary(f"LC-26-000000{number}"))
         up = Provider(lambda _request: httpx.Response(201), ticker=ticker, seconds_per_post=6.0)
-        service = build(up.route(), DeliveryPolicy(pass_budget_seconds=10.0), ticker)
+        bridge = build(up.route(), DeliveryPolicy(pass_budget_seconds=10.0), ticker)
 
         clock.advance(timedelta(hours=2))
-        first = service.flush()
-        second = service.flush()
+        first = bridge.scheduled.flush()
+        second = bridge.scheduled.flush()
 
         assert (first, second) == (2, 1)  # started at 0 s and 6 s; 12 s is past the budget
 
@@ -300,10 +301,10 @@ class TestConsumerIsNeverHeldLong:
             lambda _request: httpx.Response(503), ticker=ticker, seconds_per_post=6.0
         )
         policy = DeliveryPolicy(attempts_in_place=3, park_jitter=0.0, pass_budget_seconds=10.0)
-        service = build(stalled.route(max_attempt_seconds=6.0), policy, ticker)
-        service.handle(burglary("LC-26-0000001"))
+        bridge = build(stalled.route(max_attempt_seconds=6.0), policy, ticker)
+        bridge.service.handle(burglary("LC-26-0000001"))
 
         clock.advance(timedelta(hours=1))
-        service.flush()
+        bridge.scheduled.flush()
 
         assert len(stalled.posts) == 1 + 1  # 6 s spent + 6 s more would pass 10 s: parked

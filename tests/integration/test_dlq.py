@@ -13,15 +13,14 @@ from pathlib import Path
 import pytest
 
 from referral_bridge.operator.deadletters import (
-    REPLAY_COUNT_HEADER,
     DeadLetterFilter,
     DeadLetterMessage,
     DeadLetterNotFoundError,
     DeadLetterQueue,
     parse_duration,
 )
-from referral_bridge.transport.publisher import ORIGINAL_ROUTING_KEY_HEADER
 from referral_bridge.transport.topology import Topology, dead_letter_queue_entity
+from referral_bridge.wire import ORIGINAL_ROUTING_KEY_HEADER, REPLAY_COUNT_HEADER
 from tests.integration.conftest import BrokerHarness
 
 pytestmark = pytest.mark.integration

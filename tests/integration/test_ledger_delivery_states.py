@@ -19,6 +19,7 @@ from referral_bridge.ledger import (
     PendingDelivery,
     ResendOutcome,
 )
+from referral_bridge.operator.audit import AuditQuery, AuditTrail
 
 pytestmark = pytest.mark.integration
 
@@ -125,6 +126,24 @@ class TestRejected:
         )
         assert ledger.resend("m-1", at=LATER, actor="op").outcome is ResendOutcome.RESENT
         assert row(ledger, "m-1").state is DeliveryState.PENDING
+
+
+class TestResendAudit:
+    def test_the_resend_record_goes_through_the_one_writer_scrubbed_and_clipped(
+        self, ledger: Ledger
+    ) -> None:
+        """A provider's refusal text is not ours: it may name someone. The audit writer scrubs
+        every record's free text, the resend's too."""
+        add_referral(ledger, "m-1")
+        with ledger.transaction() as tx:
+            tx.reject_delivery("m-1", LATER, "http_400: unknown victim jane.doe@example.org")
+        ledger.resend("m-1", at=LATER, actor="op" * 200)
+
+        [record] = AuditTrail(ledger.engine).query(AuditQuery(action="referral_resend"))
+        assert record.detail is not None
+        assert "resend after rejection" in record.detail
+        assert "jane.doe@example.org" not in record.detail
+        assert len(record.actor) == 200
 
 
 class TestDeliveriesFilter:

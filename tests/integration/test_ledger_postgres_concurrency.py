@@ -23,6 +23,7 @@ from referral_bridge.core.events import ConsentState, CrimeRecorded, IncidentRec
 from referral_bridge.ledger import Ledger
 from referral_bridge.ledger import schema as t
 from referral_bridge.service.handler import ReferralService
+from referral_bridge.service.holds import HoldExpiry
 from referral_bridge.transport import Ack, DeadLetter, InboundMessage, Retry
 from tests.fakes import (
     FakeClock,
@@ -31,7 +32,7 @@ from tests.fakes import (
     cloudevent,
     empty_ledger_database,
     inbound,
-    make_service,
+    make_layer,
     require_postgres,
     throwaway_postgres_database,
 )
@@ -135,6 +136,7 @@ class Worker:
     """One bridge process: its own ledger connection pool, service and publisher."""
 
     service: ReferralService
+    holds: HoldExpiry
     ledger: Ledger
     publisher: RecordingPublisher
     retries: Counter[str] = field(default_factory=Counter)
@@ -205,14 +207,16 @@ def race(ledger_url: str, seed: int) -> Outcome:
     for _ in range(THREADS):
         ledger = Ledger.open(ledger_url)
         publisher = RecordingPublisher()
-        service = make_service(
+        layer = make_layer(
             ledger=ledger,
             sealer=RecordingSealer(),
             publisher=publisher,
             clock=clock,
             max_processing_attempts=MAX_DELIVERIES,
         )
-        workers.append(Worker(service=service, ledger=ledger, publisher=publisher))
+        workers.append(
+            Worker(service=layer.service, holds=layer.holds, ledger=ledger, publisher=publisher)
+        )
     try:
         rng = random.Random(seed)
         plans = []
@@ -226,7 +230,7 @@ def race(ledger_url: str, seed: int) -> Outcome:
         assert errors == [], [repr(e)[:300] for e in errors]
 
         clock.advance(timedelta(days=8))  # past the consent wait (5 working days)
-        errors = run_together(workers, [w.service.expire_holds for w in workers])
+        errors = run_together(workers, [w.holds.expire for w in workers])
         assert errors == [], [repr(e)[:300] for e in errors]
         return outcome(workers)
     finally:

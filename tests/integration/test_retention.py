@@ -30,18 +30,17 @@ from referral_bridge.runtime.scheduler import RetentionSweep
 from referral_bridge.service.handler import ReferralService
 from referral_bridge.settings import RetentionSection
 from tests.fakes import (
+    START,
     FakeClock,
     KeyMaterial,
     RecordingPublisher,
     bridge_role,
     empty_ledger_database,
-    make_keys,
     make_service,
 )
 from tests.integration.test_service import (
     CREATED,
     PERSONAL_MARKERS,
-    START,
     VICTIM,
     WITHDRAWN,
     consent_message,
@@ -54,28 +53,6 @@ pytestmark = pytest.mark.integration
 
 YEAR = timedelta(days=365)
 LATER = YEAR + timedelta(days=2)
-
-
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory: pytest.TempPathFactory) -> KeyMaterial:
-    return make_keys(tmp_path_factory.mktemp("keys"))
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock(START)
-
-
-@pytest.fixture
-def publisher() -> RecordingPublisher:
-    return RecordingPublisher()
-
-
-@pytest.fixture
-def service(
-    ledger: Ledger, keys: KeyMaterial, publisher: RecordingPublisher, clock: FakeClock
-) -> ReferralService:
-    return make_service(ledger=ledger, sealer=keys.sealer(), publisher=publisher, clock=clock)
 
 
 def run_sweep(ledger: Ledger, clock: FakeClock, *, dry_run: bool = False) -> SweepReport:

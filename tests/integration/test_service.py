@@ -34,9 +34,12 @@ from referral_bridge.ledger import schema as t
 from referral_bridge.resources import SAMPLES
 from referral_bridge.sealing import open_event
 from referral_bridge.service.handler import ReferralService
+from referral_bridge.service.holds import HoldExpiry
+from referral_bridge.service.scheduled import ScheduledWork
 from referral_bridge.transport import Ack, DeadLetter, Retry
 from tests.fakes import (
     REFERRALS_EXCHANGE,
+    START,
     TASKS_EXCHANGE,
     FailingSealer,
     FakeClock,
@@ -45,7 +48,7 @@ from tests.fakes import (
     RecordingPublisher,
     cloudevent,
     inbound,
-    make_keys,
+    make_layer,
     make_service,
 )
 from tests.unit.factories import (
@@ -71,8 +74,6 @@ UPDATED = "victim.referral.updated"
 LEAFLET = "officer.task.leaflet"
 LANCASHIRE = "lancashire-victim-services"
 VICTIM = "P-0001"
-#: Monday 10:41, an hour after the report; the hold for explicit consent ends Tuesday 09:41.
-START = REPORTED_AT + timedelta(hours=1)
 #: Values of the factory victim that must never leave the bridge except inside a sealed referral.
 PERSONAL_MARKERS = (
     " ".join(FAKE_NAME),
@@ -82,40 +83,6 @@ PERSONAL_MARKERS = (
     FAKE_ADDRESS_LINE,
     ADULT_DOB.isoformat(),
 )
-
-
-# --- fixtures ---------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def ledger(ledger_url: str) -> Iterator[Ledger]:
-    opened = Ledger.open(ledger_url)
-    try:
-        yield opened
-    finally:
-        opened.dispose()
-
-
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory: pytest.TempPathFactory) -> KeyMaterial:
-    return make_keys(tmp_path_factory.mktemp("keys"))
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock(START)
-
-
-@pytest.fixture
-def publisher() -> RecordingPublisher:
-    return RecordingPublisher()
-
-
-@pytest.fixture
-def service(
-    ledger: Ledger, keys: KeyMaterial, publisher: RecordingPublisher, clock: FakeClock
-) -> ReferralService:
-    return make_service(ledger=ledger, sealer=keys.sealer(), publisher=publisher, clock=clock)
 
 
 # --- helpers ----------------------------------------------------------------------------------
@@ -343,17 +310,22 @@ class TestConsentAndHolds:
         assert hold.until == REPORTED_AT + timedelta(days=7)  # 5 working days: next Monday
 
     def test_expiring_holds_before_the_consent_wait_ends_does_nothing(
-        self, service: ReferralService, publisher: RecordingPublisher, clock: FakeClock
+        self,
+        service: ReferralService,
+        holds: HoldExpiry,
+        publisher: RecordingPublisher,
+        clock: FakeClock,
     ) -> None:
         service.handle(crime_message(sexual_crime()))
         clock.advance(timedelta(days=2))
 
-        assert service.expire_holds() == 0
+        assert holds.expire() == 0
         assert [m.event["data"]["reason"] for m in publisher.sent] == ["consent_needed"]
 
     def test_a_hold_that_ends_without_consent_closes_with_no_second_task(
         self,
         service: ReferralService,
+        holds: HoldExpiry,
         publisher: RecordingPublisher,
         ledger: Ledger,
         clock: FakeClock,
@@ -361,7 +333,7 @@ class TestConsentAndHolds:
         service.handle(crime_message(sexual_crime()))
         clock.advance(timedelta(days=8))
 
-        assert service.expire_holds() == 1
+        assert holds.expire() == 1
 
         [task] = publisher.sent
         assert (task.type, task.exchange, task.routing_key) == (
@@ -391,11 +363,15 @@ class TestConsentAndHolds:
         assert not [marker for marker in PERSONAL_MARKERS if marker in task.body.decode()]
 
     def test_consent_arriving_after_the_hold_ended_still_refers(
-        self, service: ReferralService, publisher: RecordingPublisher, clock: FakeClock
+        self,
+        service: ReferralService,
+        holds: HoldExpiry,
+        publisher: RecordingPublisher,
+        clock: FakeClock,
     ) -> None:
         service.handle(crime_message(sexual_crime()))
         clock.advance(timedelta(days=8))
-        service.expire_holds()
+        holds.expire()
 
         verdict = service.handle(consent_message("given", at=clock.now()))
 
@@ -403,14 +379,18 @@ class TestConsentAndHolds:
         assert [m.type for m in publisher.sent] == [LEAFLET, CREATED]
 
     def test_expiring_holds_twice_issues_one_leaflet_task(
-        self, service: ReferralService, publisher: RecordingPublisher, clock: FakeClock
+        self,
+        service: ReferralService,
+        holds: HoldExpiry,
+        publisher: RecordingPublisher,
+        clock: FakeClock,
     ) -> None:
         service.handle(crime_message(sexual_crime()))
         clock.advance(timedelta(days=8))
-        service.expire_holds()
+        holds.expire()
         clock.advance(timedelta(minutes=5))
 
-        assert service.expire_holds() == 0
+        assert holds.expire() == 0
         assert len(publisher.of_type(LEAFLET)) == 1
 
 
@@ -550,9 +530,8 @@ class TestHoldExpiryFailures:
         self, ledger: Ledger, keys: KeyMaterial, publisher: RecordingPublisher, clock: FakeClock
     ) -> None:
         """Review finding 1: one bad case must not stop every other hold from ending."""
-        service = make_service(
-            ledger=ledger, sealer=keys.sealer(), publisher=publisher, clock=clock
-        )
+        layer = make_layer(ledger=ledger, sealer=keys.sealer(), publisher=publisher, clock=clock)
+        service = layer.service
         service.handle(crime_message(sexual_crime()))
         other = sexual_crime().model_copy(update={"crime_ref": "LC-26-0000888"})
         service.handle(crime_message(other))
@@ -564,7 +543,7 @@ class TestHoldExpiryFailures:
             )
         clock.advance(timedelta(days=8))
 
-        service.expire_holds()
+        layer.holds.expire()
 
         with ledger.transaction() as tx:
             postponed = tx.load_state(CRIME_REF, {CRIME_REF}).history[VICTIM].hold
@@ -798,14 +777,13 @@ class TestPublishFailures:
         # Fails while handling (one attempt, no retry there: the consumer is never held), then
         # once more in the scheduler's pass, which retries it in place.
         publisher = RecordingPublisher(fail_times=2)
-        service = make_service(
-            ledger=ledger, sealer=keys.sealer(), publisher=publisher, clock=clock
-        )
+        layer = make_layer(ledger=ledger, sealer=keys.sealer(), publisher=publisher, clock=clock)
+        service = layer.service
 
         assert service.handle(crime_message(make_crime())) == Ack()
         assert publisher.sent == []
         clock.advance(timedelta(minutes=2))
-        assert service.flush() == 1
+        assert layer.scheduled.flush() == 1
         assert [m.type for m in publisher.sent] == [CREATED]
         assert ledger.counts()["totals"]["unsent"] == 0
 
@@ -813,14 +791,13 @@ class TestPublishFailures:
         self, ledger: Ledger, keys: KeyMaterial, clock: FakeClock
     ) -> None:
         publisher = RecordingPublisher(fail_times=IN_PLACE_ATTEMPTS)
-        service = make_service(
-            ledger=ledger, sealer=keys.sealer(), publisher=publisher, clock=clock
-        )
+        layer = make_layer(ledger=ledger, sealer=keys.sealer(), publisher=publisher, clock=clock)
+        service = layer.service
         service.handle(crime_message(make_crime()))
 
-        assert service.flush() == 0
+        assert layer.scheduled.flush() == 0
         clock.advance(timedelta(minutes=2))
-        assert service.flush() == 1
+        assert layer.scheduled.flush() == 1
         assert [m.type for m in publisher.sent] == [CREATED]
         assert ledger.counts()["totals"]["unsent"] == 0
 
@@ -978,17 +955,18 @@ class TestCrimeReview:
     def test_no_crime_recorded_24_hours_after_a_disclosure_gives_one_review_task(
         self,
         service: ReferralService,
+        scheduled: ScheduledWork,
         publisher: RecordingPublisher,
         ledger: Ledger,
         clock: FakeClock,
     ) -> None:
         service.handle(incident_message(disclosed_incident()))
-        assert service.review_crime_recording() == 0  # not yet due
+        assert scheduled.review_crime_recording() == 0  # not yet due
         clock.advance(timedelta(hours=24))
 
-        assert service.review_crime_recording() == 1
+        assert scheduled.review_crime_recording() == 1
         clock.advance(timedelta(hours=1))
-        assert service.review_crime_recording() == 0
+        assert scheduled.review_crime_recording() == 0
 
         [task] = publisher.of_type(CRIME_REVIEW)
         assert (task.exchange, task.routing_key) == (TASKS_EXCHANGE, "task.crime_review")
@@ -1006,6 +984,7 @@ class TestCrimeReview:
     def test_a_crime_recorded_in_time_gives_no_task_and_records_the_resolution(
         self,
         service: ReferralService,
+        scheduled: ScheduledWork,
         publisher: RecordingPublisher,
         ledger: Ledger,
         clock: FakeClock,
@@ -1016,7 +995,7 @@ class TestCrimeReview:
         service.handle(crime_message(crime))
         clock.advance(timedelta(days=2))
 
-        assert service.review_crime_recording() == 0
+        assert scheduled.review_crime_recording() == 0
         assert publisher.of_type(CRIME_REVIEW) == []
         row = review_row(ledger)
         assert (row.resolution, row.raised_at) == ("recorded_in_time", None)
@@ -1024,13 +1003,14 @@ class TestCrimeReview:
     def test_a_crime_recorded_after_the_task_is_recorded_as_the_resolution(
         self,
         service: ReferralService,
+        scheduled: ScheduledWork,
         publisher: RecordingPublisher,
         ledger: Ledger,
         clock: FakeClock,
     ) -> None:
         service.handle(incident_message(disclosed_incident()))
         clock.advance(timedelta(hours=30))
-        service.review_crime_recording()
+        scheduled.review_crime_recording()
         incident = disclosed_incident(version=2, linked_crime_ref=CRIME_REF)
 
         service.handle(incident_message(incident))
@@ -1041,12 +1021,12 @@ class TestCrimeReview:
         assert len(publisher.of_type(CRIME_REVIEW)) == 1
 
     def test_an_incident_with_no_crime_disclosed_is_never_reviewed(
-        self, service: ReferralService, ledger: Ledger, clock: FakeClock
+        self, service: ReferralService, scheduled: ScheduledWork, ledger: Ledger, clock: FakeClock
     ) -> None:
         service.handle(incident_message(make_incident()))
         clock.advance(timedelta(days=3))
 
-        assert service.review_crime_recording() == 0
+        assert scheduled.review_crime_recording() == 0
         assert review_row(ledger) is None
 
 
@@ -1055,16 +1035,15 @@ class TestCancelledCrime:
         self, ledger: Ledger, keys: KeyMaterial, clock: FakeClock
     ) -> None:
         publisher = RecordingPublisher(fail_times=1)  # the referral is parked, not delivered
-        service = make_service(
-            ledger=ledger, sealer=keys.sealer(), publisher=publisher, clock=clock
-        )
+        layer = make_layer(ledger=ledger, sealer=keys.sealer(), publisher=publisher, clock=clock)
+        service = layer.service
         service.handle(crime_message(make_crime()))
         assert publisher.sent == []
         cancelled = make_crime(version=2, status=CrimeStatus.CANCELLED)
 
         service.handle(crime_message(cancelled))
         clock.advance(timedelta(hours=1))
-        service.flush()
+        layer.scheduled.flush()
 
         assert publisher.sent == []
         [row] = [d for d in ledger.deliveries(state="cancelled")]
@@ -1085,16 +1064,15 @@ class TestOrderingPerReferral:
         self, ledger: Ledger, keys: KeyMaterial, clock: FakeClock
     ) -> None:
         publisher = RecordingPublisher(fail_times=1)  # the referral is parked
-        service = make_service(
-            ledger=ledger, sealer=keys.sealer(), publisher=publisher, clock=clock
-        )
+        layer = make_layer(ledger=ledger, sealer=keys.sealer(), publisher=publisher, clock=clock)
+        service = layer.service
         service.handle(crime_message(make_crime()))
         changed = make_crime(make_victim(phone="07700 900456"), version=2)
 
         service.handle(crime_message(changed))  # the update waits for its referral
         assert publisher.sent == []
         clock.advance(timedelta(hours=1))
-        service.flush()
+        layer.scheduled.flush()
 
         referral_id = ids.referral_id(LANCASHIRE, CRIME_REF, VICTIM)
         assert [(m.type, m.message_id) for m in publisher.sent] == [
@@ -1210,12 +1188,16 @@ class TestUpgradeFromSchema3:
         ]
 
     def test_a_victim_it_held_is_asked_for_consent_when_its_old_hold_ends(
-        self, service: ReferralService, publisher: RecordingPublisher, clock: FakeClock
+        self,
+        service: ReferralService,
+        holds: HoldExpiry,
+        publisher: RecordingPublisher,
+        clock: FakeClock,
     ) -> None:
         """The old release held for 1 working day with no task; now the officer is asked."""
         clock.advance(timedelta(days=2))
 
-        assert service.expire_holds() == 1
+        assert holds.expire() == 1
 
         [task] = publisher.sent
         assert task.event["data"]["reason"] == "consent_needed"

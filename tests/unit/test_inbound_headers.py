@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-from referral_bridge.transport.consumer import (
-    FIRST_FAILED_AT_HEADER,
-    REPLAY_COUNT_HEADER,
-    inbound_headers,
-)
+from referral_bridge.transport.consumer import inbound_headers
+from referral_bridge.wire import FIRST_FAILED_AT_HEADER, REPLAY_COUNT_HEADER
 
 HOSTILE = "Jane Doe 07700 900456 \x1b[2J"
 

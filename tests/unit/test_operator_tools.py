@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
-import shutil
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import structlog
@@ -21,7 +22,7 @@ from referral_bridge.ledger import Ledger
 from referral_bridge.ledger import schema as t
 from referral_bridge.operator.deadletters import DeadLetterMessage
 from referral_bridge.settings import CONFIG_ENV
-from tests.fakes import POLICY_FILE
+from tests.fakes import write_operator_config
 
 
 @pytest.fixture(autouse=True)
@@ -44,25 +45,7 @@ def restore_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 @pytest.fixture
 def production_config(tmp_path: Path) -> Path:
-    """The documented install's shape: keys under ${CREDENTIALS_DIRECTORY}, which a shell lacks."""
-    shutil.copy(POLICY_FILE, tmp_path / "policy.toml")
-    path = tmp_path / "referral-bridge.toml"
-    path.write_text(
-        '[bridge]\npolicy_file = "policy.toml"\ndata_dir = "data"\n\n'
-        '[keys]\nsigning_key = "${CREDENTIALS_DIRECTORY}/bridge.private.jwk"\n\n'
-        "[providers.lancashire-victim-services]\n"
-        'public_keys = "/etc/referral-bridge/keys/absent.public.jwk"\n'
-        "[providers.homicide-service]\n"
-        'public_keys = "/etc/referral-bridge/keys/absent.public.jwk"\n'
-        'client_cert = "${CREDENTIALS_DIRECTORY}/homicide-client.crt"\n'
-        'client_key = "${CREDENTIALS_DIRECTORY}/homicide-client.key"\n'
-        "[providers.remote-broker]\n"
-        'public_keys = "/etc/referral-bridge/keys/absent.public.jwk"\n'
-        'broker_url = "amqps://bridge@provider.example:5671/referrals"\n'
-        'broker_ca_bundle = "${CREDENTIALS_DIRECTORY}/provider-ca.pem"\n',
-        encoding="utf-8",
-    )
-    return path
+    return write_operator_config(tmp_path)
 
 
 @pytest.fixture
@@ -78,8 +61,29 @@ def run(*argv: str) -> int:
     return cli.main(["--log-level", "WARNING", "--no-log-json", *argv])
 
 
+#: Every operator command that reads or writes the ledger, as an operator would type it.
+LEDGER_COMMANDS = [
+    ("audit",),
+    ("audit", "verify"),
+    ("provider", "deliveries"),
+    ("provider", "resend", "no-such-message"),
+    ("report", "--no-dead-letters"),
+    ("retention", "--dry-run"),
+]
+
+
 @pytest.mark.usefixtures("worker_has_run")
 class TestNoKeysNeeded:
+    @pytest.mark.parametrize("command", LEDGER_COMMANDS, ids=" ".join)
+    def test_no_operator_command_reads_a_key(
+        self, production_config: Path, command: tuple[str, ...], capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        code = run(*command, "--config", str(production_config))
+
+        # `resend` of an unknown id fails, as it should; but none is a configuration error.
+        assert code in (cli.RET_OK, cli.RET_FAILURE)
+        assert "CREDENTIALS_DIRECTORY" not in capsys.readouterr().err
+
     def test_dlq_list_works_without_the_credentials_directory(
         self, production_config: Path
     ) -> None:
@@ -119,21 +123,29 @@ class TestEmbeddedBroker:
 
 
 class TestNoMigration:
-    def test_audit_refuses_a_ledger_of_an_older_schema_and_leaves_it_as_it_was(
-        self, production_config: Path, worker_has_run: Path, capsys: pytest.CaptureFixture[str]
+    @pytest.mark.parametrize("command", LEDGER_COMMANDS, ids=" ".join)
+    def test_no_operator_command_upgrades_an_older_ledger(
+        self,
+        production_config: Path,
+        worker_has_run: Path,
+        command: tuple[str, ...],
+        capsys: pytest.CaptureFixture[str],
     ) -> None:
         engine = create_engine(f"sqlite:///{worker_has_run / 'ledger.sqlite3'}")
         with engine.begin() as connection:
             connection.execute(t.schema_info.update().values(value="1"))
 
-        assert run("audit", "--config", str(production_config)) == cli.RET_CONFIG
+        assert run(*command, "--config", str(production_config)) == cli.RET_CONFIG
         with engine.connect() as connection:
             assert connection.execute(select(t.schema_info.c.value)).scalar_one() == "1"
         engine.dispose()
         assert "does not migrate" in capsys.readouterr().err
 
-    def test_audit_does_not_create_a_missing_sqlite_ledger(self, production_config: Path) -> None:
-        assert run("audit", "--config", str(production_config)) == cli.RET_CONNECT
+    @pytest.mark.parametrize("command", LEDGER_COMMANDS, ids=" ".join)
+    def test_no_operator_command_creates_a_missing_sqlite_ledger(
+        self, production_config: Path, command: tuple[str, ...]
+    ) -> None:
+        assert run(*command, "--config", str(production_config)) == cli.RET_CONNECT
         assert not (production_config.parent / "data").exists()
 
 
@@ -171,8 +183,9 @@ class TestRevealAsJson:
                 return [letter]
 
         monkeypatch.setattr(dlq_commands, "_queue", lambda settings: OneLetter())
-        monkeypatch.setattr(dlq_commands, "_audit_reveal", lambda settings, letters, why: [7])
-        monkeypatch.setattr(dlq_commands, "operator_settings_from", lambda args: None)
+        monkeypatch.setattr(dlq_commands, "_audit_reveal", lambda session, letters, why: [7])
+        no_session = contextlib.nullcontext(SimpleNamespace(settings=None))
+        monkeypatch.setattr(dlq_commands, "operator_session", lambda args: no_session)
         args = argparse.Namespace(id="msg-1", reveal=True, reason="INC-1", json=True)
 
         assert dlq_commands.cmd_show(args) == cli.RET_OK

@@ -11,36 +11,35 @@ from typing import Any
 
 import pytest
 
+from referral_bridge.bootstrap import ServiceLayer
 from referral_bridge.core.case import CaseSnapshot
 from referral_bridge.core.events import CaseKind, DeadLetterReason
 from referral_bridge.errors import LedgerUnavailableError
 from referral_bridge.ledger import Ledger, LedgerTransaction
-from referral_bridge.service.handler import (
-    CLOUDEVENTS_JSON,
-    ReferralService,
-    snapshot_of,
-)
+from referral_bridge.service.handler import ReferralService
+from referral_bridge.service.holds import HoldExpiry
+from referral_bridge.service.matters import snapshot_of
 from referral_bridge.transport import Ack, DeadLetter, InboundMessage, Retry
+from referral_bridge.transport.publisher import CLOUDEVENTS_JSON
 from tests.fakes import (
     REFERRALS_EXCHANGE,
+    START,
     FakeClock,
     RecordingPublisher,
     RecordingSealer,
     cloudevent,
     inbound,
+    make_layer,
     make_service,
 )
 from tests.unit.factories import (
     FAKE_EMAIL,
     FAKE_NAME,
     FAKE_PHONE,
-    REPORTED_AT,
     make_crime,
     make_incident,
     make_victim,
 )
-
-START = REPORTED_AT + timedelta(hours=1)
 
 
 class CountingLedger(Ledger):
@@ -100,13 +99,23 @@ def sealer() -> RecordingSealer:
 
 
 @pytest.fixture
-def service(
+def layer(
     ledger: CountingLedger,
     sealer: RecordingSealer,
     publisher: RecordingPublisher,
     clock: FakeClock,
-) -> ReferralService:
-    return make_service(ledger=ledger, sealer=sealer, publisher=publisher, clock=clock)
+) -> ServiceLayer:
+    return make_layer(ledger=ledger, sealer=sealer, publisher=publisher, clock=clock)
+
+
+@pytest.fixture
+def service(layer: ServiceLayer) -> ReferralService:
+    return layer.service
+
+
+@pytest.fixture
+def holds(layer: ServiceLayer) -> HoldExpiry:
+    return layer.holds
 
 
 def crime_message(event_id: str = "event-1", **crime: Any) -> Any:
@@ -292,9 +301,9 @@ class TestOutboundMessages:
 
 class TestScheduledWork:
     def test_expiring_holds_with_none_due_publishes_nothing(
-        self, service: ReferralService, publisher: RecordingPublisher
+        self, service: ReferralService, holds: HoldExpiry, publisher: RecordingPublisher
     ) -> None:
-        assert service.expire_holds() == 0
+        assert holds.expire() == 0
         assert publisher.sent == []
 
     def test_flush_with_a_grace_period_leaves_messages_younger_than_it(
@@ -302,12 +311,13 @@ class TestScheduledWork:
     ) -> None:
         # Every in-place attempt fails, so the message is parked (delivery semantics, issue 3).
         publisher = RecordingPublisher(fail_times=3)
-        service = make_service(ledger=ledger, sealer=sealer, publisher=publisher, clock=clock)
+        layer = make_layer(ledger=ledger, sealer=sealer, publisher=publisher, clock=clock)
+        service = layer.service
         service.handle(crime_message())
 
-        assert service.flush(older_than=timedelta(minutes=5)) == 0
+        assert layer.scheduled.flush(older_than=timedelta(minutes=5)) == 0
         clock.advance(timedelta(minutes=6))
-        assert service.flush(older_than=timedelta(minutes=5)) == 1
+        assert layer.scheduled.flush(older_than=timedelta(minutes=5)) == 1
 
 
 class TestSnapshots:
