@@ -41,7 +41,8 @@ from referral_bridge.ledger import (
 )
 from referral_bridge.runtime.metrics import BridgeMetrics
 from referral_bridge.service.matters import lock_matter, snapshot_of
-from referral_bridge.service.outbox import JOSE, OutboxEntry, OutboxWriter
+from referral_bridge.service.outbox import OutboxEntry, OutboxWriter
+from referral_bridge.wire import JOSE
 
 log = structlog.get_logger("referral_bridge.service")
 

@@ -16,9 +16,8 @@ from pydantic import BaseModel
 
 from referral_bridge.core.events import OutboundEvent, TaskKind
 from referral_bridge.ledger import AuditFacts, IssuedTaskRow, LedgerTransaction, OutboxMessage
+from referral_bridge.wire import EVENT_TYPE_HEADER, JSON_CONTENT
 
-JOSE = "application/jose"
-JSON_CONTENT = "application/json"
 #: Each kind of officer task: its CloudEvent type, and its routing key (also its outbox kind).
 TASK_MESSAGES: Mapping[TaskKind, tuple[str, str]] = {
     TaskKind.LEAFLET: ("officer.task.leaflet", "task.leaflet"),
@@ -105,7 +104,7 @@ class OutboxWriter:
                 kind=entry.kind,
                 exchange=entry.exchange,
                 routing_key=entry.routing_key,
-                headers={"x-rb-event-type": entry.event_type},
+                headers={EVENT_TYPE_HEADER: entry.event_type},
                 body=body,
                 provider=entry.provider,
                 deadline=entry.deadline,

@@ -20,7 +20,7 @@ from referral_bridge.service.handler import ReferralService
 from referral_bridge.service.holds import HoldExpiry
 from referral_bridge.service.matters import snapshot_of
 from referral_bridge.transport import Ack, DeadLetter, InboundMessage, Retry
-from referral_bridge.transport.publisher import CLOUDEVENTS_JSON
+from referral_bridge.wire import CLOUDEVENTS_JSON
 from tests.fakes import (
     REFERRALS_EXCHANGE,
     START,
