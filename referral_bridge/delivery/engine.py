@@ -195,7 +195,7 @@ class DeliveryEngine:
         deadline = self._monotonic() + self._policy.pass_budget_seconds
         self._record_unmarked()
         pending: list[PendingDelivery] = []
-        cursor: tuple[datetime, str] | None = None
+        cursor: int | None = None
         while True:
             page = self._ledger.due_deliveries(
                 self._clock(), event_ids=event_ids, after=cursor, limit=_PAGE
@@ -203,7 +203,7 @@ class DeliveryEngine:
             pending.extend(page)
             if len(page) < _PAGE:
                 break
-            cursor = (page[-1].created_at, page[-1].message_id)
+            cursor = page[-1].seq
         for _round in range(_ROUNDS):
             if not pending or self._monotonic() >= deadline:
                 break
@@ -323,7 +323,7 @@ class DeliveryEngine:
     ) -> PassReport:
         report = PassReport()
         now = self._clock()
-        cursor: tuple[datetime, str] | None = None
+        cursor: int | None = None
         waiting: list[PendingDelivery] = []
         spent = False
         while not spent:
@@ -344,7 +344,7 @@ class DeliveryEngine:
                     waiting.append(delivery)
             if len(page) < _PAGE:
                 break
-            cursor = (page[-1].created_at, page[-1].message_id)
+            cursor = page[-1].seq
         # What waited on a message delivered later in this pass need not wait for the next one.
         if report.delivered and not spent:
             for delivery in waiting:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, Engine, and_, func, or_, select
+from sqlalchemy import Engine, and_, func, or_, select
 
 from referral_bridge.core.outcomes import ESCALATING_KINDS
 from referral_bridge.ledger import schema as t
@@ -29,20 +29,20 @@ class DueWork:
         *,
         event_id: str | None = None,
         created_before: datetime | None = None,
-        after: tuple[datetime, str] | None = None,
+        after: int | None = None,
         limit: int = 200,
         skip_providers: Collection[str | None] = (),
         event_ids: Collection[str] | None = None,
     ) -> list[PendingDelivery]:
-        """Undelivered, unrejected rows whose next attempt is due, oldest first.
+        """Undelivered, unrejected rows whose next attempt is due, in the order they were written.
 
         `skip_providers` leaves out receivers whose circuit is open (None: rows without a
         provider, the officers' tasks), so a pass does not read what it will not try.
 
         `created_before` applies only to rows never parked: a row another worker has just
         committed is left to that worker, while a parked row is due whatever its age. `after`
-        is a (created_at, message_id) cursor for paging through a pass. `event_ids`: only the
-        rows of these events (a batch's).
+        is the `seq` of the last row of the previous page, for paging through a pass.
+        `event_ids`: only the rows of these events (a batch's).
         """
         query = delivery_query().where(
             OPEN,
@@ -61,7 +61,7 @@ class DueWork:
                 )
             )
         if after is not None:
-            query = query.where(_after(after))
+            query = query.where(t.outbox.c.seq > after)
         named = [p for p in skip_providers if p is not None]
         if named:
             query = query.where(
@@ -69,7 +69,7 @@ class DueWork:
             )
         if None in skip_providers:
             query = query.where(t.outbox.c.provider.is_not(None))
-        query = query.order_by(t.outbox.c.created_at, t.outbox.c.message_id).limit(limit)
+        query = query.order_by(t.outbox.c.seq).limit(limit)
         with reading(self.engine) as connection:
             return [pending_from_row(row) for row in connection.execute(query)]
 
@@ -77,9 +77,11 @@ class DueWork:
         """The message id that must be delivered before this one, if any.
 
         Per case and destination (exchange and routing key, i.e. one provider or the officers'
-        tasks) messages go in created_at order, and a withdrawal never overtakes the referral it
-        withdraws. Rejected rows hold nothing up (they wait for an operator), except while an
-        attempt at them may still be under way: a referral cancelled mid-attempt may yet arrive.
+        tasks) messages go in the order they were written (`seq`, numbered by the database, not
+        by the writer's clock, which may differ between workers or step back), and a withdrawal
+        never overtakes the referral it withdraws. Rejected rows hold nothing up (they wait for
+        an operator), except while an attempt at them may still be under way: a referral
+        cancelled mid-attempt may yet arrive.
         """
         message = delivery.message
         holds_up = and_(
@@ -105,10 +107,19 @@ class DueWork:
                     t.outbox.c.exchange == message.exchange,
                     t.outbox.c.routing_key == message.routing_key,
                     holds_up,
-                    # Strictly earlier: rows written together are independent of each other.
-                    t.outbox.c.created_at < delivery.created_at,
-                    # A referral never waits for its own withdrawal (clocks of several workers
-                    # may disagree), or the two would wait for each other for ever.
+                    # Written earlier. A case's transactions are serialised by its matter lock,
+                    # so a later transaction's rows have later numbers (see
+                    # migrations.number_outbox_rows).
+                    t.outbox.c.seq < delivery.seq,
+                    # Rows one event wrote together are independent of each other (two
+                    # victims' referrals to one provider): neither waits for the other.
+                    or_(
+                        t.outbox.c.event_id != message.event_id,
+                        t.outbox.c.created_at != delivery.created_at,
+                    ),
+                    # A referral never waits for its own withdrawal, or the two would wait for
+                    # each other for ever (a withdrawal is written after its referral, so this
+                    # only guards against a row numbered out of order by hand).
                     or_(
                         t.actions.c.related_id.is_(None),
                         t.actions.c.related_id != message.message_id,
@@ -137,7 +148,7 @@ class DueWork:
                 # An attempt under way (or whose "delivered" mark is being retried) may succeed.
                 unclaimed(now),
             )
-            .order_by(t.outbox.c.deadline, t.outbox.c.message_id)
+            .order_by(t.outbox.c.deadline, t.outbox.c.seq)
             .limit(limit)
         )
         with reading(self.engine) as connection:
@@ -185,12 +196,3 @@ class DueWork:
         )
         with reading(self.engine) as connection:
             return list(connection.execute(query).scalars())
-
-
-def _after(cursor: tuple[datetime, str]) -> ColumnElement[bool]:
-    """Rows after a (created_at, message_id) cursor, in delivery order."""
-    at, message_id = cursor
-    return or_(
-        t.outbox.c.created_at > at,
-        and_(t.outbox.c.created_at == at, t.outbox.c.message_id > message_id),
-    )

@@ -47,7 +47,7 @@ class OperatorQueries:
             query = query.where(_CANCELLED)
         if provider is not None:
             query = query.where(t.outbox.c.provider == provider)
-        query = query.order_by(t.outbox.c.created_at, t.outbox.c.message_id).limit(limit)
+        query = query.order_by(t.outbox.c.seq).limit(limit)
         with reading(self.engine) as connection:
             return [pending_from_row(row) for row in connection.execute(query)]
 

@@ -244,6 +244,7 @@ def pending_from_row(row: Row[Any]) -> PendingDelivery:
         victim_id=row.victim_id,
         related_id=row.related_id,
         created_at=row.created_at,
+        seq=row.seq,
         attempts=row.attempts,
         next_attempt_at=row.next_attempt_at,
         last_error=row.last_error,

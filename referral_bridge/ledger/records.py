@@ -205,6 +205,8 @@ class PendingDelivery:
     #: A withdrawal: the referral it withdraws.
     related_id: str | None
     created_at: datetime
+    #: The database's order of writes (schema.outbox `seq`): what "earlier" means for delivery.
+    seq: int
     attempts: int
     next_attempt_at: datetime | None
     last_error: str | None

@@ -247,6 +247,8 @@ def sweep(
     `limit`: at most this many matters, the longest idle first (the scheduled sweep runs on the
     consumer's thread, which must keep feeding the watchdog; it comes back for the rest).
     """
+    if not dry_run:
+        ledger.forget_redeliveries(now)  # housekeeping, no personal data: rides on the sweep
     found = sorted(due(ledger, now=now, erase_after=erase_after), key=lambda m: m.last_activity)
     if limit is not None:
         found = found[:limit]

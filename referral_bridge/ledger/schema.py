@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Column,
     DateTime,
@@ -49,7 +50,7 @@ class UtcDateTime(TypeDecorator[datetime]):
 
 
 #: Bump with a migration step in migrations.py whenever the tables below change.
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 metadata = MetaData()
 
@@ -284,6 +285,13 @@ outbox = Table(
     #: Why the bridge cancelled the row before delivery (records.CancelReason); NULL: it did not.
     #: `last_error` keeps the operator's text ("cancelled: ...").
     Column("cancel_reason", String(32)),
+    # Version 9: scale-out (issue 11 item 2).
+    #: The order rows were written in, assigned by the database, never by a writer's clock: a
+    #: case's messages go out in `seq` order (migrations.number_outbox_rows says how and why).
+    #: Declared nullable because SQLite fills it in a trigger just after the insert; PostgreSQL
+    #: makes it an identity column, NOT NULL.
+    Column("seq", BigInteger),
+    Index("uq_rb_outbox_seq", "seq", unique=True),
 )
 
 #: Append-only record of disclosures and operator actions: who was told what, when and why.
@@ -328,3 +336,17 @@ jobs = Table(
     Column("last_run_at", UtcDateTime(), nullable=False),
 )
 # --- end of version 7 ----------------------------------------------------------------------
+
+# --- Version 9: scale-out (issue 11 item 2) ----------------------------------------------------
+#: How often a message came back from a classic queue unsettled (its worker died or lost its
+#: connection while handling it), which such a queue does not count itself (a quorum queue's
+#: `x-delivery-count` does). Keyed by a SHA-256 of the message's identity, not the message: no
+#: personal data. Written only for redelivered messages (ledger/redeliveries.py).
+redeliveries = Table(
+    "rb_redeliveries",
+    metadata,
+    Column("message_key", String(64), primary_key=True),
+    Column("count", Integer, nullable=False),
+    Column("last_at", UtcDateTime(), nullable=False, index=True),
+)
+# --- end of version 9 ----------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """The ledger as a whole: opening it, migrating it, and one transaction per inbound message.
 
 `Ledger` is one object for its callers, built from one base class per job: the outbox's
-delivery writes (outbox.py), what has come due (due.py) and operators' queries
-(operator_queries.py). Each base needs only `engine`.
+delivery writes (outbox.py), what has come due (due.py), operators' queries
+(operator_queries.py) and the unsettled deliveries of a classic queue (redeliveries.py). Each
+base needs only `engine`.
 """
 
 from __future__ import annotations
@@ -32,12 +33,14 @@ from referral_bridge.ledger.engine import (
 from referral_bridge.ledger.migrations import current_version, migrate
 from referral_bridge.ledger.operator_queries import OperatorQueries
 from referral_bridge.ledger.outbox import OutboxDeliveries
+from referral_bridge.ledger.redeliveries import RedeliveryCounts
 from referral_bridge.ledger.roles import audit_powers
 from referral_bridge.ledger.transaction import LedgerTransaction
 
 
-class Ledger(OutboxDeliveries, DueWork, OperatorQueries):
-    """The ledger: transactions, the outbox's delivery state, due work and operators' queries."""
+class Ledger(OutboxDeliveries, DueWork, OperatorQueries, RedeliveryCounts):
+    """The ledger: transactions, the outbox's delivery state, due work, operators' queries and
+    the unsettled deliveries of a classic queue."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine

@@ -48,19 +48,40 @@ class LedgerTransaction(OutboxInTransaction, TasksAndOutcomes):
 
     def lock(self, refs: Iterable[str]) -> None:
         """Serialise work on these refs across workers (no-op beyond SQLite's own write lock)."""
+        self._lock_rows(refs, skip_locked=False)
+
+    def try_lock(self, refs: Iterable[str]) -> bool:
+        """`lock` without waiting: False if another worker holds any of these refs now.
+
+        For scheduled work that every worker finds due (holds, crime reviews, escalations):
+        a case another worker is deciding this tick is skipped, not queued behind, and comes up
+        again on the next tick if it is still due. On False the locks this call did get are
+        held until the transaction ends: end it without using them.
+
+        PostgreSQL: `SELECT ... FOR UPDATE SKIP LOCKED` on the refs' `rb_locks` rows. A ref's
+        row is created the first time it is locked; two workers creating the same new row at
+        once would wait for each other's insert, but scheduled work is about refs an event
+        already locked. SQLite: one writer at a time (`BEGIN IMMEDIATE`), so holding the
+        transaction is holding every lock, as for `lock`.
+        """
+        return self._lock_rows(refs, skip_locked=True)
+
+    def _lock_rows(self, refs: Iterable[str], *, skip_locked: bool) -> bool:
+        """Lock the refs' `rb_locks` rows (PostgreSQL), in sorted order; whether all were got."""
         ordered = sorted(set(refs))
         if not self._postgres or not ordered:
-            return
+            return True
         self._c.execute(
             postgresql.insert(t.locks).on_conflict_do_nothing(),
             [{"ref": ref} for ref in ordered],
         )
-        self._c.execute(
+        got = self._c.execute(
             select(t.locks.c.ref)
             .where(t.locks.c.ref.in_(ordered))
             .order_by(t.locks.c.ref)
-            .with_for_update()
+            .with_for_update(skip_locked=skip_locked)
         ).all()
+        return len(got) == len(ordered)
 
     @contextmanager
     def savepoint(self) -> Iterator[None]:
@@ -234,6 +255,17 @@ class LedgerTransaction(OutboxInTransaction, TasksAndOutcomes):
         rows = self._c.execute(
             select(t.holds.c.case_ref, t.holds.c.victim_id).where(
                 t.holds.c.case_ref.in_(set(refs)), t.holds.c.open
+            )
+        )
+        return [(row.case_ref, row.victim_id) for row in rows]
+
+    def ended_holds(self, refs: Iterable[str], now: datetime) -> list[tuple[str, str]]:
+        """(case ref, victim id) of every hold under these refs still open though ended by
+        `now`: what hold expiry re-reads under the matter's lock (another worker may have
+        expired them since `Ledger.due_holds` found them)."""
+        rows = self._c.execute(
+            select(t.holds.c.case_ref, t.holds.c.victim_id).where(
+                t.holds.c.case_ref.in_(set(refs)), t.holds.c.open, t.holds.c.until <= now
             )
         )
         return [(row.case_ref, row.victim_id) for row in rows]

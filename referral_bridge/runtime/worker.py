@@ -287,6 +287,7 @@ def run(bridge: Bridge, stop: threading.Event, *, notifier: Notifier | None = No
             batch_handler=bridge.service.handle_batch,
             batch_size=settings.broker.batch_size,
             batch_max_wait=settings.broker.batch_max_wait_seconds,
+            count_redelivery=bridge.ledger.count_redelivery,
         )
         try:
             consumer.run(stop)

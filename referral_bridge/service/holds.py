@@ -19,7 +19,7 @@ from referral_bridge.ledger import Ledger
 from referral_bridge.runtime.metrics import BridgeMetrics
 from referral_bridge.service.deciding import CaseDecider
 from referral_bridge.service.effects import count_decision
-from referral_bridge.service.matters import lock_matter
+from referral_bridge.service.matters import try_lock_matter
 
 log = structlog.get_logger("referral_bridge.service")
 
@@ -75,7 +75,11 @@ class HoldExpiry:
 
     def _expire_case(self, case_ref: str, now: datetime) -> tuple[Decision, ...]:
         with self._ledger.transaction() as tx:
-            matter = lock_matter(tx, {case_ref})
+            # Several workers find the same ended holds: a case another one is deciding now
+            # is skipped, not waited for, and one decided since due_holds read it is left.
+            matter = try_lock_matter(tx, {case_ref})
+            if matter is None or not tx.ended_holds({case_ref}, now):
+                return ()
             decisions: tuple[Decision, ...] = ()
             crimes = tx.crimes_among(matter)
             if case_ref in crimes or not crimes:

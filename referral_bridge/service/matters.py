@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from referral_bridge.core.case import CaseSnapshot
@@ -17,10 +17,32 @@ def lock_matter(tx: LedgerTransaction, named: set[str]) -> set[str]:
     we waited are locked too (out of order: PostgreSQL resolves a deadlock by aborting one
     side, which then retries).
     """
+
+    def wait_for(refs: Iterable[str]) -> bool:
+        tx.lock(refs)
+        return True
+
+    matter = _locked_matter(tx, named, wait_for)
+    assert matter is not None  # waiting always gets the locks
+    return matter
+
+
+def try_lock_matter(tx: LedgerTransaction, named: set[str]) -> set[str] | None:
+    """`lock_matter` for scheduled work, without waiting: None when another worker holds a
+    record of the matter now (it is deciding the case: skip it this tick, see
+    `LedgerTransaction.try_lock`). End the transaction without using it then."""
+    return _locked_matter(tx, named, tx.try_lock)
+
+
+def _locked_matter(
+    tx: LedgerTransaction, named: set[str], lock: Callable[[Iterable[str]], bool]
+) -> set[str] | None:
     matter = tx.matter(named)
-    tx.lock(matter)
+    if not lock(matter):
+        return None
     while (grown := tx.matter(matter)) != matter:
-        tx.lock(grown - matter)
+        if not lock(grown - matter):
+            return None
         matter = grown
     return matter
 

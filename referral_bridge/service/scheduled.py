@@ -18,7 +18,7 @@ from referral_bridge.core.review import review_due_by
 from referral_bridge.delivery import DeliveryEngine
 from referral_bridge.errors import LedgerUnavailableError
 from referral_bridge.ledger import IssuedTaskRow, Ledger, LedgerTransaction
-from referral_bridge.service.matters import lock_matter, snapshot_of
+from referral_bridge.service.matters import snapshot_of, try_lock_matter
 from referral_bridge.service.outbox import OutboxWriter
 
 log = structlog.get_logger("referral_bridge.service")
@@ -91,7 +91,9 @@ class ScheduledWork:
     def _raise_crime_review(
         self, tx: LedgerTransaction, incident_ref: str, now: datetime
     ) -> str | None:
-        matter = lock_matter(tx, {incident_ref})
+        matter = try_lock_matter(tx, {incident_ref})
+        if matter is None:
+            return None  # another worker is deciding this incident: the next tick comes back
         review = tx.crime_review(incident_ref)
         if review is None or review.raised_at is not None or review.resolved_at:
             return None
@@ -147,6 +149,10 @@ class ScheduledWork:
         with self._ledger.transaction() as tx:
             task = tx.task(task_id)
             if task is None or not needs_escalation(task, now):
+                return False
+            # Another worker escalating it, or handling an event of its case, holds the case:
+            # skip it rather than wait on the claim below (the next tick comes back).
+            if not tx.try_lock({task.case_ref}):
                 return False
             escalation_id = ids.escalation_task_id(task_id)
             if not tx.claim_escalation(task_id, escalation_id, now):

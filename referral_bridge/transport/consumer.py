@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import re
 import threading
 import time
@@ -59,6 +60,11 @@ log = structlog.get_logger(__name__)
 
 #: Verdicts for a batch of messages, one each, in order (group commit).
 BatchHandler = Callable[[Sequence[InboundMessage]], list[Verdict]]
+
+#: Counts one more unsettled delivery of a message copy (named by a key without personal data)
+#: at a time, and returns the count so far, shared by every worker and kept across restarts
+#: (`Ledger.count_redelivery`): what a classic queue does not count itself.
+RedeliveryCounter = Callable[[str, datetime], int]
 
 
 #: The headers a message keeps from one failure to the next (set by `dlq replay`).
@@ -124,10 +130,14 @@ class Consumer:
         batch_handler: BatchHandler | None = None,
         batch_size: int = 1,
         batch_max_wait: float = DEFAULT_BATCH_MAX_WAIT_SECONDS,
+        count_redelivery: RedeliveryCounter | None = None,
     ) -> None:
         """`batch_handler` (with `batch_size` > 1) turns on group commit: what prefetch has
         delivered is handed over in batches of up to `batch_size`, gathered for at most
-        `batch_max_wait` seconds after the first; a lone message goes at once."""
+        `batch_max_wait` seconds after the first; a lone message goes at once.
+
+        `count_redelivery` counts the unsettled deliveries a classic queue does not (see
+        `_unsettled`); without it a redelivery there counts as none."""
         self._spec = spec
         self._topology = topology
         self._handler = handler
@@ -146,6 +156,7 @@ class Consumer:
         self._batch_handler = batch_handler if batch_size > 1 else None
         self._batch_size = batch_size
         self._batch_max_wait = batch_max_wait
+        self._count_redelivery = count_redelivery
         #: Messages delivered and not yet handed over (group commit only).
         self._batch: list[tuple[Message, InboundMessage]] = []
         self._stop = threading.Event()
@@ -331,16 +342,17 @@ class Consumer:
 
     def _on_message(self, message: Message) -> None:
         headers = dict(message.headers or {})
-        # A quorum queue counts the deliveries that came back unsettled (a worker killed while
-        # handling it, on any worker): each is an attempt that failed, as the retry copies' are.
-        unsettled = attempts_carried(headers.get(DELIVERY_COUNT_HEADER))
+        body = raw_body(message)
+        redelivered = _redelivered(message)
+        carried = attempts_carried(headers.get(ATTEMPTS_HEADER))
+        unsettled = self._unsettled(headers, body, carried, redelivered=redelivered)
         inbound = InboundMessage(
-            body=raw_body(message),
+            body=body,
             headers=inbound_headers(headers),
             routing_key=_original_routing_key(message),
-            redelivered=_redelivered(message),
+            redelivered=redelivered,
             delivery_tag=message.delivery_tag,
-            attempts=attempts_carried(headers.get(ATTEMPTS_HEADER)) + unsettled,
+            attempts=carried + unsettled,
         )
         if unsettled and self._retry_policy.exhausted(inbound.attempts):
             # Not handed over again: a message that takes its worker down each time (a poison
@@ -361,6 +373,30 @@ class Consumer:
             self._batch.append((message, inbound))
             return
         self._handle_one(message, inbound)
+
+    def _unsettled(
+        self, headers: Mapping[str, Any], body: bytes, carried: int, *, redelivered: bool
+    ) -> int:
+        """How often this copy of the message came back unsettled (a worker killed while
+        handling it, on any worker): each is an attempt that failed, as the retry copies' are.
+
+        A quorum queue says so itself (`x-delivery-count`). A classic queue (and the embedded
+        broker) only marks a redelivery, so that is counted in the ledger, keyed by the copy:
+        its body and the attempts and replays it carries (a retry copy or a replayed dead
+        letter starts afresh, as on a quorum queue). Only redeliveries are counted, so the
+        normal path costs nothing. If the count cannot be had (the ledger is away) the message
+        goes to the handler, whose own failure then retries it.
+        """
+        if DELIVERY_COUNT_HEADER in headers or not redelivered:
+            return attempts_carried(headers.get(DELIVERY_COUNT_HEADER))
+        if self._count_redelivery is None:
+            return 0
+        key = _copy_key(body, carried, headers.get(REPLAY_COUNT_HEADER))
+        try:
+            return self._count_redelivery(key, self._clock())
+        except Exception as exc:
+            log.warning("transport.redelivery_not_counted", error_type=type(exc).__name__)
+            return 0
 
     def _handle_one(self, message: Message, inbound: InboundMessage) -> None:
         try:
@@ -524,6 +560,14 @@ def _original_routing_key(message: Message) -> str:
     if direct and isinstance(original, str) and _ROUTING_KEY.fullmatch(original):
         return original
     return str((message.delivery_info or {}).get("routing_key") or "")
+
+
+def _copy_key(body: bytes, carried: int, replays: object) -> str:
+    """A SHA-256 naming one copy of a message (its body, attempts carried and replays): the
+    ledger keeps a count under it, never the body."""
+    digest = hashlib.sha256(body)
+    digest.update(f"\0{carried}\0{replays if type(replays) is int else 0}".encode())
+    return digest.hexdigest()
 
 
 def _redelivered(message: Message) -> bool:

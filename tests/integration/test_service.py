@@ -729,7 +729,7 @@ class OutageAfterCommitLedger(Ledger):
         *,
         event_id: str | None = None,
         created_before: datetime | None = None,
-        after: tuple[datetime, str] | None = None,
+        after: int | None = None,
         limit: int = 200,
         skip_providers: Collection[str | None] = (),
         event_ids: Collection[str] | None = None,
