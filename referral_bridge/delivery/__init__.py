@@ -8,21 +8,21 @@ stops hammering one that is down; a rejection or a passed deadline issues a leaf
 
 from referral_bridge.delivery.amqp import AmqpRoute, OutboxPublisher, ReferralsBrokerPublisher
 from referral_bridge.delivery.circuit import CircuitBreaker, CircuitState
-from referral_bridge.delivery.engine import (
-    FALLBACK_EVENT,
-    REASON_REJECTED,
-    REASON_UNREACHABLE,
-    DeliveryEngine,
-    FallbackIssuer,
-    PassReport,
-)
+from referral_bridge.delivery.engine import DeliveryEngine
 from referral_bridge.delivery.errors import (
     DeliveryError,
     DeliveryRejectedError,
     TransientDeliveryError,
 )
+from referral_bridge.delivery.fallbacks import (
+    FALLBACK_EVENT,
+    REASON_REJECTED,
+    REASON_UNREACHABLE,
+    FallbackIssuer,
+)
 from referral_bridge.delivery.https import HttpsRoute
 from referral_bridge.delivery.policy import DeliveryPolicy, park_delay
+from referral_bridge.delivery.results import PassReport
 from referral_bridge.delivery.routes import Route
 
 __all__ = [

@@ -44,6 +44,28 @@ class DeliveryPolicy:
         the ledger round trips. A withdrawal waits at most this long after a crashed attempt."""
         return timedelta(seconds=2 * self.pass_budget_seconds + 10)
 
+    def park_seconds(
+        self, parkings: int, *, retry_after: float | None, rand: Callable[[], float]
+    ) -> float:
+        """Seconds a message parked for the `parkings`-th time waits: the growing back-off, or
+        the pause the receiver asked for if that is longer (but never beyond `park_max`)."""
+        longest = self.park_max.total_seconds()
+        delay = park_delay(
+            parkings,
+            initial=self.park_initial.total_seconds(),
+            maximum=longest,
+            jitter=self.park_jitter,
+            rand=rand,
+        )
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, longest))
+        return delay
+
+    def pause_fits_in_place(self, retry_after: float | None) -> bool:
+        """Whether a receiver's asked-for pause may be waited out in place; a receiver asking
+        for a longer one gets it by parking."""
+        return retry_after is None or retry_after <= self.in_place_max_seconds
+
     @classmethod
     def from_settings(cls, section: DeliverySection) -> DeliveryPolicy:
         return cls(

@@ -1,4 +1,4 @@
-"""The port every delivery route implements."""
+"""The port every delivery route implements, and the key a message's receiver goes by."""
 
 from __future__ import annotations
 
@@ -21,3 +21,13 @@ class Route(Protocol):
     def deliver(self, message: OutboxMessage) -> None: ...
 
     def close(self) -> None: ...
+
+
+#: The receiver of messages without a provider (officers' tasks on the force broker), as its
+#: circuit and its metrics label know it.
+TASKS_KEY = "officer-tasks"
+
+
+def receiver_key(provider: str | None) -> str:
+    """A message's receiver as circuits, metrics and logs know it: its provider, or the tasks'."""
+    return provider or TASKS_KEY
