@@ -162,13 +162,13 @@ def describe_exception(exc: BaseException) -> str:
         return translate_validation_error(exc, prefix="")
     try:
         message = str(exc)
-    except Exception:  # a broken __str__ must not break logging
+    except Exception:  # noqa: BLE001 (a broken __str__ must not break logging)
         return "(message unavailable)"
     return scrub(message[:_MAX_MESSAGE_CHARS])
 
 
 def redact(
-    logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
+    _logger: Any, _method_name: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
     """structlog processor: keep allow-listed keys (scrubbed), redact every other value."""
     redacted: dict[str, Any] = {}
@@ -183,7 +183,7 @@ def redact(
 
 
 def render_exception(
-    logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
+    _logger: Any, _method_name: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
     """structlog processor: turn `exc_info` into `error_type` and a safe `error` message."""
     exc = _resolve_exception(event_dict.pop("exc_info", None))
@@ -296,7 +296,7 @@ def _safe_value(key: str, value: Any, depth: int) -> Any:
 
 
 def _render_foreign_message(
-    logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
+    _logger: Any, _method_name: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
     """Rebuild a stdlib record's message from its template and only its safe arguments."""
     args = event_dict.pop("positional_args", ())

@@ -308,7 +308,7 @@ def _location(loc: tuple[int | str, ...]) -> str:
     return ".".join(str(part) for part in loc) or "(top level)"
 
 
-def load_settings(
+def load_settings(  # noqa: C901 (every override and path, resolved in one place)
     path: Path | None = None,
     *,
     env: Mapping[str, str] | None = None,

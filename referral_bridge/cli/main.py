@@ -302,7 +302,7 @@ def main(argv: Sequence[str] | None = None, *, stderr: TextIO | None = None) -> 
         return RET_FAILURE
     except KeyboardInterrupt:
         return RET_FAILURE
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 (the last resort: a bug is exit 1, logged by type)
         # A bug. Its text may quote personal data (a validation error, a SQL parameter), so
         # only the type is shown and logged; the log event says where to look.
         log.error("command.failed", error_type=type(exc).__name__, detail=args.command)

@@ -256,7 +256,7 @@ class _RejectedError(ValueError):
     """Raised inside the JSON decoder hooks; its message is our own fixed wording."""
 
 
-def _reject_constant(name: str) -> Any:
+def _reject_constant(_name: str) -> Any:
     raise _RejectedError("NaN and Infinity are not JSON")
 
 

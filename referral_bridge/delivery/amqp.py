@@ -258,7 +258,7 @@ class ReferralsBrokerPublisher:
         self._producer = Producer(channel, auto_declare=False)
         return self._producer
 
-    def _on_return(self, exc: Exception, exchange: str, routing_key: str, message: Any) -> None:
+    def _on_return(self, exc: Exception, _exchange: str, _routing_key: str, _message: Any) -> None:
         self._returned.append(type(exc).__name__)
 
     def _drop(self, connection: Connection) -> None:

@@ -211,7 +211,7 @@ class _Outcome:
     def run(self, attempt: Callable[[], None]) -> None:
         try:
             attempt()
-        except BaseException as exc:  # handed to the caller, which re-raises it
+        except BaseException as exc:  # noqa: BLE001 (handed to the caller, which re-raises it)
             self._error = exc
 
     def result(self) -> None:

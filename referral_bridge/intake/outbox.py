@@ -74,7 +74,7 @@ class OutcomeOutbox:
     def _attempt(self, pending: PendingOutcome) -> int:
         try:
             self._send(pending.referral_id, pending.outcome, pending.at, pending.event_id)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 (any failure to send is retried later)
             # The kind only: a broker error's text may carry a URL with credentials.
             retry_at = self._clock() + RETRY.delay(pending.attempts + 1)
             self._store.outcome_failed(
@@ -102,7 +102,7 @@ class OutcomeOutbox:
         while not self._stop.is_set():
             try:
                 self.send_due()
-            except Exception as exc:  # the store itself failed: try again later
+            except Exception as exc:  # noqa: BLE001 (the store itself failed: try again later)
                 log.error("intake.outbox_failed", error_type=type(exc).__name__)
             # Wake early when an outcome is recorded; otherwise look again after a while
             # (retries come due then).

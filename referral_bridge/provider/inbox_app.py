@@ -44,7 +44,7 @@ def receive_and_log(
     """`ReferralInbox.receive`, its answer logged; an unexpected failure is a 500."""
     try:
         answer = inbox.receive(body, content_type=content_type, idempotency_key=idempotency_key)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 (any failure is a 500, never a crash)
         # The kind only: an exception's text may quote the request.
         log.error("inbox.failed", error_type=type(exc).__name__)
         return Answer(500, "internal_error")

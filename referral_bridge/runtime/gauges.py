@@ -215,7 +215,7 @@ class CompliancePoller:
             while not stop.is_set():
                 try:
                     self.refresh()
-                except Exception as exc:  # logged by type only; the next round tries again
+                except Exception as exc:  # noqa: BLE001 (logged by type only; the next round tries again)
                     log.error("metrics.compliance_failed", error_type=type(exc).__name__)
                 stop.wait(self._interval)
 

@@ -255,7 +255,7 @@ class _Listener:
                     self.limits.handshake_seconds if self.ssl_context is not None else None
                 ),
             )
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 (one bad connection never stops the server)
             # A failed or timed-out handshake (an untrusted client certificate, a port scan).
             log.warning("http.connection_failed", error_type=type(exc).__name__)
             conn.close()

@@ -66,7 +66,7 @@ class Scheduler:
                 step()
             except (LedgerUnavailableError, TransportError) as exc:
                 log.warning("scheduler.deferred", step=name, error_type=type(exc).__name__)
-            except Exception as exc:  # logged by type only: its text could hold anything
+            except Exception as exc:  # noqa: BLE001 (logged by type only: its text could hold anything)
                 log.error("scheduler.step_failed", step=name, error_type=type(exc).__name__)
 
 

@@ -149,7 +149,7 @@ class ReferralService:
                                 outcomes.append(self._process_in(tx, event, routing_key))
                         except LedgerUnavailableError:
                             raise
-                        except Exception as exc:  # undone alone: its neighbours go on
+                        except Exception as exc:  # noqa: BLE001 (undone alone: its neighbours go on)
                             outcomes.append(exc)
                 return outcomes
             except LedgerUnavailableError as exc:
@@ -158,7 +158,7 @@ class ReferralService:
         for event, routing_key in work:
             try:
                 outcomes.append(self._process_with_retries(event, routing_key))
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 (the event's failure is its verdict)
                 outcomes.append(exc)
         return outcomes
 
@@ -224,7 +224,7 @@ class ReferralService:
         sent = 0
         try:
             sent = self._delivery.deliver_events(fresh).delivered if fresh else 0
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 (what is not delivered waits in the outbox)
             level = (
                 log.warning
                 if isinstance(exc, (TransportError, LedgerUnavailableError))
@@ -264,7 +264,7 @@ class ReferralService:
         with self._ledger.transaction() as tx:
             return self._process_in(tx, event, routing_key)
 
-    def _process_in(
+    def _process_in(  # noqa: C901 (one event's steps in their transaction order)
         self, tx: LedgerTransaction, event: InboundEvent, routing_key: str | None
     ) -> Handled:
         """`process` inside a transaction (or a batch's savepoint) the caller commits."""

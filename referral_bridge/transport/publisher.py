@@ -441,7 +441,7 @@ class Publisher:
         self._producer = Producer(channel, auto_declare=False)
         return self._producer
 
-    def _on_return(self, exc: Exception, exchange: str, routing_key: str, message: Any) -> None:
+    def _on_return(self, exc: Exception, _exchange: str, _routing_key: str, message: Any) -> None:
         self._returned.append(str(exc))
         message_id = (getattr(message, "properties", None) or {}).get("message_id")
         if isinstance(message_id, str):
