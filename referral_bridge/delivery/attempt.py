@@ -88,7 +88,7 @@ class Attempts:
             result = self._attempt_one(delivery, report, attempts, deadline)
         except LedgerUnavailableError:
             raise
-        except Exception as exc:  # isolated: logged by type (never its text), the pass goes on
+        except Exception as exc:  # noqa: BLE001 (isolated: logged by type (never its text), the pass goes on)
             log.error(
                 "delivery.row_failed",
                 message_id=delivery.message_id,
@@ -194,7 +194,7 @@ class Attempts:
                 self._mark(message_id)
             except LedgerUnavailableError:
                 raise
-            except Exception as exc:  # not an outage: the claim lapses and the row is sent again
+            except Exception as exc:  # noqa: BLE001 (not an outage: the claim lapses and the row is sent again)
                 log.error(
                     "delivery.mark_failed",
                     message_id=message_id,

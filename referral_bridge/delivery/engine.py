@@ -179,7 +179,7 @@ class DeliveryEngine:
 
     # --- passes -------------------------------------------------------------------------------
 
-    def _round(
+    def _round(  # noqa: C901 (a batch's rounds: claim, window, alone, park, in order)
         self, pending: list[PendingDelivery], report: PassReport, deadline: float
     ) -> list[PendingDelivery]:
         """One round of `deliver_events`; returns the rows still waiting on another."""
@@ -220,7 +220,7 @@ class DeliveryEngine:
             try:
                 window = getattr(route, "deliver_window")  # noqa: B009 - not in every Route
                 errors: list[Exception | None] = window([d.message for d in deliveries])
-            except Exception as exc:  # unexpected: each row then goes alone, as any failure
+            except Exception as exc:  # noqa: BLE001 (unexpected: each row then goes alone, as any failure)
                 log.error("delivery.window_failed", error_type=type(exc).__name__)
                 errors = [exc] * len(deliveries)
             for delivery, error in zip(deliveries, errors, strict=True):
@@ -229,7 +229,7 @@ class DeliveryEngine:
         self._attempts.mark_handed(handed, report)
         return waiting
 
-    def _pass(
+    def _pass(  # noqa: C901 (one pass over due rows, each outcome counted)
         self,
         *,
         event_id: str | None,

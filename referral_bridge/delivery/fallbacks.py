@@ -88,7 +88,7 @@ class OverdueFallbacks:
                 issued_for = self._issue_one(delivery, now)
             except LedgerUnavailableError:
                 raise
-            except Exception as exc:  # one bad row must not stop the others' fallbacks
+            except Exception as exc:  # noqa: BLE001 (one bad row must not stop the others' fallbacks)
                 log.error(
                     "delivery.fallback_failed",
                     message_id=delivery.message_id,

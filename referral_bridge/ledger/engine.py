@@ -34,7 +34,7 @@ def create_ledger_engine(url: str) -> Engine:
         if url.startswith("sqlite"):
             return _sqlite_engine(url)
         return create_engine(url, pool_pre_ping=True)
-    except Exception as exc:  # a bad URL or a missing driver
+    except Exception as exc:  # noqa: BLE001 (a bad URL or a missing driver)
         raise LedgerUnavailableError(
             f"cannot use ledger URL scheme: {type(exc).__name__}"
         ) from None
@@ -50,7 +50,7 @@ def refuse_missing_sqlite_file(url: str) -> None:
         return
     try:
         database = make_url(url).database
-    except Exception:  # a bad URL: reported by create_ledger_engine, as for the daemon
+    except Exception:  # noqa: BLE001 (a bad URL: reported by create_ledger_engine, as for the daemon)
         database = None
     if database and database != ":memory:" and not Path(database).is_file():
         raise LedgerUnavailableError(

@@ -146,7 +146,7 @@ def _v4_whole_life(connection: Connection) -> None:
     connection.execute(text(f"DROP TABLE {keep}"))
 
 
-def _v5_closing_the_loop(connection: Connection) -> None:
+def _v5_closing_the_loop(connection: Connection) -> None:  # noqa: C901 (one migration's steps, each guarded)
     """Issue 8: officer tasks (`rb_tasks`) and provider outcomes (`rb_referral_outcomes`).
 
     Tasks issued before version 5 are backfilled, so they can be completed and escalated: every

@@ -40,7 +40,7 @@ class _Facts:
     consents: int = 0
 
 
-def gather(
+def gather(  # noqa: C901 (one pass over every table that dates a case)
     connection: Connection, refs: Collection[str] | None = None
 ) -> tuple[dict[str, RefActivity], list[tuple[str, str]]]:
     """Per ref: last activity, whether anything is under way, personal data held; and links."""

@@ -56,7 +56,7 @@ class HoldExpiry:
                 decisions = self._expire_case(case_ref, now)
             except LedgerUnavailableError:
                 raise
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 (one bad case must not stall the rest)
                 log.error("hold.expiry_failed", case_ref=case_ref, error_type=type(exc).__name__)
                 self._postpone(case_ref, now + HOLD_RETRY_AFTER)
                 continue

@@ -139,7 +139,7 @@ class ScheduledWork:
                     escalated += 1
             except LedgerUnavailableError:
                 raise
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 (one bad task must not stop the others)
                 log.error("task.escalation_failed", task_id=task_id, error_type=type(exc).__name__)
         if escalated:
             self.flush(event_id=ESCALATION_EVENT)

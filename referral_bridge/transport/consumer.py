@@ -306,7 +306,7 @@ class Consumer:
         assert self._batch_handler is not None
         try:
             verdicts = self._batch_handler(inbound)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 (each message then goes alone)
             # Only the type is logged: the exception's text may quote personal data. Each
             # message then goes alone, so one bad message cannot fail the others.
             log.error("transport.batch_failed", error_type=type(exc).__name__, count=len(batch))
@@ -394,14 +394,14 @@ class Consumer:
         key = _copy_key(body, carried, headers.get(REPLAY_COUNT_HEADER))
         try:
             return self._count_redelivery(key, self._clock())
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 (uncounted beats unprocessed)
             log.warning("transport.redelivery_not_counted", error_type=type(exc).__name__)
             return 0
 
     def _handle_one(self, message: Message, inbound: InboundMessage) -> None:
         try:
             verdict = self._handler(inbound)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 (a handler's failure is a Retry)
             # Only the type is logged: the exception's text may quote personal data.
             log.error("transport.handler_failed", error_type=type(exc).__name__)
             verdict = self._handler_failed(inbound, type(exc).__name__)

@@ -76,7 +76,7 @@ def _record_failed_removal(
 ) -> None:
     try:
         record(letter)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 (the removal's error is the one to show)
         # The removal's own error is what the operator must see; this one is logged, and the
         # trail then holds a purge record for a message still queued (`dlq list` shows it).
         log.error(
