@@ -127,7 +127,7 @@ class RecordingPublisher:
         headers: Mapping[str, Any],
         message_id: str,
         content_type: str,
-        mandatory: bool = False,
+        mandatory: bool = False,  # noqa: ARG002  (OutboxPublisher protocol; no unroutable messages here)
     ) -> None:
         message = PublishedMessage(
             exchange=exchange,
@@ -170,7 +170,7 @@ class FailingSealer:
         self.error = error
         self.calls = 0
 
-    def seal(self, provider: str, payload: Mapping[str, Any]) -> str:
+    def seal(self, provider: str, payload: Mapping[str, Any]) -> str:  # noqa: ARG002  (Sealer protocol)
         self.calls += 1
         raise self.error
 

@@ -24,6 +24,7 @@ from typing import Any
 from kombu.connection import Connection
 from kombu.entity import Exchange, Queue, binding
 from sqlalchemy import Engine, create_engine, func, select
+from sqlalchemy.exc import DBAPIError
 
 from referral_bridge.ledger.schema import actions, outbox, processed_events
 from referral_bridge.resources import DEFAULT_POLICY, SAMPLES
@@ -449,7 +450,7 @@ class BridgeEnv:
         try:
             with self.engine.connect() as connection:
                 return int(connection.execute(query).scalar_one())
-        except Exception:  # the worker has not created the tables yet
+        except DBAPIError:  # the worker has not created the ledger or its tables yet
             return -1
 
     def processed_count(self) -> int:

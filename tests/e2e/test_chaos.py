@@ -10,7 +10,7 @@ import json
 import random
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -33,6 +33,7 @@ from referral_bridge.service.outbox import Routes
 from referral_bridge.settings import load_settings
 from referral_bridge.transport import Ack, DeadLetter, InboundMessage, Verdict
 from tests.e2e.helpers import BridgeEnv, Received, Worker
+from tests.fakes import RecordingPublisher
 from tests.faults.harness import LONG
 from tests.waiting import wait_until
 
@@ -44,26 +45,6 @@ BAD = 6
 KILLS = 3
 #: Every personal field of the simulated victims carries this marker (and MARKER_DATE_OF_BIRTH).
 MARKER = "CHAOSMARKERQ"
-
-
-class RecordingPublisher:
-    """Stands in for the broker in the reference run: records what it was asked to publish."""
-
-    def __init__(self) -> None:
-        self.message_ids: list[str] = []
-
-    def publish(
-        self,
-        *,
-        exchange: str,
-        routing_key: str,
-        body: bytes,
-        headers: Mapping[str, Any],
-        message_id: str,
-        content_type: str,
-        mandatory: bool = False,
-    ) -> None:
-        self.message_ids.append(message_id)
 
 
 def chaos_messages() -> tuple[list[SimulatedEvent], list[SimulatedEvent]]:
@@ -153,7 +134,7 @@ def reference_run(
                 run.reference_verdicts[type(verdict).__name__] += 1
         with bridge.ledger.engine.connect() as connection:
             run.reference_outbox = set(connection.execute(select(outbox.c.message_id)).scalars())
-        run.reference_published = recorder.message_ids
+        run.reference_published = [message.message_id for message in recorder.sent]
     finally:
         bridge.close()
 

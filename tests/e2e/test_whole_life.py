@@ -263,7 +263,7 @@ def test_a_victim_who_withdrew_and_agrees_again_is_referred_again_under_a_new_id
 
 
 def test_a_child_victim_not_yet_asked_gets_a_consent_needed_task_that_is_not_overdue(
-    run: Run, bridge: BridgeEnv
+    run: Run,
 ) -> None:
     crime_ref, victim_id = new_ref(), new_ref("P")
     event = crime_event(crime_ref=crime_ref, victim_id=victim_id)
@@ -310,7 +310,7 @@ def test_a_relative_bereaved_by_dangerous_driving_goes_to_bereaved_support(
 
 
 def test_a_homicide_with_only_the_deceased_recorded_asks_the_officer_to_record_the_family(
-    run: Run, bridge: BridgeEnv
+    run: Run,
 ) -> None:
     crime_ref, victim_id = new_ref(), new_ref("P")
     event = crime_event(crime_ref=crime_ref, victim_id=victim_id, category="homicide", ho_class="1")
@@ -327,9 +327,7 @@ def test_a_homicide_with_only_the_deceased_recorded_asks_the_officer_to_record_t
 # --- rules.md change 4: a parent on a child's crime follows the child's rule ---------------------
 
 
-def test_a_parent_on_a_child_victims_crime_is_not_referred_under_opt_out(
-    run: Run, bridge: BridgeEnv
-) -> None:
+def test_a_parent_on_a_child_victims_crime_is_not_referred_under_opt_out(run: Run) -> None:
     crime_ref, child_id, parent_id = new_ref(), new_ref("C"), new_ref("P")
     event = crime_event(crime_ref=crime_ref, victim_id=child_id)
     victim(event)["date_of_birth"] = "2016-01-01"
@@ -348,9 +346,7 @@ def test_a_parent_on_a_child_victims_crime_is_not_referred_under_opt_out(
 # --- rules.md change 5: classes normalised and mapped --------------------------------------------
 
 
-def test_a_rape_report_sent_as_other_is_not_referred_without_consent(
-    run: Run, bridge: BridgeEnv
-) -> None:
+def test_a_rape_report_sent_as_other_is_not_referred_without_consent(run: Run) -> None:
     crime_ref, victim_id = new_ref(), new_ref("P")
 
     sent, tasks = run.send(
@@ -361,7 +357,7 @@ def test_a_rape_report_sent_as_other_is_not_referred_without_consent(
     assert [t["reason"] for t in task_data(tasks)] == ["consent_needed"]
 
 
-def test_05a_and_5a_are_the_same_class_with_enhanced_rights(run: Run, bridge: BridgeEnv) -> None:
+def test_05a_and_5a_are_the_same_class_with_enhanced_rights(run: Run) -> None:
     events = [
         crime_event(
             crime_ref=new_ref(),
@@ -399,7 +395,7 @@ def test_an_incident_with_a_crime_disclosed_is_decided_by_the_crime_rules(
     assert payload["consent"]["regime"] == "opt_out"
 
 
-def test_a_declined_incident_is_recorded_as_declined(run: Run, bridge: BridgeEnv) -> None:
+def test_a_declined_incident_is_recorded_as_declined(run: Run) -> None:
     incident_ref, victim_id = new_ref("INC"), new_ref("P")
 
     _, tasks = run.send(

@@ -23,9 +23,6 @@ from kombu.message import Message
 from referral_bridge.bootstrap import ServiceLayer
 from referral_bridge.core.retry import RetryPolicy
 from referral_bridge.ledger import Ledger
-from referral_bridge.service.handler import ReferralService
-from referral_bridge.service.holds import HoldExpiry
-from referral_bridge.service.scheduled import ScheduledWork
 from referral_bridge.transport import (
     Ack,
     BrokerSpec,
@@ -38,7 +35,6 @@ from referral_bridge.transport import (
     queue_depth,
 )
 from tests.fakes import (
-    START,
     FakeClock,
     KeyMaterial,
     RecordingPublisher,
@@ -94,7 +90,7 @@ class RunningConsumer:
         def target() -> None:
             try:
                 self.consumer.run(self.stop)
-            except BaseException as exc:  # reported to the test through `errors`, not swallowed
+            except BaseException as exc:  # noqa: BLE001  (tests assert on `errors`, whatever ended the thread)
                 self.errors.append(exc)
 
         self.thread = threading.Thread(target=target, daemon=True)
@@ -306,33 +302,8 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> KeyMaterial:
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock(START)
-
-
-@pytest.fixture
-def publisher() -> RecordingPublisher:
-    return RecordingPublisher()
-
-
-@pytest.fixture
 def layer(
     ledger: Ledger, keys: KeyMaterial, publisher: RecordingPublisher, clock: FakeClock
 ) -> ServiceLayer:
     """The service, delivery engine and scheduled steps on `ledger`, publishing to `publisher`."""
     return make_layer(ledger=ledger, sealer=keys.sealer(), publisher=publisher, clock=clock)
-
-
-@pytest.fixture
-def service(layer: ServiceLayer) -> ReferralService:
-    return layer.service
-
-
-@pytest.fixture
-def holds(layer: ServiceLayer) -> HoldExpiry:
-    return layer.holds
-
-
-@pytest.fixture
-def scheduled(layer: ServiceLayer) -> ScheduledWork:
-    return layer.scheduled

@@ -248,7 +248,7 @@ class TestOutcomes:
 
 class TestCompletions:
     def test_a_completion_closes_its_task_once(
-        self, service: ReferralService, ledger: Ledger, clock: FakeClock
+        self, service: ReferralService, ledger: Ledger
     ) -> None:
         declined(service)
         first, second = START + timedelta(hours=2), START + timedelta(hours=3)
@@ -328,7 +328,6 @@ class TestEscalation:
         self,
         service: ReferralService,
         scheduled: ScheduledWork,
-        ledger: Ledger,
         publisher: RecordingPublisher,
         clock: FakeClock,
     ) -> None:

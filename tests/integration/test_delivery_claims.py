@@ -151,7 +151,7 @@ class TestWithdrawalWhileTheReferralIsBeingSent:
         wire: list[str] = []
         sending, go_on = threading.Event(), threading.Event()
 
-        def slow_hand_over(message: object) -> None:
+        def slow_hand_over(_message: object) -> None:
             sending.set()
             assert go_on.wait(timeout=60)
 

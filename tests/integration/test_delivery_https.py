@@ -159,8 +159,6 @@ class TestSuccess:
         build: Builder,
         ledger: Ledger,
         keys: KeyMaterial,
-        clock: FakeClock,
-        publisher: RecordingPublisher,
         pki: Pki,
         lancashire: Inbox,
     ) -> None:
@@ -186,10 +184,7 @@ class TestSuccess:
     def test_mutual_tls_with_the_bridge_client_certificate_delivers(
         self,
         build: Builder,
-        ledger: Ledger,
         keys: KeyMaterial,
-        clock: FakeClock,
-        publisher: RecordingPublisher,
         pki: Pki,
         tmp_path: Path,
     ) -> None:
@@ -207,8 +202,6 @@ class TestSuccess:
         build: Builder,
         ledger: Ledger,
         keys: KeyMaterial,
-        clock: FakeClock,
-        publisher: RecordingPublisher,
         pki: Pki,
         tmp_path: Path,
     ) -> None:
@@ -231,9 +224,6 @@ class TestRepeats:
         self,
         build: Builder,
         ledger: Ledger,
-        keys: KeyMaterial,
-        clock: FakeClock,
-        publisher: RecordingPublisher,
         pki: Pki,
         lancashire: Inbox,
     ) -> None:
@@ -260,9 +250,6 @@ class TestRepeats:
         self,
         build: Builder,
         ledger: Ledger,
-        keys: KeyMaterial,
-        clock: FakeClock,
-        publisher: RecordingPublisher,
         pki: Pki,
         lancashire: Inbox,
     ) -> None:
@@ -281,9 +268,7 @@ class TestProviderDown:
         self,
         build: Builder,
         ledger: Ledger,
-        keys: KeyMaterial,
         clock: FakeClock,
-        publisher: RecordingPublisher,
         pki: Pki,
         lancashire: Inbox,
         homicide: Inbox,
@@ -338,10 +323,7 @@ class TestProviderDown:
     def test_a_parked_referral_is_not_tried_before_its_next_attempt(
         self,
         build: Builder,
-        ledger: Ledger,
-        keys: KeyMaterial,
         clock: FakeClock,
-        publisher: RecordingPublisher,
         pki: Pki,
         lancashire: Inbox,
     ) -> None:
@@ -362,10 +344,7 @@ class TestProviderDown:
     def test_an_open_circuit_stops_attempts_until_its_probe(
         self,
         build: Builder,
-        ledger: Ledger,
-        keys: KeyMaterial,
         clock: FakeClock,
-        publisher: RecordingPublisher,
         pki: Pki,
         lancashire: Inbox,
     ) -> None:
@@ -400,8 +379,6 @@ class TestRejection:
         self,
         build: Builder,
         ledger: Ledger,
-        keys: KeyMaterial,
-        clock: FakeClock,
         publisher: RecordingPublisher,
         pki: Pki,
         lancashire: Inbox,
@@ -428,7 +405,6 @@ class TestRejection:
         self,
         build: Builder,
         ledger: Ledger,
-        keys: KeyMaterial,
         clock: FakeClock,
         publisher: RecordingPublisher,
         pki: Pki,
@@ -455,7 +431,6 @@ class TestDeadline:
         self,
         build: Builder,
         ledger: Ledger,
-        keys: KeyMaterial,
         clock: FakeClock,
         publisher: RecordingPublisher,
         pki: Pki,
@@ -487,8 +462,6 @@ class TestTls:
         build: Builder,
         ledger: Ledger,
         keys: KeyMaterial,
-        clock: FakeClock,
-        publisher: RecordingPublisher,
         pki: Pki,
         tmp_path: Path,
     ) -> None:
@@ -574,8 +547,9 @@ class TestWithdrawalBeforeDelivery:
             ).all()
         assert [row.message_id for row in actions] == [WITHDRAWAL]
 
+    @pytest.mark.usefixtures("parked_then_withdrawn")
     def test_operators_see_the_referral_and_its_withdrawal_as_cancelled(
-        self, parked_then_withdrawn: ServiceLayer, ledger: Ledger
+        self, ledger: Ledger
     ) -> None:
         cancelled = ledger.deliveries(state="cancelled")
 
@@ -596,8 +570,9 @@ class TestWithdrawalBeforeDelivery:
         assert parked_then_withdrawn.scheduled.issue_overdue_fallbacks() == 0
         assert publisher.of_type(LEAFLET) == []
 
+    @pytest.mark.usefixtures("parked_then_withdrawn")
     def test_resend_refuses_the_cancelled_referral_and_its_withdrawal(
-        self, parked_then_withdrawn: ServiceLayer, ledger: Ledger, clock: FakeClock
+        self, ledger: Ledger, clock: FakeClock
     ) -> None:
         referral = ledger.resend(REFERRAL, at=clock.now(), actor="operator-1")
         withdrawal = ledger.resend(WITHDRAWAL, at=clock.now(), actor="operator-1")
@@ -626,9 +601,8 @@ class TestWithdrawalAfterAnUncertainAttempt:
         withdraw_consent(bridge.service, clock)
         return bridge
 
-    def test_the_withdrawal_follows_at_once(
-        self, timed_out_then_withdrawn: ServiceLayer, lancashire: Inbox
-    ) -> None:
+    @pytest.mark.usefixtures("timed_out_then_withdrawn")
+    def test_the_withdrawal_follows_at_once(self, lancashire: Inbox) -> None:
         assert lancashire.store.message_ids() == [REFERRAL, WITHDRAWAL]
 
     def test_the_referral_is_never_tried_again(
@@ -654,7 +628,6 @@ class TestWithdrawalOrder:
     def test_a_withdrawal_follows_its_delivered_referral(
         self,
         build: Builder,
-        ledger: Ledger,
         clock: FakeClock,
         pki: Pki,
         lancashire: Inbox,

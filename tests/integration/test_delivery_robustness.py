@@ -277,7 +277,7 @@ class TestConsumerIsNeverHeldLong:
         assert len(provider.posts) == 1 + 3
 
     def test_no_new_attempt_starts_once_the_pass_budget_is_spent(
-        self, build: Build, ledger: Ledger, clock: FakeClock
+        self, build: Build, clock: FakeClock
     ) -> None:
         ticker = Ticker()
         down = Provider(lambda _request: httpx.Response(503))

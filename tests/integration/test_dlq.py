@@ -346,7 +346,7 @@ class TestPurge:
         park(broker, event_body(event_id="a"))
         park(broker, event_body(event_id="b"))
 
-        def fail(letter: DeadLetterMessage) -> None:
+        def fail(_letter: DeadLetterMessage) -> None:
             raise RuntimeError("ledger down")
 
         with pytest.raises(RuntimeError):
@@ -390,7 +390,7 @@ class TestPurge:
             DeadLetterFilter(
                 reason="too_large", failed_before=datetime.now(UTC) - parse_duration("30d")
             ),
-            before_remove=lambda letter: None,
+            before_remove=lambda _letter: None,
         )
 
         remaining = sorted((letter.reason, letter.failed_at) for letter in queue.browse())

@@ -99,7 +99,7 @@ class TestConsumerBatches:
     def test_a_batch_handler_that_raises_hands_each_message_over_alone(
         self, rabbit: BrokerHarness
     ) -> None:
-        def broken(messages: Sequence[InboundMessage]) -> list[Verdict]:
+        def broken(_messages: Sequence[InboundMessage]) -> list[Verdict]:
             raise RuntimeError("batch broke")
 
         for n in range(5):

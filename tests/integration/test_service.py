@@ -512,7 +512,7 @@ class TestLinkedCases:
         assert set(updates) == {CRIME_REF}  # the other crime leaves it to the first
 
     def test_an_open_hold_under_an_incident_ends_when_a_crime_is_recorded_from_it(
-        self, service: ReferralService, ledger: Ledger, clock: FakeClock
+        self, service: ReferralService, ledger: Ledger
     ) -> None:
         """Review finding 5: the crime decides; the incident's own hold must not linger."""
         with ledger.transaction() as tx:
@@ -957,7 +957,6 @@ class TestCrimeReview:
         service: ReferralService,
         scheduled: ScheduledWork,
         publisher: RecordingPublisher,
-        ledger: Ledger,
         clock: FakeClock,
     ) -> None:
         service.handle(incident_message(disclosed_incident()))
@@ -1189,7 +1188,6 @@ class TestUpgradeFromSchema3:
 
     def test_a_victim_it_held_is_asked_for_consent_when_its_old_hold_ends(
         self,
-        service: ReferralService,
         holds: HoldExpiry,
         publisher: RecordingPublisher,
         clock: FakeClock,

@@ -145,9 +145,7 @@ class TestKeysGenerate:
         assert stat.S_IMODE(public.stat().st_mode) == 0o644
         assert load_private_key(private).kid == "bridge-2026-11"
 
-    def test_generating_over_an_existing_key_is_refused_and_keeps_it(
-        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-    ) -> None:
+    def test_generating_over_an_existing_key_is_refused_and_keeps_it(self, tmp_path: Path) -> None:
         run("keys", "generate", "--kid", "k1", "--out", str(tmp_path))
         before = (tmp_path / "k1.private.jwk").read_bytes()
 
@@ -204,8 +202,8 @@ class TestOpen:
             # RecursionError), and a large referral was refused as tampered.
             (lambda token: _off_curve(token), "epk"),
             (lambda token: token.replace(".", ". ", 1), "base64url"),
-            (lambda token: '{"a":' * 50_000 + "1" + "}" * 50_000, "not valid JSON"),
-            (lambda token: "A." * 3 + "A" * 2_000_000 + ".A", "too large"),
+            (lambda _token: '{"a":' * 50_000 + "1" + "}" * 50_000, "not valid JSON"),
+            (lambda _token: "A." * 3 + "A" * 2_000_000 + ".A", "too large"),
         ],
         ids=["off-curve-epk", "whitespace-in-a-segment", "deep-json", "too-large"],
     )

@@ -23,7 +23,11 @@ MARKER = "JANEDOEMARKER07700900456"
 
 class ExplodingInbox(ReferralInbox):
     def receive(
-        self, body: bytes, *, content_type: str | None, idempotency_key: str | None
+        self,
+        body: bytes,
+        *,
+        content_type: str | None,  # noqa: ARG002  (overrides ReferralInbox.receive)
+        idempotency_key: str | None,  # noqa: ARG002  (overrides ReferralInbox.receive)
     ) -> Answer:
         raise ValueError(f"cannot parse {body.decode()}")
 

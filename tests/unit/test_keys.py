@@ -242,8 +242,9 @@ class TestSystemdCredentials:
         path = _write(credentials / "p.jwks", {"keys": keys}, mode=0o440)
         assert load_key_set(path).is_private
 
+    @pytest.mark.usefixtures("credentials")
     def test_still_refuses_a_0440_key_outside_the_credentials_directory(
-        self, credentials: Path, tmp_path: Path
+        self, tmp_path: Path
     ) -> None:
         path = _write(tmp_path / "k.jwk", _jwk("bridge-1", private=True), mode=0o440)
         with pytest.raises(UnsafeKeyFileError, match="chmod 600"):

@@ -266,7 +266,8 @@ class TestConfiguredOutput:
         structlog.get_logger().info("once")
         assert len(lines(stream)) == 1
 
-    def test_capture_logs_still_works_after_configuration(self, stream: io.StringIO) -> None:
+    @pytest.mark.usefixtures("stream")
+    def test_capture_logs_still_works_after_configuration(self) -> None:
         with capture_logs() as captured:
             structlog.get_logger().info("captured", case_ref="LC-1")
         assert captured == [{"event": "captured", "case_ref": "LC-1", "log_level": "info"}]

@@ -109,9 +109,8 @@ class TestTheLedger:
             assert connection.execute(select(t.schema_info.c.value)).scalar_one() == "1"
         engine.dispose()
 
-    def test_it_is_opened_once_and_closed_with_the_session(
-        self, config: Path, ledger_file: Path
-    ) -> None:
+    @pytest.mark.usefixtures("ledger_file")
+    def test_it_is_opened_once_and_closed_with_the_session(self, config: Path) -> None:
         with OperatorSession.start(config) as session:
             ledger = session.open_ledger()
             assert session.ledger is ledger
@@ -122,9 +121,8 @@ class TestTheLedger:
 
 
 class TestRecord:
-    def test_every_record_carries_the_sessions_actor(
-        self, session: OperatorSession, ledger_file: Path
-    ) -> None:
+    @pytest.mark.usefixtures("ledger_file")
+    def test_every_record_carries_the_sessions_actor(self, session: OperatorSession) -> None:
         ids = session.record(
             [
                 OperatorAction(action=DEAD_LETTER_REVEALED, message_id="D-1", victim_id="P-1"),
@@ -136,8 +134,9 @@ class TestRecord:
         assert [record.id for record in records] == ids
         assert {record.actor for record in records} == {session.actor}
 
+    @pytest.mark.usefixtures("ledger_file")
     def test_personal_data_in_the_operators_reason_is_scrubbed(
-        self, session: OperatorSession, ledger_file: Path
+        self, session: OperatorSession
     ) -> None:
         session.record(
             [OperatorAction(action=DEAD_LETTER_REVEALED, detail="asked by 07700 900456")]

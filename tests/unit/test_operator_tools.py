@@ -179,13 +179,13 @@ class TestRevealAsJson:
         )
 
         class OneLetter:
-            def browse(self, selection: object) -> list[DeadLetterMessage]:
+            def browse(self, _selection: object) -> list[DeadLetterMessage]:
                 return [letter]
 
-        monkeypatch.setattr(dlq_commands, "_queue", lambda settings: OneLetter())
-        monkeypatch.setattr(dlq_commands, "_audit_reveal", lambda session, letters, why: [7])
+        monkeypatch.setattr(dlq_commands, "_queue", lambda _settings: OneLetter())
+        monkeypatch.setattr(dlq_commands, "_audit_reveal", lambda _session, _letters, _why: [7])
         no_session = contextlib.nullcontext(SimpleNamespace(settings=None))
-        monkeypatch.setattr(dlq_commands, "operator_session", lambda args: no_session)
+        monkeypatch.setattr(dlq_commands, "operator_session", lambda _args: no_session)
         args = argparse.Namespace(id="msg-1", reveal=True, reason="INC-1", json=True)
 
         assert dlq_commands.cmd_show(args) == cli.RET_OK

@@ -24,6 +24,7 @@ from referral_bridge.wire import CLOUDEVENTS_JSON
 from tests.fakes import (
     REFERRALS_EXCHANGE,
     START,
+    FailingSealer,
     FakeClock,
     RecordingPublisher,
     RecordingSealer,
@@ -84,16 +85,6 @@ def ledger() -> Iterator[CountingLedger]:
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock(START)
-
-
-@pytest.fixture
-def publisher() -> RecordingPublisher:
-    return RecordingPublisher()
-
-
-@pytest.fixture
 def sealer() -> RecordingSealer:
     return RecordingSealer()
 
@@ -106,16 +97,6 @@ def layer(
     clock: FakeClock,
 ) -> ServiceLayer:
     return make_layer(ledger=ledger, sealer=sealer, publisher=publisher, clock=clock)
-
-
-@pytest.fixture
-def service(layer: ServiceLayer) -> ReferralService:
-    return layer.service
-
-
-@pytest.fixture
-def holds(layer: ServiceLayer) -> HoldExpiry:
-    return layer.holds
 
 
 def crime_message(event_id: str = "event-1", **crime: Any) -> Any:
@@ -219,12 +200,8 @@ class TestProcessingAttempts:
     ) -> None:
         error = RuntimeError(f"{' '.join(FAKE_NAME)} {FAKE_PHONE}")
 
-        class Sealer(RecordingSealer):
-            def seal(self, provider: str, payload: Any) -> str:
-                raise error
-
         service = make_service(
-            ledger=ledger, sealer=Sealer(), publisher=publisher, clock=FakeClock(START)
+            ledger=ledger, sealer=FailingSealer(error), publisher=publisher, clock=FakeClock(START)
         )
 
         verdict = service.handle(crime_message())
@@ -252,7 +229,7 @@ def retried(message: InboundMessage, attempts: int) -> InboundMessage:
 
 class TestOutboundMessages:
     def test_a_referral_is_a_cloudevent_whose_data_is_the_sealed_token(
-        self, service: ReferralService, publisher: RecordingPublisher, sealer: RecordingSealer
+        self, service: ReferralService, publisher: RecordingPublisher
     ) -> None:
         service.handle(crime_message())
 
@@ -301,7 +278,7 @@ class TestOutboundMessages:
 
 class TestScheduledWork:
     def test_expiring_holds_with_none_due_publishes_nothing(
-        self, service: ReferralService, holds: HoldExpiry, publisher: RecordingPublisher
+        self, holds: HoldExpiry, publisher: RecordingPublisher
     ) -> None:
         assert holds.expire() == 0
         assert publisher.sent == []
