@@ -32,8 +32,8 @@ from referral_bridge.delivery import AmqpRoute, DeliveryEngine  # noqa: E402
 from referral_bridge.devtools.simulate import Simulator  # noqa: E402
 from referral_bridge.ledger import Ledger  # noqa: E402
 from referral_bridge.logging import configure_logging  # noqa: E402
+from referral_bridge.metrics import BridgeMetrics  # noqa: E402
 from referral_bridge.resources import DEFAULT_POLICY  # noqa: E402
-from referral_bridge.runtime.metrics import BridgeMetrics  # noqa: E402
 from referral_bridge.sealing import generate_key_pair, load_key_set, load_private_key  # noqa: E402
 from referral_bridge.service.handler import ReferralService  # noqa: E402
 from referral_bridge.service.outbox import Routes  # noqa: E402

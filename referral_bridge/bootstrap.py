@@ -39,7 +39,7 @@ from referral_bridge.delivery.https import tls_context
 from referral_bridge.errors import ConfigError, LedgerUnavailableError
 from referral_bridge.files import private_dir, private_tree
 from referral_bridge.ledger import Ledger
-from referral_bridge.runtime.metrics import BridgeMetrics
+from referral_bridge.metrics import BridgeMetrics
 from referral_bridge.sealing import (
     KeySet,
     PrivateKey,

@@ -31,8 +31,8 @@ from referral_bridge.delivery import AmqpRoute, DeliveryEngine, FallbackIssuer
 from referral_bridge.ledger import Ledger
 from referral_bridge.ledger import schema as ledger_schema
 from referral_bridge.ledger.roles import grant
+from referral_bridge.metrics import BridgeMetrics
 from referral_bridge.resources import DEFAULT_POLICY
-from referral_bridge.runtime.metrics import BridgeMetrics
 from referral_bridge.sealing import KeySet, generate_key_pair, load_key_set, load_private_key
 from referral_bridge.service.effects import Sealer
 from referral_bridge.service.handler import ReferralService

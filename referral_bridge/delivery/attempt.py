@@ -32,7 +32,7 @@ from referral_bridge.delivery.results import PassReport, Result
 from referral_bridge.delivery.routes import Route, receiver_key
 from referral_bridge.errors import LedgerUnavailableError
 from referral_bridge.ledger import Ledger, OutboxMessage, PendingDelivery
-from referral_bridge.runtime.metrics import BridgeMetrics
+from referral_bridge.metrics import BridgeMetrics
 
 log = structlog.get_logger("referral_bridge.delivery")
 

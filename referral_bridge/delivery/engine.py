@@ -35,7 +35,7 @@ from referral_bridge.delivery.policy import DeliveryPolicy
 from referral_bridge.delivery.results import PassReport, Result
 from referral_bridge.delivery.routes import Route
 from referral_bridge.ledger import Ledger, PendingDelivery
-from referral_bridge.runtime.metrics import BridgeMetrics
+from referral_bridge.metrics import BridgeMetrics
 
 log = structlog.get_logger("referral_bridge.delivery")
 

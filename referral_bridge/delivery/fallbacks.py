@@ -17,7 +17,7 @@ import structlog
 from referral_bridge.delivery.routes import receiver_key
 from referral_bridge.errors import LedgerUnavailableError
 from referral_bridge.ledger import Ledger, LedgerTransaction, PendingDelivery
-from referral_bridge.runtime.metrics import BridgeMetrics
+from referral_bridge.metrics import BridgeMetrics
 
 log = structlog.get_logger("referral_bridge.delivery")
 

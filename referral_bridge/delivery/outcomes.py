@@ -24,7 +24,7 @@ from referral_bridge.delivery.policy import DeliveryPolicy
 from referral_bridge.delivery.results import PassReport
 from referral_bridge.delivery.routes import TASKS_KEY, Route, receiver_key
 from referral_bridge.ledger import Ledger, PendingDelivery
-from referral_bridge.runtime.metrics import BridgeMetrics
+from referral_bridge.metrics import BridgeMetrics
 
 log = structlog.get_logger("referral_bridge.delivery")
 

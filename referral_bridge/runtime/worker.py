@@ -22,6 +22,7 @@ from prometheus_client.process_collector import ProcessCollector
 from referral_bridge.bootstrap import Bridge
 from referral_bridge.core.events import DeadLetterReason, EventType
 from referral_bridge.core.retry import RetryPolicy
+from referral_bridge.metrics import BridgeMetrics
 from referral_bridge.runtime.gauges import CompliancePoller, LedgerGauges
 from referral_bridge.runtime.health import (
     PROBE_CACHE_SECONDS,
@@ -34,7 +35,6 @@ from referral_bridge.runtime.health import (
     ledger_check,
     parse_listen,
 )
-from referral_bridge.runtime.metrics import BridgeMetrics
 from referral_bridge.runtime.scheduler import RetentionSweep, Scheduler
 from referral_bridge.runtime.systemd import Notifier, Watchdog, watchdog_interval
 from referral_bridge.settings import Settings

@@ -39,7 +39,7 @@ from referral_bridge.ledger import (
     PendingDelivery,
     RecordedAction,
 )
-from referral_bridge.runtime.metrics import BridgeMetrics
+from referral_bridge.metrics import BridgeMetrics
 from referral_bridge.service.matters import lock_matter, snapshot_of
 from referral_bridge.service.outbox import OutboxEntry, OutboxWriter
 from referral_bridge.wire import JOSE

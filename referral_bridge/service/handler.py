@@ -37,7 +37,7 @@ from referral_bridge.core.verdicts import Ack, DeadLetter, InboundMessage, Retry
 from referral_bridge.delivery import DeliveryEngine
 from referral_bridge.errors import LedgerUnavailableError
 from referral_bridge.ledger import Ledger, LedgerTransaction
-from referral_bridge.runtime.metrics import BridgeMetrics
+from referral_bridge.metrics import BridgeMetrics
 from referral_bridge.service.closing_the_loop import complete_task, record_outcome
 from referral_bridge.service.deciding import CaseDecider
 from referral_bridge.service.effects import Effects, count_decision

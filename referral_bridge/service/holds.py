@@ -16,7 +16,7 @@ from referral_bridge.core.decisions import Decision, Outcome
 from referral_bridge.delivery import DeliveryEngine
 from referral_bridge.errors import LedgerUnavailableError
 from referral_bridge.ledger import Ledger
-from referral_bridge.runtime.metrics import BridgeMetrics
+from referral_bridge.metrics import BridgeMetrics
 from referral_bridge.service.deciding import CaseDecider
 from referral_bridge.service.effects import count_decision
 from referral_bridge.service.matters import try_lock_matter

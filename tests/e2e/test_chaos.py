@@ -28,7 +28,7 @@ from referral_bridge.core.calendar import WorkingDayCalendar
 from referral_bridge.delivery import AmqpRoute, DeliveryEngine
 from referral_bridge.devtools.simulate import MARKER_DATE_OF_BIRTH, SimulatedEvent, Simulator
 from referral_bridge.ledger.schema import outbox
-from referral_bridge.runtime.metrics import BridgeMetrics
+from referral_bridge.metrics import BridgeMetrics
 from referral_bridge.service.outbox import Routes
 from referral_bridge.settings import load_settings
 from referral_bridge.transport import Ack, DeadLetter, InboundMessage, Verdict

@@ -25,7 +25,7 @@ from referral_bridge.delivery import DeliveryEngine, DeliveryPolicy, FallbackIss
 from referral_bridge.delivery.amqp import AmqpRoute
 from referral_bridge.ledger import Ledger
 from referral_bridge.ledger import schema as t
-from referral_bridge.runtime.metrics import BridgeMetrics
+from referral_bridge.metrics import BridgeMetrics
 from referral_bridge.transport import Ack
 from tests.fakes import FakeClock, RecordingPublisher, cloudevent, inbound, make_keys, make_layer
 from tests.integration.test_delivery_helpers import LANCASHIRE, https_route, make_pki, running_inbox

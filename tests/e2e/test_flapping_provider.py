@@ -29,7 +29,7 @@ from referral_bridge.delivery import DeliveryEngine, DeliveryPolicy, FallbackIss
 from referral_bridge.delivery.amqp import AmqpRoute
 from referral_bridge.ledger import Ledger
 from referral_bridge.ledger import schema as t
-from referral_bridge.runtime.metrics import BridgeMetrics
+from referral_bridge.metrics import BridgeMetrics
 from referral_bridge.runtime.scheduler import OUTBOX_GRACE
 from tests.e2e.test_delivery_fault_run import _RealClock
 from tests.fakes import RecordingPublisher, cloudevent, inbound, make_keys, make_layer

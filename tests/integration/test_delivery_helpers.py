@@ -31,10 +31,10 @@ from referral_bridge.delivery import (
 )
 from referral_bridge.delivery.amqp import AmqpRoute
 from referral_bridge.ledger import Ledger
+from referral_bridge.metrics import BridgeMetrics
 from referral_bridge.provider.inbox import InboxStore, ReferralInbox
 from referral_bridge.provider.inbox_app import InboxServer
 from referral_bridge.runtime.http_server import ServerLimits
-from referral_bridge.runtime.metrics import BridgeMetrics
 from tests.fakes import FakeClock, KeyMaterial, RecordingPublisher
 
 pytestmark = pytest.mark.integration

@@ -17,8 +17,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.process_collector import ProcessCollector
 
 from referral_bridge.ledger import Ledger
+from referral_bridge.metrics import BridgeMetrics
 from referral_bridge.runtime.gauges import CompliancePoller, LedgerGauges
-from referral_bridge.runtime.metrics import BridgeMetrics
 from referral_bridge.transport import broker_spec
 
 REPO = Path(__file__).resolve().parents[2]
