@@ -164,7 +164,7 @@ def chaos_run(rabbitmq_url: str, tmp_path_factory: pytest.TempPathFactory) -> It
                 run.distinct_valid // 10, run.distinct_valid // 5
             )
             worker = env.start_worker(f"worker-{n}")
-            assert wait_until(partial(reached, env, threshold), timeout=60), (
+            assert wait_until(partial(reached, env, threshold), timeout=180), (
                 f"worker {n} did not reach {threshold} processed events; see {worker.log_path}"
             )
             time.sleep(rng.uniform(0.0, 0.4))
@@ -172,7 +172,7 @@ def chaos_run(rabbitmq_url: str, tmp_path_factory: pytest.TempPathFactory) -> It
             run.processed_at_start.append(at_start)
             run.processed_at_kill.append(env.processed_count())
         final = env.start_worker(f"worker-{KILLS}")
-        env.wait_settled(run.distinct_valid, timeout=120)
+        env.wait_settled(run.distinct_valid, timeout=300)
         env.wait_dead_letters(BAD)
         run.final_exit_code = final.terminate()
         run.seconds["workers"] = time.monotonic() - started
