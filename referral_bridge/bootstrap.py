@@ -1,6 +1,6 @@
 """The composition root: the one place that turns settings into real adapters.
 
-Longer than 400 lines because it is the one place: the settings' checks (policy, keys, TLS files),
+Long on purpose: it is the one place, so the settings' checks (policy, keys, TLS files),
 the provider routes and the wiring of the service layer belong together.
 """
 

@@ -9,6 +9,9 @@ certificates: loaded as `run` loads them), the metrics address, then (unless
 needs an operator to change configuration, keys or software, else RET_CONNECT (4) when the broker
 or ledger cannot be reached, else RET_OK. Nothing here prints personal data: it reads the
 configuration, key ids and the ledger's schema version, never ledger rows.
+
+Long on purpose: one check per thing the bridge needs, in the order `run` needs them; a flat list
+is what an operator's failing check points into.
 """
 
 from __future__ import annotations

@@ -4,6 +4,9 @@
 of a referral back to the force. `deliveries` lists what is
 parked or rejected (ids, provider, attempts, last error: never personal data). `resend` puts a
 rejected message back in line once the provider has fixed its side.
+
+Long on purpose: the `provider` command group (inbox, users, outcome, deliveries, resend): each
+sub-command's parser sits beside the function it runs.
 """
 
 from __future__ import annotations

@@ -2,6 +2,9 @@
 
 Every personal value comes from reserved or fictional ranges: phone numbers from Ofcom's drama
 range (07700 900000-900999), e-mail addresses at example.org, postcodes in the unused ZZ99 area.
+
+Long on purpose: the synthetic world's generators; one file, so a reader sees every shape of case
+it makes.
 """
 
 from __future__ import annotations

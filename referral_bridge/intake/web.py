@@ -6,6 +6,9 @@ own); cookies are `__Host-` prefixed, Secure, HttpOnly and SameSite=Strict; page
 Content-Security-Policy that allows nothing to be fetched or run. A referral is decrypted only
 to show it, on the request, and only to a worker of its team; each opening is recorded.
 What reaches the log is ids, usernames and kinds of error: never what a referral holds.
+
+Long on purpose: the web inbox's routes and their forms share the session, CSRF and lock-out
+checks, which are easiest to audit in one file.
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""Schema versioning: create or upgrade the ledger at start-up, refuse a newer schema."""
+"""Schema versioning: create or upgrade the ledger at start-up, refuse a newer schema.
+
+Long on purpose: one function per schema version, in order: an operator or reviewer reads the
+upgrade path from the top to the bottom.
+"""
 
 from __future__ import annotations
 

@@ -12,6 +12,9 @@ bridge then gives the officer a leaflet task), 503 when it cannot store right no
 
 This module holds what a referral means to the provider, with no HTTP in it; `inbox_app` serves
 it over HTTPS on the bounded server.
+
+Long on purpose: the reference receiver's whole contract side (open, verify, store, answer each
+kind of message) reads best in one place, as a provider implementing their own would read it.
 """
 
 from __future__ import annotations

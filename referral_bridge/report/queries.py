@@ -9,6 +9,9 @@ PostgreSQL cannot see that two copies of a bound parameter are one expression.
 
 Nothing here reads `rb_records` (snapshots hold personal data): categories and the start of the
 Victims' Code clock come from `rb_decisions` (schema 6).
+
+Long on purpose: one query per table of the report, side by side, so the definitions they share
+(the period, month buckets, what counts as in time) are read together.
 """
 
 from __future__ import annotations

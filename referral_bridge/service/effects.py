@@ -4,7 +4,8 @@ Referrals, updates, withdrawals, leaflet tasks and the other officer tasks, and 
 leaflet task the delivery engine asks for when a referral cannot be handed over. Nothing here
 commits, publishes or decides: the service and the scheduled steps decide, then call these inside
 their own ledger transaction, so a decision and its effects commit together or not at all.
-About 400 lines: one short method per kind of effect, around one sealer and outbox writer.
+
+Long on purpose: one short method per kind of effect, around one sealer and outbox writer.
 """
 
 from __future__ import annotations

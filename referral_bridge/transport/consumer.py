@@ -1,6 +1,10 @@
 # mypy: disallow-untyped-calls=False
 # kombu ships py.typed but leaves most functions unannotated; calling them is this module's job.
-"""Consuming the work queue: hand each raw message to the handler, then carry out its verdict."""
+"""Consuming the work queue: hand each raw message to the handler, then carry out its verdict.
+
+Long on purpose: every message is settled in exactly one method (`_settle`), so the paths that end
+there (one message, a batch, a retry copy, a counted redelivery) live beside it.
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,10 @@
 # mypy: disallow-untyped-calls=False
 # kombu ships py.typed but leaves most functions unannotated; calling them is this module's job.
-"""Publishing raw bytes, persistently, and on AMQP only counted as sent once the broker confirms."""
+"""Publishing raw bytes, persistently, and on AMQP only counted as sent once the broker confirms.
+
+Long on purpose: one channel's state: the connection, the confirm window and returned messages are
+one state machine, and splitting it would share that state across modules.
+"""
 
 from __future__ import annotations
 
