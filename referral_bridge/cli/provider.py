@@ -17,6 +17,7 @@ import json
 import signal
 import sys
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,7 +26,9 @@ from typing import TYPE_CHECKING
 
 from referral_bridge.cli.common import SubParsers, operator_session, settings_from, with_config
 from referral_bridge.cli.exit_codes import RET_FAILURE, RET_OK, RET_USAGE
+from referral_bridge.core.events import ProviderOutcome
 from referral_bridge.display import safe_text
+from referral_bridge.ledger import DeliveryFilter, ResendOutcome
 
 if TYPE_CHECKING:
     from starlette.routing import BaseRoute
@@ -231,16 +234,22 @@ def cmd_resend(args: argparse.Namespace) -> int:
         result = session.ledger.resend(
             args.message_id, at=datetime.now(UTC), actor=session.on_behalf_of(args.actor)
         )
-    messages = {
-        "resent": "queued for delivery: the running bridge sends it within a scheduler interval",
-        "not_found": "no outbox message has this id; check it with `provider deliveries`",
-        "delivered": "already delivered; nothing to do",
-        "not_rejected": "not rejected: it is still being retried (see `provider deliveries`)",
-        "withdrawn": "refused: consent for this referral was withdrawn, so it must not be sent",
-        "cancelled": "refused: cancelled because consent was withdrawn before delivery",
-    }
-    print(f"{args.message_id}: {messages[result.outcome]}")
-    return RET_OK if result.outcome == "resent" else RET_FAILURE
+    print(f"{args.message_id}: {RESEND_MESSAGES[result.outcome]}")
+    return RET_OK if result.outcome is ResendOutcome.RESENT else RET_FAILURE
+
+
+#: What an operator is told for each outcome of `provider resend`.
+RESEND_MESSAGES: Mapping[ResendOutcome, str] = {
+    ResendOutcome.RESENT: "queued for delivery: the running bridge sends it within a scheduler "
+    "interval",
+    ResendOutcome.NOT_FOUND: "no outbox message has this id; check it with `provider deliveries`",
+    ResendOutcome.DELIVERED: "already delivered; nothing to do",
+    ResendOutcome.NOT_REJECTED: "not rejected: it is still being retried (see `provider "
+    "deliveries`)",
+    ResendOutcome.WITHDRAWN: "refused: consent for this referral was withdrawn, so it must not be "
+    "sent",
+    ResendOutcome.CANCELLED: "refused: cancelled because consent was withdrawn before delivery",
+}
 
 
 def cmd_outcome(args: argparse.Namespace) -> int:
@@ -413,7 +422,7 @@ def register(commands: SubParsers) -> None:
     outcome.add_argument(
         "--outcome",
         required=True,
-        choices=("accepted", "contacted", "unable_to_contact", "declined_by_victim", "returned"),
+        choices=[outcome.value for outcome in ProviderOutcome],
     )
     outcome.add_argument("--at", help="when it happened, RFC 3339 with an offset (default: now)")
     outcome.add_argument(
@@ -437,7 +446,7 @@ def register(commands: SubParsers) -> None:
     )
     deliveries.add_argument(
         "--state",
-        choices=("undelivered", "rejected", "cancelled", "all"),
+        choices=[state.value for state in DeliveryFilter],
         default="undelivered",
         help="cancelled: consent was withdrawn before delivery (never sent)",
     )

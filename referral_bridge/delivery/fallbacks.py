@@ -16,7 +16,7 @@ import structlog
 
 from referral_bridge.delivery.routes import receiver_key
 from referral_bridge.errors import LedgerUnavailableError
-from referral_bridge.ledger import Ledger, LedgerTransaction, PendingDelivery
+from referral_bridge.ledger import DeliveryState, Ledger, LedgerTransaction, PendingDelivery
 from referral_bridge.metrics import BridgeMetrics
 
 log = structlog.get_logger("referral_bridge.delivery")
@@ -106,7 +106,7 @@ class OverdueFallbacks:
     ) -> tuple[PendingDelivery, str] | None:
         with self._ledger.transaction() as tx:
             current = tx.pending_delivery(delivery.message_id)
-            if current is None or current.published_at or current.rejected_at:
+            if current is None or current.state is not DeliveryState.PENDING:
                 return None
             if current.claimed_until is not None and current.claimed_until > now:
                 return None  # an attempt is under way and may yet succeed

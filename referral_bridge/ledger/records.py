@@ -245,8 +245,7 @@ class RecordedAction:
 
     case_ref: str
     victim_id: str
-    #: An ActionKind.
-    action: str
+    action: ActionKind
     target: str
     message_id: str
     provider: str

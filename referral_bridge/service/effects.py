@@ -32,6 +32,7 @@ from referral_bridge.core.messages import (
 from referral_bridge.core.policy import Policy
 from referral_bridge.delivery import FALLBACK_EVENT, REASON_REJECTED
 from referral_bridge.ledger import (
+    ActionKind,
     AuditFacts,
     Cancellation,
     CancelReason,
@@ -213,7 +214,7 @@ class Effects:
             RecordedAction(
                 case_ref=case_ref,
                 victim_id=decision.victim_id,
-                action="withdrawal",
+                action=ActionKind.WITHDRAWAL,
                 target=referral_id,
                 message_id=message_id,
                 provider=provider,
@@ -346,7 +347,7 @@ class Effects:
             RecordedAction(
                 case_ref=case.case_ref,
                 victim_id=decision.victim_id,
-                action="leaflet",
+                action=ActionKind.LEAFLET,
                 target=decision.reason,
                 message_id=task.task_id,
                 provider=task.provider,
@@ -377,7 +378,7 @@ def _referral_action(
     return RecordedAction(
         case_ref=case_ref,
         victim_id=decision.victim_id,
-        action="referral",
+        action=ActionKind.REFERRAL,
         # One referral per provider and generation (the ledger's last line of defence).
         target=provider if generation == 1 else f"{provider}#{generation}",
         message_id=referral_id,
@@ -397,7 +398,7 @@ def _update_action(case_ref: str, decision: Decision, referral_id: str) -> Recor
     return RecordedAction(
         case_ref=case_ref,
         victim_id=decision.victim_id,
-        action="update",
+        action=ActionKind.UPDATE,
         target=message_id,
         message_id=message_id,
         provider=decision.provider or "",

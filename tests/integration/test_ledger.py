@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from referral_bridge.core.events import ConsentChange
 from referral_bridge.core.history import ConsentRecord, Hold
 from referral_bridge.errors import LedgerSchemaError, LedgerUnavailableError
-from referral_bridge.ledger import Ledger, OutboxMessage, RecordedAction
+from referral_bridge.ledger import ActionKind, Ledger, OutboxMessage, RecordedAction
 from referral_bridge.ledger import schema as t
 from tests.fakes import ledger_url_for, require_postgres, throwaway_postgres_database
 
@@ -57,7 +57,7 @@ def referral(
     return RecordedAction(
         case_ref=case_ref,
         victim_id=victim_id,
-        action="referral",
+        action=ActionKind.REFERRAL,
         target=PROVIDER,
         message_id=message_id,
         provider=PROVIDER,
@@ -247,7 +247,7 @@ class TestHistory:
                 RecordedAction(
                     case_ref=CRIME,
                     victim_id=VICTIM,
-                    action="leaflet",
+                    action=ActionKind.LEAFLET,
                     target="declined",
                     message_id="task-1",
                     provider=PROVIDER,
@@ -261,7 +261,7 @@ class TestHistory:
                 RecordedAction(
                     case_ref=CRIME,
                     victim_id=VICTIM,
-                    action="withdrawal",
+                    action=ActionKind.WITHDRAWAL,
                     target=PROVIDER,
                     message_id="w-1",
                     provider=PROVIDER,

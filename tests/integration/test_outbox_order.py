@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import create_engine, select, text
 
-from referral_bridge.ledger import Ledger, OutboxMessage, RecordedAction
+from referral_bridge.ledger import ActionKind, Ledger, OutboxMessage, RecordedAction
 from referral_bridge.ledger import schema as t
 
 pytestmark = pytest.mark.integration
@@ -26,7 +26,7 @@ def write_referral(ledger: Ledger, message_id: str, victim_id: str, at: datetime
             RecordedAction(
                 case_ref=CASE,
                 victim_id=victim_id,
-                action="referral",
+                action=ActionKind.REFERRAL,
                 target=PROVIDER,
                 message_id=message_id,
                 provider=PROVIDER,

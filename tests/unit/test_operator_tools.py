@@ -191,3 +191,10 @@ class TestRevealAsJson:
         assert dlq_commands.cmd_show(args) == cli.RET_OK
         [shown] = json.loads(capsys.readouterr().out)
         assert shown["headers"]["x-when"].startswith("2026-11-23")
+
+
+def test_every_resend_outcome_has_its_operator_message() -> None:
+    from referral_bridge.cli.provider import RESEND_MESSAGES
+    from referral_bridge.ledger import ResendOutcome
+
+    assert set(RESEND_MESSAGES) == set(ResendOutcome)
