@@ -12,11 +12,14 @@ from referral_bridge.delivery import (
     AmqpRoute,
     CircuitBreaker,
     CircuitState,
+    DeliveryPolicy,
     DeliveryRejectedError,
     TransientDeliveryError,
     park_delay,
 )
 from referral_bridge.delivery.https import classify, parse_retry_after
+from referral_bridge.delivery.results import PassReport, Result
+from referral_bridge.delivery.routes import TASKS_KEY, receiver_key
 from referral_bridge.ledger import OutboxMessage
 from tests.fakes import FakeClock, RecordingPublisher
 
@@ -225,3 +228,51 @@ class TestAmqpRoute:
         with pytest.raises(TransientDeliveryError) as caught:
             AmqpRoute(RecordingPublisher(fail_times=1)).deliver(MESSAGE)
         assert caught.value.code == "publish_refused"
+
+
+class TestParking:
+    """How long a parked row waits: the back-off, or the receiver's pause if longer, capped."""
+
+    POLICY = DeliveryPolicy(park_initial=timedelta(seconds=30), park_max=timedelta(hours=1))
+
+    @given(
+        parkings=st.integers(min_value=1, max_value=40),
+        retry_after=st.none() | st.floats(min_value=0, max_value=10 * 3600),
+        rand=st.floats(min_value=0, max_value=1),
+    )
+    def test_a_parked_row_waits_at_least_what_was_asked_and_never_past_the_maximum(
+        self, parkings: int, retry_after: float | None, rand: float
+    ) -> None:
+        waited = self.POLICY.park_seconds(parkings, retry_after=retry_after, rand=lambda: rand)
+        longest = self.POLICY.park_max.total_seconds()
+        assert waited <= longest * (1 + self.POLICY.park_jitter)
+        if retry_after is not None:
+            assert waited >= min(retry_after, longest)
+
+    def test_without_a_pause_asked_for_the_back_off_doubles(self) -> None:
+        no_jitter = DeliveryPolicy(park_jitter=0.0)
+        waits = [no_jitter.park_seconds(n, retry_after=None, rand=lambda: 0.0) for n in (1, 2, 3)]
+        assert waits == [30.0, 60.0, 120.0]
+
+    @pytest.mark.parametrize(
+        ("retry_after", "in_place"), [(None, True), (0.5, True), (1.0, True), (1.5, False)]
+    )
+    def test_only_a_short_pause_is_waited_out_in_place(
+        self, retry_after: float | None, in_place: bool
+    ) -> None:
+        assert DeliveryPolicy(in_place_max_seconds=1.0).pause_fits_in_place(retry_after) is in_place
+
+
+def test_officer_tasks_are_one_receiver_and_each_provider_its_own() -> None:
+    assert receiver_key("lancashire-victim-services") == "lancashire-victim-services"
+    assert receiver_key(None) == TASKS_KEY
+
+
+def test_a_follow_up_pass_s_counts_are_added_to_the_pass_s() -> None:
+    first, follow_up = PassReport(), PassReport()
+    first.add(Result.DELIVERED)
+    first.add(Result.PARKED)
+    follow_up.add(Result.DELIVERED)
+    follow_up.add(Result.REJECTED)
+    first.add_counts(follow_up)
+    assert first.counts == {Result.DELIVERED: 2, Result.PARKED: 1, Result.REJECTED: 1}
